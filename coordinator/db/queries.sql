@@ -1,0 +1,411 @@
+-- Every SQL statement the coordinator runs. Reviewed in one place; code reaches them only through Store.
+--
+-- Format: a header line `-- name: <name> :<one|many|exec|val>`, a purpose line `-- <what it does>`,
+-- then the statement. Parameters are $n. Every write to a leased job is fenced on
+-- (id, lease_token, state = 'running'); a fenced write that matches nothing is a stale lease,
+-- which the caller turns into a typed answer, never a silent no-op.
+--
+-- Durations are milliseconds (bigint); `* interval '1 millisecond'` turns them into intervals.
+
+-- name: migrations_bootstrap :exec
+-- Create the table that records applied migrations, if missing.
+CREATE TABLE IF NOT EXISTS faultline_schema_migrations (
+    version     text PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migrations_lock :exec
+-- Serialise migrators across processes for the rest of the session (released by migrations_unlock).
+SELECT pg_advisory_lock(7355608001);
+
+-- name: migrations_unlock :exec
+-- Release the migration lock.
+SELECT pg_advisory_unlock(7355608001);
+
+-- name: migrations_applied :many
+-- Versions already applied.
+SELECT version FROM faultline_schema_migrations ORDER BY version;
+
+-- name: migrations_record :exec
+-- Record one migration as applied.
+INSERT INTO faultline_schema_migrations (version) VALUES ($1);
+
+-- name: ping :val
+-- Cheapest round trip that proves Postgres answers.
+SELECT 1;
+
+-- name: insert_jobs :many
+-- Insert a batch in one statement; a row whose idempotency key exists is skipped (id IS NULL in the output).
+WITH input AS MATERIALIZED (
+    SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*
+    FROM unnest(
+        $1::text[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
+        $8::bigint[], $9::bigint[], $10::float8[], $11::float8[],
+        $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[]
+    ) WITH ORDINALITY AS t(
+        queue, kind, payload, idempotency_key, max_attempts, priority, run_at,
+        backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
+        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, ord
+    )
+),
+ins AS (
+    INSERT INTO faultline_jobs (
+        id, queue, kind, state, payload, idempotency_key, max_attempts, priority, run_at,
+        backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
+        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
+        start_deadline
+    )
+    SELECT
+        new_id, queue, kind,
+        (CASE WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END)::faultline_job_state,
+        payload, idempotency_key, max_attempts, priority, GREATEST(COALESCE(run_at, now()), now()),
+        backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
+        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
+        CASE WHEN run_at > now() THEN NULL
+             ELSE now() + schedule_to_start_ms * interval '1 millisecond' END
+    FROM input
+    ORDER BY ord
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING *
+)
+SELECT input.ord, ins.*
+FROM input LEFT JOIN ins ON ins.id = input.new_id
+ORDER BY input.ord;
+
+-- name: get_jobs_by_keys :many
+-- Jobs holding the given idempotency keys (the winners of conflicting submits).
+SELECT * FROM faultline_jobs WHERE idempotency_key = ANY($1::text[]);
+
+-- name: get_job :one
+-- One job by id.
+SELECT * FROM faultline_jobs WHERE id = $1;
+
+-- name: list_jobs :many
+-- A page of jobs, newest first, below cursor $4, with optional queue, kind and state filters.
+SELECT * FROM faultline_jobs
+WHERE ($1::text IS NULL OR queue = $1)
+  AND ($2::text IS NULL OR kind = $2)
+  AND ($3::faultline_job_state IS NULL OR state = $3)
+  AND ($4::bigint IS NULL OR id < $4)
+ORDER BY id DESC
+LIMIT $5;
+
+-- name: cancel_job :one
+-- Cancel a waiting job at once; mark a running one (its worker is told); leave a finished one as it is.
+UPDATE faultline_jobs SET
+    state = (CASE WHEN state IN ('queued', 'scheduled', 'retrying') THEN 'cancelled' ELSE state END)::faultline_job_state,
+    cancel_requested = cancel_requested OR state = 'running',
+    finished_at = CASE WHEN state IN ('queued', 'scheduled', 'retrying') THEN now() ELSE finished_at END,
+    start_deadline = NULL,
+    updated_at = now()
+WHERE id = $1
+RETURNING *;
+
+-- name: requeue_job :one
+-- Bring a dead-lettered or cancelled job back to the queue with $2 more attempts.
+UPDATE faultline_jobs SET
+    state = 'queued',
+    max_attempts = attempts + $2,
+    cancel_requested = false,
+    run_at = now(),
+    finished_at = NULL,
+    start_deadline = now() + schedule_to_start_ms * interval '1 millisecond',
+    updated_at = now()
+WHERE id = $1 AND state IN ('dead_lettered', 'cancelled')
+RETURNING *;
+
+-- name: claim_jobs :many
+-- Lease up to $3 ready jobs of queue $1 with a kind in $2; job n goes to worker slot n of $4; bumps the fencing token and opens the attempt row.
+WITH locked AS (
+    SELECT id FROM faultline_jobs
+    WHERE state = 'queued' AND queue = $1 AND kind = ANY($2::text[])
+    ORDER BY priority DESC, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+),
+slotted AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS slot FROM locked
+),
+leased AS (
+    UPDATE faultline_jobs j SET
+        state = 'running',
+        attempts = j.attempts + 1,
+        lease_token = j.lease_token + 1,
+        worker_id = ($4::text[])[s.slot],
+        started_at = now(),
+        lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $5) * interval '1 millisecond',
+        attempt_deadline = now() + j.execution_timeout_ms * interval '1 millisecond',
+        start_deadline = NULL,
+        cancel_requested = false,
+        progress_fraction = NULL,
+        progress_message = NULL,
+        progress_details = NULL,
+        updated_at = now()
+    FROM slotted s
+    WHERE j.id = s.id
+    RETURNING j.*, s.slot
+),
+opened AS (
+    INSERT INTO faultline_attempts (job_id, attempt, lease_token, worker_id, started_at)
+    SELECT id, attempts, lease_token, worker_id, started_at FROM leased
+)
+SELECT * FROM leased;
+
+-- name: release_leases :many
+-- Undo claims that never reached a worker (its session closed first): back to queued, token bumped, attempt row removed.
+WITH released AS (
+    UPDATE faultline_jobs j SET
+        state = 'queued',
+        attempts = j.attempts - 1,
+        lease_token = j.lease_token + 1,
+        worker_id = NULL,
+        lease_expires_at = NULL,
+        attempt_deadline = NULL,
+        started_at = NULL,
+        start_deadline = now() + j.schedule_to_start_ms * interval '1 millisecond',
+        updated_at = now()
+    FROM unnest($1::bigint[], $2::bigint[]) AS t(id, token)
+    WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    RETURNING j.id, j.queue, t.token AS old_token
+),
+removed AS (
+    DELETE FROM faultline_attempts a USING released r
+    WHERE a.job_id = r.id AND a.lease_token = r.old_token
+)
+SELECT id, queue FROM released;
+
+-- name: resume_leases :many
+-- Adopt leases a reconnecting worker still runs, when they are still current; extends them.
+UPDATE faultline_jobs j SET
+    worker_id = $3,
+    lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $4) * interval '1 millisecond'
+FROM unnest($1::bigint[], $2::bigint[]) AS t(id, token)
+WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+RETURNING j.id, j.lease_token, j.queue, j.kind, j.cancel_requested;
+
+-- name: extend_leases :many
+-- Heartbeat a batch of leases in one statement; touches no indexed column, so it is a HOT update.
+UPDATE faultline_jobs j SET
+    lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $3) * interval '1 millisecond'
+FROM unnest($1::bigint[], $2::bigint[]) AS t(id, token)
+WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+RETURNING j.id, j.lease_token, j.cancel_requested, j.lease_expires_at;
+
+-- name: record_progress :many
+-- Store the latest progress of a batch of leases (also extends them).
+UPDATE faultline_jobs j SET
+    progress_fraction = t.fraction,
+    progress_message = t.message,
+    progress_details = t.details,
+    lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $6) * interval '1 millisecond'
+FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::text[], $5::bytea[])
+    AS t(id, token, fraction, message, details)
+WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+RETURNING j.id, j.lease_token, j.cancel_requested;
+
+-- name: complete_jobs :many
+-- First write wins: mark a batch of current leases succeeded with their results and close their attempts.
+WITH done AS (
+    UPDATE faultline_jobs j SET
+        state = 'succeeded',
+        result = t.result,
+        worker_id = NULL,
+        lease_expires_at = NULL,
+        attempt_deadline = NULL,
+        finished_at = now(),
+        updated_at = now()
+    FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS t(id, token, result)
+    WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    RETURNING j.id, j.lease_token, j.queue, j.kind, j.created_at, j.started_at, j.finished_at
+),
+closed AS (
+    UPDATE faultline_attempts a SET finished_at = d.finished_at, outcome = 'succeeded'
+    FROM done d
+    WHERE a.job_id = d.id AND a.lease_token = d.lease_token
+)
+SELECT * FROM done;
+
+-- name: fail_jobs :many
+-- Close a batch of current leases as failed: retry with backoff, dead-letter when spent or not retryable, cancel when asked. $5 overrides the delay; $6-$9 are the default policy.
+WITH decided AS (
+    SELECT
+        j.id, t.token, t.error,
+        (CASE WHEN j.cancel_requested THEN 'cancelled'
+              WHEN NOT t.retryable OR j.attempts >= j.max_attempts THEN 'dead_lettered'
+              ELSE 'retrying' END)::faultline_job_state AS next_state,
+        now() + COALESCE(
+            t.delay_ms,
+            LEAST(
+                COALESCE(j.backoff_max_ms, $7),
+                COALESCE(j.backoff_initial_ms, $6)
+                    * power(COALESCE(j.backoff_multiplier, $8), GREATEST(j.attempts - 1, 0))
+                    * (1 + COALESCE(j.backoff_jitter, $9) * (2 * random() - 1))
+            )
+        ) * interval '1 millisecond' AS next_run_at
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[], $5::bigint[])
+        AS t(id, token, error, retryable, delay_ms)
+    JOIN faultline_jobs j ON j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    FOR UPDATE OF j
+),
+failed AS (
+    UPDATE faultline_jobs j SET
+        state = d.next_state,
+        last_error = d.error,
+        run_at = CASE WHEN d.next_state = 'retrying' THEN d.next_run_at ELSE j.run_at END,
+        finished_at = CASE WHEN d.next_state = 'retrying' THEN NULL ELSE now() END,
+        worker_id = NULL,
+        lease_expires_at = NULL,
+        attempt_deadline = NULL,
+        updated_at = now()
+    FROM decided d
+    WHERE j.id = d.id
+    RETURNING j.id, j.lease_token, j.state, j.queue, j.kind, j.run_at, j.attempts, j.started_at
+),
+closed AS (
+    UPDATE faultline_attempts a SET
+        finished_at = now(),
+        outcome = CASE WHEN f.state = 'cancelled' THEN 'cancelled' ELSE 'failed' END,
+        error = d.error
+    FROM failed f JOIN decided d ON d.id = f.id
+    WHERE a.job_id = f.id AND a.lease_token = f.lease_token
+)
+SELECT * FROM failed;
+
+-- name: classify_leases :many
+-- Why fenced writes for ($1 job, $2 token) matched nothing: the job's state and token now, and how that lease's attempt ended.
+SELECT t.id, t.token, j.state, j.lease_token AS current_token, j.result, a.outcome
+FROM unnest($1::bigint[], $2::bigint[]) AS t(id, token)
+LEFT JOIN faultline_jobs j ON j.id = t.id
+LEFT JOIN faultline_attempts a ON a.job_id = t.id AND a.lease_token = t.token;
+
+-- name: expire_leases :many
+-- Reap up to $1 running jobs whose lease or execution deadline passed (Postgres clock): bump the token in the same UPDATE, then retry, dead-letter or cancel. $2-$5 are the default policy.
+WITH expired AS (
+    SELECT j.id, j.lease_token AS old_token, j.worker_id AS old_worker,
+        CASE WHEN j.attempt_deadline < now() THEN 'execution_timeout'
+             WHEN j.heartbeat_timeout_ms IS NOT NULL THEN 'heartbeat_timeout'
+             ELSE 'lease_expired' END AS reason,
+        (CASE WHEN j.cancel_requested THEN 'cancelled'
+              WHEN j.attempts >= j.max_attempts THEN 'dead_lettered'
+              ELSE 'retrying' END)::faultline_job_state AS next_state,
+        now() + LEAST(
+            COALESCE(j.backoff_max_ms, $3),
+            COALESCE(j.backoff_initial_ms, $2)
+                * power(COALESCE(j.backoff_multiplier, $4), GREATEST(j.attempts - 1, 0))
+                * (1 + COALESCE(j.backoff_jitter, $5) * (2 * random() - 1))
+        ) * interval '1 millisecond' AS next_run_at
+    FROM faultline_jobs j
+    WHERE j.state = 'running' AND (j.lease_expires_at < now() OR j.attempt_deadline < now())
+    ORDER BY j.id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+),
+reaped AS (
+    UPDATE faultline_jobs j SET
+        state = e.next_state,
+        lease_token = j.lease_token + 1,
+        last_error = e.reason,
+        run_at = CASE WHEN e.next_state = 'retrying' THEN e.next_run_at ELSE j.run_at END,
+        finished_at = CASE WHEN e.next_state = 'retrying' THEN NULL ELSE now() END,
+        worker_id = NULL,
+        lease_expires_at = NULL,
+        attempt_deadline = NULL,
+        updated_at = now()
+    FROM expired e
+    WHERE j.id = e.id
+    RETURNING j.id, j.state, j.queue, j.kind, j.run_at, j.started_at, e.old_token, e.old_worker, e.reason
+),
+closed AS (
+    UPDATE faultline_attempts a SET finished_at = now(), outcome = r.reason, error = r.reason
+    FROM reaped r
+    WHERE a.job_id = r.id AND a.lease_token = r.old_token
+)
+SELECT * FROM reaped;
+
+-- name: expire_start_deadlines :many
+-- Dead-letter up to $1 queued jobs whose schedule-to-start deadline passed, recording the timeout as an attempt.
+WITH due AS (
+    SELECT id FROM faultline_jobs
+    WHERE state = 'queued' AND start_deadline < now()
+    ORDER BY start_deadline
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+),
+timed_out AS (
+    UPDATE faultline_jobs j SET
+        state = 'dead_lettered',
+        attempts = j.attempts + 1,
+        lease_token = j.lease_token + 1,
+        last_error = 'schedule_to_start_timeout',
+        start_deadline = NULL,
+        finished_at = now(),
+        updated_at = now()
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.id, j.queue, j.kind, j.attempts, j.lease_token
+),
+recorded AS (
+    INSERT INTO faultline_attempts (job_id, attempt, lease_token, started_at, finished_at, outcome, error)
+    SELECT id, attempts, lease_token, now(), now(), 'schedule_to_start_timeout', 'schedule_to_start_timeout'
+    FROM timed_out
+)
+SELECT * FROM timed_out;
+
+-- name: promote_due :many
+-- Move up to $1 scheduled or retrying jobs whose run_at has come into the ready queue.
+WITH due AS (
+    SELECT id FROM faultline_jobs
+    WHERE state IN ('scheduled', 'retrying') AND run_at <= now()
+    ORDER BY run_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE faultline_jobs j SET
+    state = 'queued',
+    start_deadline = now() + j.schedule_to_start_ms * interval '1 millisecond',
+    updated_at = now()
+FROM due
+WHERE j.id = due.id
+RETURNING j.id, j.queue;
+
+-- name: next_due_at :val
+-- When the earliest scheduled or retrying job becomes due (NULL when none).
+SELECT min(run_at) FROM faultline_jobs WHERE state IN ('scheduled', 'retrying');
+
+-- name: get_step :one
+-- Whether the lease ($2) is current for job $1, and the stored result of step $3 if any.
+SELECT (j.lease_token = $2 AND j.state = 'running') AS current, s.result, s.step_key IS NOT NULL AS found
+FROM faultline_jobs j
+LEFT JOIN faultline_steps s ON s.job_id = j.id AND s.step_key = $3
+WHERE j.id = $1;
+
+-- name: record_step :one
+-- Store step $3's result for job $1 when lease $2 is current; the first write wins and the stored result is returned.
+WITH fence AS (
+    SELECT id FROM faultline_jobs WHERE id = $1 AND lease_token = $2 AND state = 'running' FOR SHARE
+),
+ins AS (
+    INSERT INTO faultline_steps (job_id, step_key, result, lease_token)
+    SELECT id, $3, $4, $2 FROM fence
+    ON CONFLICT (job_id, step_key) DO NOTHING
+    RETURNING result
+)
+SELECT EXISTS (SELECT 1 FROM fence) AS current, (SELECT result FROM ins) AS inserted;
+
+-- name: get_step_result :val
+-- The stored result of one step (after a record_step lost the race).
+SELECT result FROM faultline_steps WHERE job_id = $1 AND step_key = $2;
+
+-- name: queue_depths :many
+-- Jobs per (queue, state) for the non-finished states and the dead-letter queue; each state has a partial index.
+SELECT queue, state::text AS state, count(*) AS depth
+FROM faultline_jobs
+WHERE state IN ('queued', 'running', 'scheduled', 'retrying', 'dead_lettered')
+GROUP BY queue, state;
+
+-- name: oldest_ready :many
+-- Per queue, when the oldest ready job became ready.
+SELECT queue, min(run_at) AS oldest_run_at, now() AS now
+FROM faultline_jobs
+WHERE state = 'queued'
+GROUP BY queue;
