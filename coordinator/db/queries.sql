@@ -175,20 +175,19 @@ removed AS (
 SELECT id, queue FROM released;
 
 -- name: resume_leases :many
--- Adopt leases a reconnecting worker still runs, when they are still current; extends them.
+-- Adopt leases a reconnecting worker ($3) still runs, when they are still current and its own; extends them.
 UPDATE faultline_jobs j SET
-    worker_id = $3,
     lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $4) * interval '1 millisecond'
 FROM unnest($1::bigint[], $2::bigint[]) AS t(id, token)
-WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running' AND j.worker_id = $3
 RETURNING j.id, j.lease_token, j.queue, j.kind, j.cancel_requested;
 
 -- name: extend_leases :many
--- Heartbeat a batch of leases in one statement; touches no indexed column, so it is a HOT update.
+-- Heartbeat a batch of leases (job $1, token $2, holder $3) in one statement; touches no indexed column, so it is a HOT update.
 UPDATE faultline_jobs j SET
-    lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $3) * interval '1 millisecond'
-FROM unnest($1::bigint[], $2::bigint[]) AS t(id, token)
-WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $4) * interval '1 millisecond'
+FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t(id, token, worker_id)
+WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running' AND j.worker_id = t.worker_id
 RETURNING j.id, j.lease_token, j.cancel_requested, j.lease_expires_at;
 
 -- name: record_progress :many
@@ -197,14 +196,14 @@ UPDATE faultline_jobs j SET
     progress_fraction = t.fraction,
     progress_message = t.message,
     progress_details = t.details,
-    lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $6) * interval '1 millisecond'
-FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::text[], $5::bytea[])
-    AS t(id, token, fraction, message, details)
-WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $7) * interval '1 millisecond'
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], $5::text[], $6::bytea[])
+    AS t(id, token, worker_id, fraction, message, details)
+WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running' AND j.worker_id = t.worker_id
 RETURNING j.id, j.lease_token, j.cancel_requested;
 
 -- name: complete_jobs :many
--- First write wins: mark a batch of current leases succeeded with their results and close their attempts.
+-- First write wins: mark a batch of current leases (job $1, token $2, holder $3) succeeded with their results and close their attempts.
 WITH done AS (
     UPDATE faultline_jobs j SET
         state = 'succeeded',
@@ -214,8 +213,8 @@ WITH done AS (
         attempt_deadline = NULL,
         finished_at = now(),
         updated_at = now()
-    FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS t(id, token, result)
-    WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[]) AS t(id, token, worker_id, result)
+    WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running' AND j.worker_id = t.worker_id
     RETURNING j.id, j.lease_token, j.queue, j.kind, j.created_at, j.started_at, j.finished_at
 ),
 closed AS (
@@ -226,7 +225,7 @@ closed AS (
 SELECT * FROM done;
 
 -- name: fail_jobs :many
--- Close a batch of current leases as failed: retry with backoff, dead-letter when spent or not retryable, cancel when asked. $5 overrides the delay; $6-$9 are the default policy.
+-- Close a batch of current leases (job $1, token $2, holder $3) as failed: retry with backoff, dead-letter when spent or not retryable, cancel when asked. $6 overrides the delay; $7-$10 are the default policy.
 WITH decided AS (
     SELECT
         j.id, t.token, t.error,
@@ -236,15 +235,16 @@ WITH decided AS (
         now() + COALESCE(
             t.delay_ms,
             LEAST(
-                COALESCE(j.backoff_max_ms, $7),
-                COALESCE(j.backoff_initial_ms, $6)
-                    * power(COALESCE(j.backoff_multiplier, $8), GREATEST(j.attempts - 1, 0))
-                    * (1 + COALESCE(j.backoff_jitter, $9) * (2 * random() - 1))
+                COALESCE(j.backoff_max_ms, $8),
+                COALESCE(j.backoff_initial_ms, $7)
+                    * power(COALESCE(j.backoff_multiplier, $9), GREATEST(j.attempts - 1, 0))
+                    * (1 + COALESCE(j.backoff_jitter, $10) * (2 * random() - 1))
             )
         ) * interval '1 millisecond' AS next_run_at
-    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[], $5::bigint[])
-        AS t(id, token, error, retryable, delay_ms)
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bool[], $6::bigint[])
+        AS t(id, token, worker_id, error, retryable, delay_ms)
     JOIN faultline_jobs j ON j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+        AND j.worker_id = t.worker_id
     FOR UPDATE OF j
 ),
 failed AS (
@@ -273,7 +273,7 @@ SELECT * FROM failed;
 
 -- name: classify_leases :many
 -- Why fenced writes for ($1 job, $2 token) matched nothing: the job's state and token now, and how that lease's attempt ended.
-SELECT t.id, t.token, j.state, j.lease_token AS current_token, j.result, a.outcome
+SELECT t.id, t.token, j.state, j.lease_token AS current_token, j.worker_id AS holder, j.result, a.outcome
 FROM unnest($1::bigint[], $2::bigint[]) AS t(id, token)
 LEFT JOIN faultline_jobs j ON j.id = t.id
 LEFT JOIN faultline_attempts a ON a.job_id = t.id AND a.lease_token = t.token;
@@ -368,21 +368,23 @@ FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.queue;
 
--- name: next_due_at :val
--- When the earliest scheduled or retrying job becomes due (NULL when none).
-SELECT min(run_at) FROM faultline_jobs WHERE state IN ('scheduled', 'retrying');
+-- name: next_due_in :val
+-- Seconds until the earliest scheduled or retrying job is due, by Postgres' clock (NULL when none).
+SELECT EXTRACT(EPOCH FROM min(run_at) - now())::float8 FROM faultline_jobs WHERE state IN ('scheduled', 'retrying');
 
 -- name: get_step :one
--- Whether the lease ($2) is current for job $1, and the stored result of step $3 if any.
-SELECT (j.lease_token = $2 AND j.state = 'running') AS current, s.result, s.step_key IS NOT NULL AS found
+-- Whether the lease ($2, held by $4) is current for job $1, and the stored result of step $3 if any.
+SELECT (j.lease_token = $2 AND j.state = 'running' AND j.worker_id = $4) AS current, s.result, s.step_key IS NOT NULL AS found
 FROM faultline_jobs j
 LEFT JOIN faultline_steps s ON s.job_id = j.id AND s.step_key = $3
 WHERE j.id = $1;
 
 -- name: record_step :one
--- Store step $3's result for job $1 when lease $2 is current; the first write wins and the stored result is returned.
+-- Store step $3's result for job $1 when lease $2 (held by $5) is current; the first write wins and the stored result is returned.
 WITH fence AS (
-    SELECT id FROM faultline_jobs WHERE id = $1 AND lease_token = $2 AND state = 'running' FOR SHARE
+    SELECT id FROM faultline_jobs
+    WHERE id = $1 AND lease_token = $2 AND state = 'running' AND worker_id = $5
+    FOR SHARE
 ),
 ins AS (
     INSERT INTO faultline_steps (job_id, step_key, result, lease_token)

@@ -1,0 +1,77 @@
+"""Shared shape of the batching actors: a bounded inbox of requests, each answered through a future.
+
+Batches form by themselves: while one flush is in the database, new requests queue up, and the
+next flush takes all of them (up to max_items). An idle actor answers a lone request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from coordinator.errors import DatabaseUnavailableError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Generic[T, R]):
+    """One item to flush and the future its answer goes to."""
+
+    item: T
+    reply: asyncio.Future[R]
+
+
+class BatchingActor(ABC, Generic[T, R]):
+    """Drains its inbox into batches and flushes each batch in one round trip."""
+
+    name = "batching"
+
+    def __init__(self, *, inbox: asyncio.Queue[Request[T, R]], max_items: int) -> None:
+        if max_items < 1:
+            raise ValueError("max_items must be >= 1")
+        self._inbox = inbox
+        self._max_items = max_items
+
+    async def run(self) -> None:
+        while True:
+            await self.run_once()
+
+    async def run_once(self) -> int:
+        batch = [await self._inbox.get()]
+        while len(batch) < self._max_items and not self._inbox.empty():
+            batch.append(self._inbox.get_nowait())
+        live = [r for r in batch if not r.reply.done()]
+        if not live:
+            return 0
+        try:
+            answers = await self.flush([r.item for r in live])
+        except DatabaseUnavailableError as exc:
+            for r in live:
+                if not r.reply.done():
+                    r.reply.set_result(self.unavailable(str(exc)))
+            return 0
+        except BaseException as exc:
+            # A bug or a cancellation: answer everyone so no session waits forever, then let the supervisor see it.
+            for r in live:
+                if not r.reply.done():
+                    r.reply.set_result(self.unavailable(f"coordinator error: {type(exc).__name__}"))
+            raise
+        for r, answer in zip(live, answers, strict=True):
+            if not r.reply.done():
+                r.reply.set_result(answer)
+        return len(live)
+
+    @abstractmethod
+    async def flush(self, items: list[T]) -> list[R]:
+        """Write the batch; return one answer per item, in order."""
+
+    @abstractmethod
+    def unavailable(self, message: str) -> R:
+        """The answer when Postgres could not be reached."""

@@ -1,0 +1,175 @@
+"""Dispatcher: pushes leases to workers with credit, claiming ready jobs in batches with SKIP LOCKED.
+
+Each round groups accepting sessions by (queues, kinds), and for each group claims from its queues
+in rotation, so that every queue gets a share of the credit (fairness across queues); a claim never
+asks for more jobs than the group has credit. Jobs are spread over the group's sessions slot by slot.
+A queue that came back short is "exhausted" and is not claimed again until a Submit, a promotion or
+the fallback poll says it may have work. The dispatcher keeps no state that a restart would lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from coordinator import metrics
+from coordinator.config import DISPATCH_FALLBACK_POLL
+from coordinator.db.store import Store
+from coordinator.errors import DatabaseUnavailableError
+from coordinator.model import Job, LeaseKey
+from coordinator.sessions import DispatchSignal, Session, SessionRegistry
+
+logger = logging.getLogger(__name__)
+
+UNAVAILABLE_PAUSE_S = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatcherConfig:
+    """Dispatch limits."""
+
+    lease_ttl_ms: int
+    claim_batch_max: int
+    fallback_poll_s: float = DISPATCH_FALLBACK_POLL.total_seconds()
+
+    def __post_init__(self) -> None:
+        if self.claim_batch_max < 1 or self.lease_ttl_ms < 1:
+            raise ValueError("claim_batch_max and lease_ttl_ms must be positive")
+
+
+@dataclass(slots=True)
+class DispatchResult:
+    """What one round did."""
+
+    claimed: int = 0
+    released: int = 0
+    claims: int = 0
+    more: bool = False
+
+
+@dataclass(slots=True)
+class _Group:
+    queues: tuple[str, ...]
+    kinds: tuple[str, ...]
+    sessions: list[Session] = field(default_factory=list)
+
+
+class Dispatcher:
+    """Claims jobs and hands them to sessions; see the module docstring."""
+
+    name = "dispatcher"
+
+    def __init__(
+        self, *, config: DispatcherConfig, store: Store, registry: SessionRegistry, signal: DispatchSignal
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._registry = registry
+        self._signal = signal
+        # Only used by this actor: queues known to be empty for a group, and where each group's rotation stands.
+        self._exhausted: set[tuple[str, tuple[str, ...]]] = set()
+        self._rotation: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = defaultdict(int)
+
+    async def run(self) -> None:
+        while True:
+            result = await self.run_once()
+            if not result.more:
+                await self._signal.wait(self._config.fallback_poll_s)
+
+    async def run_once(self) -> DispatchResult:
+        everything, dirty = self._signal.take()
+        if everything:
+            self._exhausted.clear()
+        elif dirty:
+            self._exhausted = {e for e in self._exhausted if e[0] not in dirty}
+        result = DispatchResult()
+        try:
+            for group in self._groups():
+                await self._dispatch_group(group, result)
+        except DatabaseUnavailableError as exc:
+            logger.warning("dispatch paused: database unavailable", extra={"error": str(exc)})
+            await asyncio.sleep(UNAVAILABLE_PAUSE_S)
+            self._signal.wake()
+            return result
+        if result.claimed:
+            logger.debug("dispatched", extra={"claimed": result.claimed, "claims": result.claims})
+        return result
+
+    def _groups(self) -> list[_Group]:
+        groups: dict[tuple[tuple[str, ...], tuple[str, ...]], _Group] = {}
+        for s in self._registry:
+            if s.accepting and s.credit > 0:
+                key = (s.queues, s.kinds)
+                groups.setdefault(key, _Group(s.queues, s.kinds)).sessions.append(s)
+        return list(groups.values())
+
+    async def _dispatch_group(self, group: _Group, result: DispatchResult) -> None:
+        credit = sum(s.credit for s in group.sessions)
+        queues = [q for q in group.queues if (q, group.kinds) not in self._exhausted]
+        if not queues or credit <= 0:
+            return
+        gkey = (group.queues, group.kinds)
+        start = self._rotation[gkey] % len(queues)
+        self._rotation[gkey] += 1
+        order = queues[start:] + queues[:start]
+        for i, queue in enumerate(order):
+            # An equal share of what is left for each remaining queue; what a queue leaves unused flows on.
+            share = -(-credit // (len(order) - i))
+            want = min(share, credit, self._config.claim_batch_max)
+            if want <= 0:
+                break
+            slots = self._slots(group.sessions, want)
+            jobs = await self._store.claim_jobs(
+                queue=queue, kinds=group.kinds, slots=[s.worker_id for s in slots], lease_ttl_ms=self._config.lease_ttl_ms
+            )
+            result.claims += 1
+            if len(jobs) < len(slots):
+                self._exhausted.add((queue, group.kinds))
+            else:
+                result.more = True
+            for s in slots[len(jobs):]:
+                s.return_credit(1)
+            credit -= len(jobs)
+            result.claimed += len(jobs)
+            result.released += await self._deliver(jobs, slots)
+
+    @staticmethod
+    def _slots(sessions: list[Session], want: int) -> list[Session]:
+        """Interleave sessions by their credit (A, B, A, ...) and reserve that credit now."""
+        slots: list[Session] = []
+        remaining = {id(s): s.credit for s in sessions}
+        while len(slots) < want:
+            progressed = False
+            for s in sessions:
+                if len(slots) >= want:
+                    break
+                if remaining[id(s)] > 0:
+                    remaining[id(s)] -= 1
+                    slots.append(s)
+                    progressed = True
+            if not progressed:
+                break
+        for s in sessions:
+            taken = s.credit - remaining[id(s)]
+            if taken:
+                s.take_credit(taken)
+        return slots
+
+    async def _deliver(self, jobs: list[tuple[Job, int]], slots: list[Session]) -> int:
+        by_session: dict[int, tuple[Session, list[Job]]] = {}
+        for job, slot in jobs:
+            session = slots[slot]
+            by_session.setdefault(id(session), (session, []))[1].append(job)
+        undeliverable: list[LeaseKey] = []
+        for session, batch in by_session.values():
+            if not session.deliver(batch):
+                undeliverable.extend(LeaseKey(j.id, j.lease_token) for j in batch)
+        if undeliverable:
+            released = await self._store.release_leases(undeliverable)
+            metrics.RECOVERIES.labels("released_undelivered").inc(released)
+            logger.info("released undeliverable leases", extra={"count": released})
+            self._signal.wake()
+            return released
+        return 0

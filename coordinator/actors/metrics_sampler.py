@@ -1,0 +1,61 @@
+"""MetricsSampler: refreshes the gauges that need a query (queue depth, oldest ready age) or a look at memory; never writes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from coordinator import metrics
+from coordinator.db.store import Store
+from coordinator.errors import DatabaseUnavailableError
+from coordinator.sessions import SessionRegistry
+
+logger = logging.getLogger(__name__)
+
+_STATES = ("queued", "running", "scheduled", "retrying", "dead_lettered")
+
+
+class MetricsSampler:
+    """Samples every interval; also keeps the last sample for ListQueues."""
+
+    name = "metrics_sampler"
+
+    def __init__(self, *, store: Store, registry: SessionRegistry, pool_max: int, interval_s: float) -> None:
+        self._store = store
+        self._registry = registry
+        self._pool_max = pool_max
+        self._interval_s = interval_s
+        # Only written by this actor: queues seen so far, so a drained queue reads 0 rather than vanishing.
+        self._queues: set[str] = set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except DatabaseUnavailableError as exc:
+                logger.debug("metrics sample skipped", extra={"error": str(exc)})
+            await asyncio.sleep(self._interval_s)
+
+    async def run_once(self) -> None:
+        self.sample_memory()
+        depths = await self._store.queue_depths()
+        oldest = await self._store.oldest_ready()
+        seen: dict[tuple[str, str], int] = {(r["queue"], r["state"]): r["depth"] for r in depths}
+        self._queues |= {q for q, _ in seen}
+        for q in self._queues:
+            for s in _STATES:
+                metrics.QUEUE_DEPTH.labels(q, s).set(seen.get((q, s), 0))
+        ages: dict[str, float] = {r["queue"]: max((r["now"] - r["oldest_run_at"]).total_seconds(), 0.0) for r in oldest}
+        for q in self._queues:
+            metrics.OLDEST_READY_AGE.labels(q).set(ages.get(q, 0.0))
+
+    def sample_memory(self) -> None:
+        """Gauges that come from this process alone."""
+        metrics.WORKERS_CONNECTED.set(len(self._registry))
+        metrics.LEASES_ACTIVE.set(sum(s.lease_count for s in self._registry))  # type: ignore[attr-defined]
+        pool: Any = self._store.pool
+        size, idle = pool.get_size(), pool.get_idle_size()
+        metrics.DB_POOL_SIZE.labels("busy").set(size - idle)
+        metrics.DB_POOL_SIZE.labels("idle").set(idle)
+        metrics.DB_POOL_MAX.set(self._pool_max)

@@ -1,0 +1,85 @@
+"""pb2 <-> model conversion; with the servicers and session, the only importer of generated code."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from coordinator.model import Job, JobState
+from worker_sdk._proto.faultline.v1 import job_pb2
+
+STATE_TO_PB: dict[JobState, int] = {
+    JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,
+    JobState.RUNNING: job_pb2.JOB_STATE_RUNNING,
+    JobState.RETRYING: job_pb2.JOB_STATE_RETRYING,
+    JobState.SUCCEEDED: job_pb2.JOB_STATE_SUCCEEDED,
+    JobState.DEAD_LETTERED: job_pb2.JOB_STATE_DEAD_LETTERED,
+    JobState.CANCELLED: job_pb2.JOB_STATE_CANCELLED,
+    JobState.SCHEDULED: job_pb2.JOB_STATE_SCHEDULED,
+}
+PB_TO_STATE: dict[int, JobState] = {v: k for k, v in STATE_TO_PB.items()}
+
+
+def timestamp(dt: datetime | None) -> Timestamp | None:
+    if dt is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(dt.astimezone(UTC))
+    return ts
+
+
+def duration_ms(ms: int | None) -> Duration | None:
+    if ms is None:
+        return None
+    d = Duration()
+    d.FromTimedelta(timedelta(milliseconds=ms))
+    return d
+
+
+def from_timestamp(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def job_to_pb(job: Job) -> job_pb2.Job:
+    pb = job_pb2.Job(
+        id=str(job.id),
+        kind=job.kind,
+        queue=job.queue,
+        state=STATE_TO_PB[job.state],  # type: ignore[arg-type]
+        payload=job.payload,
+        result=job.result or b"",
+        last_error=job.last_error or "",
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        priority=job.priority,
+        idempotency_key=job.idempotency_key or "",
+        labels=job.labels,
+        cancel_requested=job.cancel_requested,
+        created_at=timestamp(job.created_at),
+        run_at=timestamp(job.run_at),
+        started_at=timestamp(job.started_at),
+        finished_at=timestamp(job.finished_at),
+        updated_at=timestamp(job.updated_at),
+    )
+    if job.progress_fraction is not None or job.progress_message:
+        pb.progress.CopyFrom(job_pb2.JobProgress(
+            fraction=job.progress_fraction or 0.0, message=job.progress_message or "",
+            details=job.progress_details or b"",
+        ))
+    if any(v is not None for v in (job.backoff_initial_ms, job.backoff_max_ms, job.backoff_multiplier,
+                                   job.backoff_jitter)):
+        pb.retry_policy.CopyFrom(job_pb2.RetryPolicy(
+            initial_backoff=duration_ms(job.backoff_initial_ms),
+            max_backoff=duration_ms(job.backoff_max_ms),
+            multiplier=job.backoff_multiplier or 0.0,
+            jitter=job.backoff_jitter or 0.0,
+        ))
+    if any(v is not None for v in (job.execution_timeout_ms, job.heartbeat_timeout_ms, job.schedule_to_start_ms)):
+        pb.timeouts.CopyFrom(job_pb2.JobTimeouts(
+            execution=duration_ms(job.execution_timeout_ms),
+            heartbeat=duration_ms(job.heartbeat_timeout_ms),
+            schedule_to_start=duration_ms(job.schedule_to_start_ms),
+        ))
+    return pb

@@ -1,0 +1,241 @@
+"""JobService servicer: thin; validate, convert, delegate to Store, map errors to status."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from coordinator import metrics
+from coordinator.api import convert, validate
+from coordinator.api.status import code_for
+from coordinator.db.store import Store
+from coordinator.errors import FailedPreconditionError, FaultlineError, InvalidArgumentError, JobNotFoundError
+from coordinator.model import Job, JobState
+from coordinator.sessions import DispatchSignal, SessionRegistry
+from coordinator.throughput import Throughput
+from coordinator.tracing import JobTracer
+from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
+from worker_sdk._proto.faultline.v1 import job_service_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+PAGE_TOKEN_PREFIX = "v1:"
+REQUEUE_EXTRA_MAX = 1000
+
+
+def rpc(fn: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
+    """Turn Faultline errors into the status that api/status.py names; anything else is INTERNAL and logged."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except FaultlineError as exc:
+            code = code_for(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                logger.error("rpc failed", extra={"rpc": fn.__name__}, exc_info=True)
+            await context.abort(code, str(exc))
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    return wrapper
+
+
+def _encode_page_token(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{PAGE_TOKEN_PREFIX}{last_id}".encode()).decode()
+
+
+def _decode_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgumentError("page_token", "is not a token this server issued") from None
+    if not raw.startswith(PAGE_TOKEN_PREFIX) or not raw[len(PAGE_TOKEN_PREFIX):].isdigit():
+        raise InvalidArgumentError("page_token", "is not a token this server issued")
+    return int(raw[len(PAGE_TOKEN_PREFIX):])
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        signal: DispatchSignal,
+        registry: SessionRegistry,
+        tracer: JobTracer,
+        throughput: Throughput,
+        promoter_wake: Callable[[], None],
+        max_payload: int,
+        max_attempts_default: int,
+    ) -> None:
+        self._store = store
+        self._signal = signal
+        self._registry = registry
+        self._tracer = tracer
+        self._throughput = throughput
+        self._promoter_wake = promoter_wake
+        self._max_payload = max_payload
+        self._max_attempts_default = max_attempts_default
+
+    async def _submit(self, rpc_name: str, reqs: list[Any], context: grpc.aio.ServicerContext[Any, Any],
+                      prefix: Callable[[int], str]) -> list[tuple[Job, bool]]:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        span = self._tracer.submit_span(rpc_name, metadata, **{"faultline.jobs": len(reqs)})
+        try:
+            carrier = self._tracer.carrier(span) or None
+            specs = [
+                validate.submit(r, field=prefix(i), max_payload=self._max_payload,
+                                max_attempts_default=self._max_attempts_default, trace_context=carrier)
+                for i, r in enumerate(reqs)
+            ]
+            results = await self._store.insert_jobs(specs)
+            if len(results) == 1:
+                span.set_attribute("faultline.job_id", str(results[0][0].id))
+        except FaultlineError as exc:
+            span.record_exception(exc)
+            raise
+        finally:
+            span.end()
+        scheduled = False
+        for job, created in results:
+            if created:
+                metrics.JOBS_SUBMITTED.labels(job.queue, job.kind).inc()
+                if job.state is JobState.QUEUED:
+                    self._signal.wake(job.queue)
+                else:
+                    scheduled = True
+        if scheduled:
+            self._promoter_wake()
+        return results
+
+    @rpc
+    async def Submit(self, request: jpb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> jpb.SubmitResponse:
+        [(job, created)] = await self._submit("Submit", [request], context, lambda _: "")
+        return jpb.SubmitResponse(job=convert.job_to_pb(job), created=created)
+
+    @rpc
+    async def SubmitBatch(
+        self, request: jpb.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.SubmitBatchResponse:
+        if not request.jobs:
+            raise InvalidArgumentError("jobs", "at least one job is required")
+        if len(request.jobs) > validate.BATCH_MAX:
+            raise InvalidArgumentError("jobs", f"at most {validate.BATCH_MAX} jobs per batch, got {len(request.jobs)}")
+        results = await self._submit("SubmitBatch", list(request.jobs), context, lambda i: f"jobs[{i}].")
+        return jpb.SubmitBatchResponse(
+            results=[jpb.SubmitResponse(job=convert.job_to_pb(j), created=c) for j, c in results]
+        )
+
+    async def _get(self, job_id: int) -> Job:
+        job = await self._store.get_job(job_id)
+        if job is None:
+            raise JobNotFoundError(f"job {job_id} not found")
+        return job
+
+    @rpc
+    async def GetJob(self, request: jpb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]) -> jpb.GetJobResponse:
+        return jpb.GetJobResponse(job=convert.job_to_pb(await self._get(validate.job_id(request.id))))
+
+    @rpc
+    async def ListJobs(
+        self, request: jpb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.ListJobsResponse:
+        queue = validate.name(request.queue, "queue") if request.queue else None
+        kind = validate.name(request.kind, "kind") if request.kind else None
+        state_pb = validate.state(request.state)
+        size = validate.page_size(request.page_size)
+        before = _decode_page_token(request.page_token)
+        jobs = await self._store.list_jobs(
+            queue=queue, kind=kind, state=convert.PB_TO_STATE[state_pb] if state_pb is not None else None,
+            before_id=before, limit=size + 1,
+        )
+        more = len(jobs) > size
+        jobs = jobs[:size]
+        return jpb.ListJobsResponse(
+            jobs=[convert.job_to_pb(j) for j in jobs],
+            next_page_token=_encode_page_token(jobs[-1].id) if more else "",
+        )
+
+    @rpc
+    async def CancelJob(
+        self, request: jpb.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.CancelJobResponse:
+        job_id = validate.job_id(request.id)
+        job = await self._store.cancel_job(job_id)
+        if job is None:
+            raise JobNotFoundError(f"job {job_id} not found")
+        if job.state is JobState.RUNNING and job.cancel_requested:
+            found = self._registry.find_lease(job.id)
+            if found is not None:
+                session, key = found
+                session.push_cancel(key, "cancelled by CancelJob")
+            # Otherwise the holder learns it from its next heartbeat reply (it may be on another coordinator).
+        logger.info("job cancel", extra={"job_id": job.id, "state": job.state.value})
+        return jpb.CancelJobResponse(job=convert.job_to_pb(job))
+
+    @rpc
+    async def RequeueJob(
+        self, request: jpb.RequeueJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.RequeueJobResponse:
+        job_id = validate.job_id(request.id)
+        if not 0 <= request.extra_attempts <= REQUEUE_EXTRA_MAX:
+            raise InvalidArgumentError("extra_attempts", f"must be in [1, {REQUEUE_EXTRA_MAX}] (0 for 1)")
+        job = await self._store.requeue_job(job_id, request.extra_attempts or 1)
+        if job is None:
+            current = await self._get(job_id)
+            raise FailedPreconditionError(
+                f"job {job_id} is {current.state.value}; only dead_lettered or cancelled jobs can be requeued"
+            )
+        self._signal.wake(job.queue)
+        logger.info("job requeued", extra={"job_id": job.id, "max_attempts": job.max_attempts})
+        return jpb.RequeueJobResponse(job=convert.job_to_pb(job))
+
+    @rpc
+    async def ListQueues(
+        self, request: jpb.ListQueuesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.ListQueuesResponse:
+        depths = await self._store.queue_depths()
+        oldest = {r["queue"]: r for r in await self._store.oldest_ready()}
+        by_queue: dict[str, dict[str, int]] = {}
+        for r in depths:
+            by_queue.setdefault(r["queue"], {})[r["state"]] = r["depth"]
+        for q in self._throughput.queues():
+            by_queue.setdefault(q, {})
+        out = []
+        for q in sorted(by_queue):
+            age = Duration()
+            if q in oldest:
+                age.FromTimedelta(max(oldest[q]["now"] - oldest[q]["oldest_run_at"], timedelta(0)))
+            out.append(jpb.QueueStats(name=q, depth=by_queue[q], oldest_ready_age=age,
+                                      finished_last_minute=self._throughput.last_minute(q)))
+        return jpb.ListQueuesResponse(queues=out)
+
+    @rpc
+    async def ListWorkers(
+        self, request: jpb.ListWorkersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.ListWorkersResponse:
+        import time as _time
+
+        out = []
+        for s in self._registry:
+            since = Duration()
+            since.FromTimedelta(timedelta(seconds=max(_time.monotonic() - s.last_heartbeat, 0.0)))  # type: ignore[attr-defined]
+            out.append(jpb.WorkerInfo(
+                worker_id=s.worker_id, session_id=s.session_id, queues=list(s.queues), kinds=list(s.kinds),
+                capacity=s.capacity, lease_ids=s.lease_ids, credit=s.credit, sdk=s.sdk,  # type: ignore[attr-defined]
+                connected_at=convert.timestamp(s.connected_at), draining=not s.accepting,  # type: ignore[attr-defined]
+                labels=s.labels, since_heartbeat=since,  # type: ignore[attr-defined]
+            ))
+        return jpb.ListWorkersResponse(workers=out)

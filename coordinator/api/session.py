@@ -1,0 +1,498 @@
+"""WorkerSession: one worker's Connect stream, its credit and its leases.
+
+    AWAITING_HELLO --hello--> OPEN --drain()--> DRAINING --leases done or grace over--> CLOSED
+          |                     \\--------stream ends or breaks------------------------/
+          \\--any other frame first: abort FAILED_PRECONDITION
+
+Every heartbeat, progress, complete, fail and step frame gets exactly one Reply with its seq.
+Fencing is done in SQL on (job, token, running, holder); this session's lease map is bookkeeping
+(operators, cancel push), never authority.
+
+A closed stream does not touch the database: the worker's leases stay valid until their TTL.
+A worker that reconnects in time names them in hello.held_leases and resumes them; otherwise the
+reaper re-queues them when they expire, and any late frame from the old holder is refused as stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+
+from coordinator import metrics
+from coordinator.actors.batching import Request
+from coordinator.actors.completer import CloseItem
+from coordinator.actors.lease_keeper import HeartbeatItem, KeeperAnswer, KeeperItem
+from coordinator.api import convert, validate
+from coordinator.db.store import Completion, Failure, ProgressUpdate, Store, Verdict
+from coordinator.errors import DatabaseUnavailableError, InvalidArgumentError
+from coordinator.model import Job, LeaseKey, Outcome
+from coordinator.sessions import SessionRegistry
+from coordinator.tracing import JobTracer
+from worker_sdk._proto.faultline.v1 import worker_service_pb2 as wpb
+
+logger = logging.getLogger(__name__)
+
+CAPACITY_MAX = 10_000
+OUTBOX_MAX = 100_000
+WRITE_BATCH_MAX = 1_000
+PROGRESS_MESSAGE_MAX = 1024
+PROGRESS_DETAILS_MAX = 64 << 10
+ERROR_TEXT_MAX = 8 << 10
+STEP_KEY_MAX = 256
+RETRY_DELAY_MAX_MS = validate.DURATION_MAX_MS
+
+_STATUS = {
+    Outcome.ACCEPTED: wpb.REPLY_STATUS_ACCEPTED,
+    Outcome.DUPLICATE: wpb.REPLY_STATUS_DUPLICATE,
+    Outcome.STALE_LEASE: wpb.REPLY_STATUS_STALE_LEASE,
+    Outcome.CANCELLED: wpb.REPLY_STATUS_CANCELLED,
+    Outcome.NOT_FOUND: wpb.REPLY_STATUS_NOT_FOUND,
+    Outcome.UNAVAILABLE: wpb.REPLY_STATUS_UNAVAILABLE,
+}
+_CLOSE = object()
+
+
+class SessionState(enum.Enum):
+    """Where the stream is; see the module docstring."""
+
+    AWAITING_HELLO = "awaiting_hello"
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+class StreamAbort(Exception):
+    """End the stream with this status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class WorkerSession:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: SessionRegistry,
+        completer_inbox: asyncio.Queue[Request[CloseItem, Verdict]],
+        keeper_inbox: asyncio.Queue[Request[KeeperItem, KeeperAnswer]],
+        tracer: JobTracer,
+        lease_ttl_ms: int,
+        heartbeat_interval_ms: int,
+        max_payload: int,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._completer = completer_inbox
+        self._keeper = keeper_inbox
+        self._tracer = tracer
+        self._ttl_ms = lease_ttl_ms
+        self._heartbeat_ms = heartbeat_interval_ms
+        self._max_payload = max_payload
+        self.session_id = uuid.uuid4().hex[:16]
+        self.worker_id = ""
+        self.queues: tuple[str, ...] = ()
+        self.kinds: tuple[str, ...] = ()
+        self.capacity = 0
+        self.labels: dict[str, str] = {}
+        self.sdk = ""
+        self.connected_at = datetime.now(UTC)
+        self.last_heartbeat = time.monotonic()
+        # Owned by this session: state, credit, leases, the outbox and the tasks it started.
+        self.state = SessionState.AWAITING_HELLO
+        self._credit = 0
+        self._leases: dict[int, LeaseKey] = {}
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue(OUTBOX_MAX)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drained = asyncio.Event()
+
+    # -- what the dispatcher and operators see ---------------------------------------------
+
+    @property
+    def credit(self) -> int:
+        return self._credit
+
+    @property
+    def accepting(self) -> bool:
+        return self.state is SessionState.OPEN
+
+    @property
+    def lease_count(self) -> int:
+        return len(self._leases)
+
+    @property
+    def lease_ids(self) -> list[str]:
+        return [k.lease_id for k in self._leases.values()]
+
+    def take_credit(self, n: int) -> None:
+        self._credit -= n
+
+    def return_credit(self, n: int) -> None:
+        self._credit += n
+
+    def holds(self, job_id: int) -> LeaseKey | None:
+        return self._leases.get(job_id)
+
+    def deliver(self, jobs: Sequence[Job]) -> bool:
+        if self.state is not SessionState.OPEN:
+            return False
+        frames = []
+        for job in jobs:
+            key = LeaseKey(job.id, job.lease_token)
+            ctx = self._tracer.attempt_started(job, worker_id=self.worker_id)
+            hb_ms = job.heartbeat_timeout_ms or self._ttl_ms
+            grant = wpb.LeaseGrant(
+                lease_id=key.lease_id,
+                fencing_token=job.lease_token,
+                job=convert.job_to_pb(job),
+                attempt=job.attempts,
+                lease_deadline=convert.timestamp(job.lease_expires_at),
+                heartbeat_timeout=convert.duration_ms(hb_ms),
+                execution_timeout=convert.duration_ms(job.execution_timeout_ms),
+                trace_context=ctx,
+            )
+            frames.append(wpb.CoordinatorFrame(lease=grant))
+            self._leases[job.id] = key
+            logger.debug("lease granted", extra={"job_id": job.id, "lease_token": job.lease_token,
+                                                 "worker_id": self.worker_id})
+        return all(self._send(f) for f in frames)
+
+    def push_cancel(self, key: LeaseKey, reason: str) -> None:
+        self._send(wpb.CoordinatorFrame(cancel=wpb.CancelLease(
+            lease=wpb.LeaseRef(lease_id=key.lease_id, fencing_token=key.token), reason=reason)))
+
+    def drain(self, grace: timedelta) -> None:
+        """Ask the worker to finish what it holds; the stream closes when it has, or after grace."""
+        if self.state is SessionState.OPEN:
+            self.state = SessionState.DRAINING
+            self._send(wpb.CoordinatorFrame(drain=wpb.Drain(grace=convert.duration_ms(int(grace.total_seconds() * 1000)))))
+            self._check_drained()
+
+    async def wait_drained(self) -> None:
+        await self._drained.wait()
+
+    # -- the stream --------------------------------------------------------------------------
+
+    async def serve(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        reader = asyncio.create_task(self._read_loop(context), name=f"session-read:{self.session_id}")
+        try:
+            await self._write_loop(context, reader)
+        finally:
+            reader.cancel()
+            for t in list(self._tasks):
+                t.cancel()
+            self._close()
+        exc = reader.exception() if reader.done() and not reader.cancelled() else None
+        if isinstance(exc, StreamAbort):
+            logger.warning("worker stream aborted", extra={"session_id": self.session_id, "worker_id": self.worker_id,
+                                                            "reason": exc.message})
+            await context.abort(exc.code, exc.message)
+        elif isinstance(exc, (grpc.aio.AioRpcError, ConnectionError)):
+            logger.info("worker stream broke", extra={"session_id": self.session_id, "error": str(exc)})
+        elif exc is not None:
+            logger.error("worker session failed", extra={"session_id": self.session_id}, exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"coordinator error: {type(exc).__name__}")
+
+    async def _write_loop(self, context: grpc.aio.ServicerContext[Any, Any], reader: asyncio.Task[None]) -> None:
+        get: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                get = asyncio.ensure_future(self._outbox.get())
+                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    return  # the reader ended: the worker went away or broke the protocol
+                first = get.result()
+                get = None
+                if first is _CLOSE:
+                    return
+                frames = [first]
+                while len(frames) < WRITE_BATCH_MAX and not self._outbox.empty():
+                    nxt = self._outbox.get_nowait()
+                    if nxt is _CLOSE:
+                        await context.write(wpb.ConnectResponse(frames=frames))
+                        return
+                    frames.append(nxt)
+                await context.write(wpb.ConnectResponse(frames=frames))
+        finally:
+            if get is not None:
+                get.cancel()
+
+    async def _read_loop(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+            for frame in msg.frames:
+                await self._handle(frame)
+
+    def _send(self, frame: Any) -> bool:
+        if self.state is SessionState.CLOSED:
+            return False
+        try:
+            self._outbox.put_nowait(frame)
+            return True
+        except asyncio.QueueFull:
+            logger.error("session outbox full; closing", extra={"session_id": self.session_id})
+            self._close()
+            return False
+
+    def _close(self) -> None:
+        if self.state is SessionState.CLOSED:
+            return
+        was_registered = self.state is not SessionState.AWAITING_HELLO
+        self.state = SessionState.CLOSED
+        self._drained.set()
+        if was_registered:
+            self._registry.remove(self.session_id)
+            metrics.WORKERS_CONNECTED.set(len(self._registry))
+            logger.info("worker disconnected", extra={"session_id": self.session_id, "worker_id": self.worker_id,
+                                                      "leases_held": len(self._leases)})
+        try:
+            self._outbox.put_nowait(_CLOSE)
+        except asyncio.QueueFull:
+            pass
+
+    def _check_drained(self) -> None:
+        if self.state is SessionState.DRAINING and not self._leases:
+            self._drained.set()
+            try:
+                self._outbox.put_nowait(_CLOSE)
+            except asyncio.QueueFull:
+                pass
+
+    # -- frames ------------------------------------------------------------------------------
+
+    async def _handle(self, frame: Any) -> None:
+        which = frame.WhichOneof("frame")
+        if self.state is SessionState.AWAITING_HELLO:
+            if which != "hello":
+                raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"the first frame must be hello, got {which or 'an empty frame'}")
+            await self._hello(frame.hello)
+            return
+        match which:
+            case "hello":
+                raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION, "hello sent twice on one stream")
+            case "credit":
+                self._on_credit(frame.credit)
+            case "heartbeat":
+                self._on_heartbeat(frame.seq, frame.heartbeat)
+            case "progress":
+                self._on_progress(frame.seq, frame.progress)
+            case "complete":
+                self._on_complete(frame.seq, frame.complete)
+            case "fail":
+                self._on_fail(frame.seq, frame.fail)
+            case "get_step" | "record_step":
+                self._spawn(self._on_step(frame.seq, which, getattr(frame, which)))
+            case _:
+                self._reply_invalid(frame.seq, "empty frame")
+
+    async def _hello(self, hello: Any) -> None:
+        try:
+            worker_id = hello.worker_id
+            if not worker_id or len(worker_id) > 128 or not worker_id.isprintable():
+                raise InvalidArgumentError("hello.worker_id", "must be 1-128 printable characters")
+            if not hello.queues:
+                raise InvalidArgumentError("hello.queues", "at least one queue is required")
+            queues = tuple(sorted({validate.name(q, "hello.queues") for q in hello.queues}))
+            if not hello.kinds:
+                raise InvalidArgumentError("hello.kinds", "at least one kind is required")
+            kinds = tuple(sorted({validate.name(k, "hello.kinds") for k in hello.kinds}))
+            if not 1 <= hello.capacity <= CAPACITY_MAX:
+                raise InvalidArgumentError("hello.capacity", f"must be in [1, {CAPACITY_MAX}]")
+            held = [LeaseKey.parse(r.lease_id, r.fencing_token) for r in hello.held_leases]
+        except InvalidArgumentError as exc:
+            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        self.worker_id, self.queues, self.kinds, self.capacity = worker_id, queues, kinds, hello.capacity
+        self.labels = dict(hello.labels)
+        self.sdk = f"{hello.sdk_name} {hello.sdk_version}".strip()
+        resumed: list[LeaseKey] = []
+        valid = [k for k in held if k is not None]
+        if valid:
+            try:
+                rows = await self._store.resume_leases(valid, worker_id=worker_id, lease_ttl_ms=self._ttl_ms)
+            except DatabaseUnavailableError as exc:
+                raise StreamAbort(grpc.StatusCode.UNAVAILABLE, f"cannot resume leases: {exc}") from None
+            resumed = [LeaseKey(r["id"], r["lease_token"]) for r in rows]
+            for key in resumed:
+                self._leases[key.job_id] = key
+        self.state = SessionState.OPEN
+        self._send(wpb.CoordinatorFrame(welcome=wpb.Welcome(
+            session_id=self.session_id,
+            heartbeat_interval=convert.duration_ms(self._heartbeat_ms),
+            lease_ttl=convert.duration_ms(self._ttl_ms),
+            resumed_leases=[wpb.LeaseRef(lease_id=k.lease_id, fencing_token=k.token) for k in resumed],
+        )))
+        self._registry.add(self)
+        metrics.WORKERS_CONNECTED.set(len(self._registry))
+        logger.info("worker connected", extra={
+            "session_id": self.session_id, "worker_id": worker_id, "queues": list(queues),
+            "capacity": hello.capacity, "held": len(held), "resumed": len(resumed)})
+
+    def _on_credit(self, credit: Any) -> None:
+        if not 1 <= credit.count <= CAPACITY_MAX:
+            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"credit.count must be in [1, {CAPACITY_MAX}]")
+        if self.state is not SessionState.OPEN:
+            return
+        # Never more outstanding than the capacity the worker announced.
+        self._credit = min(self._credit + credit.count, max(self.capacity - len(self._leases), 0))
+        self._registry.signal.credit()
+
+    def _lease(self, ref: Any) -> LeaseKey | None:
+        return LeaseKey.parse(ref.lease_id, ref.fencing_token)
+
+    def _on_heartbeat(self, seq: int, hb: Any) -> None:
+        self.last_heartbeat = time.monotonic()
+        refs = list(hb.leases)
+        keys = [self._lease(r) for r in refs]
+        valid = tuple(k for k in keys if k is not None)
+        if not valid:
+            self._reply_heartbeat(seq, refs, keys, ())
+            return
+        fut = self._ask(self._keeper, HeartbeatItem(valid, self.worker_id))
+        if fut is None:
+            self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
+            return
+        fut.add_done_callback(lambda f: self._reply_heartbeat(seq, refs, keys, f.result()))
+
+    def _reply_heartbeat(self, seq: int, refs: list[Any], keys: list[LeaseKey | None], answer: KeeperAnswer) -> None:
+        if len(answer) != sum(k is not None for k in keys):  # the keeper could not reach Postgres
+            self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message=answer[0].message))
+            return
+        verdicts = iter(answer)
+        statuses = []
+        for ref, key in zip(refs, keys, strict=True):
+            if key is None:
+                statuses.append(wpb.LeaseStatus(lease=ref, status=wpb.REPLY_STATUS_INVALID, message="malformed lease"))
+                continue
+            v = next(verdicts)
+            if v.outcome in (Outcome.STALE_LEASE, Outcome.NOT_FOUND):
+                self._drop_lease(key)
+            statuses.append(wpb.LeaseStatus(lease=ref, status=_STATUS[v.outcome], message=v.message))
+        self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_ACCEPTED, leases=statuses))
+
+    def _on_progress(self, seq: int, p: Any) -> None:
+        key = self._lease(p.lease)
+        if key is None:
+            return self._reply_invalid(seq, "progress.lease: malformed lease id or token")
+        if not (0.0 <= p.fraction <= 1.0) or math.isnan(p.fraction):
+            return self._reply_invalid(seq, "progress.fraction must be in [0, 1]")
+        if len(p.message) > PROGRESS_MESSAGE_MAX or "\x00" in p.message:
+            return self._reply_invalid(seq, f"progress.message must be at most {PROGRESS_MESSAGE_MAX} characters, no NUL")
+        if len(p.details) > PROGRESS_DETAILS_MAX:
+            return self._reply_invalid(seq, f"progress.details must be at most {PROGRESS_DETAILS_MAX} bytes")
+        fut = self._ask(self._keeper, ProgressUpdate(key, self.worker_id, p.fraction, p.message, p.details))
+        if fut is None:
+            return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
+        fut.add_done_callback(lambda f: self._reply_verdict(seq, key, f.result()[0], closing=False))
+
+    def _on_complete(self, seq: int, c: Any) -> None:
+        key = self._lease(c.lease)
+        if key is None:
+            return self._reply_invalid(seq, "complete.lease: malformed lease id or token")
+        if len(c.result) > self._max_payload:
+            return self._reply_invalid(seq, f"complete.result is {len(c.result)} bytes; the limit is {self._max_payload}")
+        self._close_lease(seq, key, Completion(key, self.worker_id, c.result))
+
+    def _on_fail(self, seq: int, f: Any) -> None:
+        key = self._lease(f.lease)
+        if key is None:
+            return self._reply_invalid(seq, "fail.lease: malformed lease id or token")
+        delay_ms: int | None = None
+        if f.HasField("retry_delay"):
+            d = f.retry_delay
+            if d.seconds < 0 or d.nanos < 0 or d.seconds * 1000 > RETRY_DELAY_MAX_MS:
+                return self._reply_invalid(seq, "fail.retry_delay must be in [0, 7 days]")
+            delay_ms = d.seconds * 1000 + d.nanos // 1_000_000
+        error = f.error.replace("\x00", "")[:ERROR_TEXT_MAX] or "failed"
+        self._close_lease(seq, key, Failure(key, self.worker_id, error, f.retryable, delay_ms))
+
+    def _close_lease(self, seq: int, key: LeaseKey, item: CloseItem) -> None:
+        fut = self._ask(self._completer, item)
+        if fut is None:
+            return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
+        fut.add_done_callback(lambda f: self._reply_verdict(seq, key, f.result(), closing=True))
+
+    def _reply_verdict(self, seq: int, key: LeaseKey, v: Verdict, *, closing: bool) -> None:
+        if closing and v.outcome is not Outcome.UNAVAILABLE:
+            self._drop_lease(key)
+        elif v.outcome in (Outcome.STALE_LEASE, Outcome.NOT_FOUND):
+            self._drop_lease(key)
+        reply = wpb.Reply(seq=seq, status=_STATUS[v.outcome], message=v.message, result=v.result or b"")
+        if v.state is not None:
+            reply.job_state = convert.STATE_TO_PB[v.state]  # type: ignore[assignment]
+        self._reply(seq, reply)
+
+    async def _on_step(self, seq: int, which: str, step: Any) -> None:
+        key = self._lease(step.lease)
+        if key is None:
+            return self._reply_invalid(seq, f"{which}.lease: malformed lease id or token")
+        if not step.key or len(step.key) > STEP_KEY_MAX or "\x00" in step.key:
+            return self._reply_invalid(seq, f"{which}.key must be 1-{STEP_KEY_MAX} characters, no NUL")
+        try:
+            if which == "get_step":
+                got = await self._store.get_step(key, self.worker_id, step.key)
+                if got is None:
+                    return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_NOT_FOUND, message="no such job"))
+                current, found, result = got
+                if not current:
+                    metrics.STALE_REJECTED.labels("get_step").inc()
+                    return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_STALE_LEASE,
+                                                      message="stale lease: token is not current for this worker"))
+                return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_ACCEPTED, step_found=found,
+                                                  result=result or b""))
+            if len(step.result) > self._max_payload:
+                return self._reply_invalid(seq, f"record_step.result exceeds {self._max_payload} bytes")
+            current, stored = await self._store.record_step(key, self.worker_id, step.key, step.result)
+            if not current:
+                metrics.STALE_REJECTED.labels("record_step").inc()
+                return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_STALE_LEASE,
+                                                  message="stale lease: token is not current for this worker"))
+            return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_ACCEPTED, step_found=True,
+                                              result=stored or b""))
+        except DatabaseUnavailableError as exc:
+            return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message=str(exc)))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _ask(self, inbox: asyncio.Queue[Any], item: Any) -> asyncio.Future[Any] | None:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            inbox.put_nowait(Request(item, fut))
+        except asyncio.QueueFull:
+            return None
+        return fut
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _drop_lease(self, key: LeaseKey) -> None:
+        if self._leases.get(key.job_id) == key:
+            del self._leases[key.job_id]
+            self._check_drained()
+
+    def _reply(self, seq: int, reply: Any) -> None:
+        if reply.status not in (wpb.REPLY_STATUS_ACCEPTED, wpb.REPLY_STATUS_DUPLICATE):
+            logger.debug("frame refused", extra={"session_id": self.session_id, "seq": seq,
+                                                 "status": wpb.ReplyStatus.Name(reply.status), "reason": reply.message})
+        self._send(wpb.CoordinatorFrame(reply=reply))
+
+    def _reply_invalid(self, seq: int, message: str) -> None:
+        metrics.FRAMES_REFUSED.labels("frame", "invalid").inc()
+        self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_INVALID, message=message))

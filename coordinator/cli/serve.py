@@ -1,0 +1,78 @@
+"""`faultline coordinator` and `faultline migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from coordinator import logs
+from coordinator.config import Config
+from coordinator.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("coordinator", help="run the coordinator (configuration from the environment)")
+    p.set_defaults(func=run_coordinator)
+    m = sub.add_parser("migrate", help="apply pending migrations to DATABASE_URL (or the embedded Postgres) and exit")
+    m.set_defaults(func=run_migrate)
+
+
+def _config() -> Config | None:
+    try:
+        return Config.from_env()
+    except ConfigError as exc:
+        print(f"faultline: invalid configuration: {exc}", file=sys.stderr)
+        return None
+
+
+def _run(coro: object) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type,no-any-return]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type,no-any-return]
+
+
+def run_coordinator(args: argparse.Namespace) -> int:
+    logs.setup()
+    cfg = _config()
+    if cfg is None:
+        return EXIT_CONFIG
+    from coordinator.app import main
+
+    try:
+        return _run(main(cfg))
+    except ConfigError as exc:
+        print(f"faultline: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    logs.setup()
+    cfg = _config()
+    if cfg is None:
+        return EXIT_CONFIG
+
+    async def go() -> int:
+        import asyncpg
+
+        from coordinator import embedded
+        from coordinator.db.migrate import migrate
+
+        dsn = cfg.database_url or embedded.start(cfg.embedded_data_dir)
+        con = await asyncpg.connect(dsn)
+        try:
+            applied = await migrate(con)
+        finally:
+            await con.close()
+        print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+        return 0
+
+    return _run(go())

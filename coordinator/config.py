@@ -1,0 +1,155 @@
+"""Every tunable of the coordinator: frozen Config, named defaults with units, validation from the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from coordinator.errors import ConfigError
+
+GRPC_ADDR_DEFAULT = "127.0.0.1:50051"
+METRICS_ADDR_DEFAULT = "127.0.0.1:9464"
+BACKOFF_BASE_MS_DEFAULT = 1_000
+BACKOFF_MAX_MS_DEFAULT = 300_000
+BACKOFF_MULTIPLIER_DEFAULT = 2.0
+BACKOFF_JITTER_DEFAULT = 0.2
+LEASE_TTL_MS_DEFAULT = 30_000
+MAX_ATTEMPTS_DEFAULT = 5
+MAX_PAYLOAD_BYTES_DEFAULT = 1 << 20
+DB_POOL_MIN_DEFAULT = 2
+DB_POOL_MAX_DEFAULT = 10
+# Dispatcher: largest claim in one statement, and the fallback poll that catches jobs made
+# ready by another coordinator when NOTIFY was missed.
+CLAIM_BATCH_MAX_DEFAULT = 500
+DISPATCH_FALLBACK_POLL = timedelta(seconds=1)
+# Completer and lease keeper: flush when this many items wait, or after this long.
+FLUSH_MAX_ITEMS_DEFAULT = 1_000
+FLUSH_INTERVAL = timedelta(milliseconds=2)
+HEARTBEAT_FLUSH_INTERVAL = timedelta(milliseconds=50)
+REAPER_INTERVAL = timedelta(milliseconds=500)
+REAPER_BATCH_MAX = 1_000
+PROMOTER_IDLE_MAX = timedelta(seconds=5)
+PROMOTER_BATCH_MAX = 1_000
+HEALTH_PROBE_INTERVAL = timedelta(seconds=1)
+METRICS_SAMPLE_INTERVAL = timedelta(seconds=5)
+DRAIN_GRACE_DEFAULT = timedelta(seconds=10)
+INBOX_SIZE_DEFAULT = 10_000
+# Supervisor: restart delays grow from BASE to MAX; more than INTENSITY restarts of one actor
+# within WINDOW means something is broken for good and the process exits non-zero.
+RESTART_BACKOFF_BASE = timedelta(milliseconds=100)
+RESTART_BACKOFF_MAX = timedelta(seconds=10)
+RESTART_INTENSITY = 10
+RESTART_WINDOW = timedelta(seconds=60)
+RESTART_HEALTHY_AFTER = timedelta(seconds=30)
+EMBEDDED_DATA_DIR_DEFAULT = Path.home() / ".local" / "share" / "faultline" / "pgdata"
+
+_ADDR = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryDefaults:
+    """Backoff applied to jobs that bring no retry policy of their own."""
+
+    base_ms: int = BACKOFF_BASE_MS_DEFAULT
+    max_ms: int = BACKOFF_MAX_MS_DEFAULT
+    multiplier: float = BACKOFF_MULTIPLIER_DEFAULT
+    jitter: float = BACKOFF_JITTER_DEFAULT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The coordinator's whole configuration; build it with from_env()."""
+
+    database_url: str | None
+    grpc_addr: str = GRPC_ADDR_DEFAULT
+    metrics_addr: str | None = METRICS_ADDR_DEFAULT
+    retry: RetryDefaults = field(default_factory=RetryDefaults)
+    lease_ttl_ms: int = LEASE_TTL_MS_DEFAULT
+    max_attempts_default: int = MAX_ATTEMPTS_DEFAULT
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES_DEFAULT
+    db_pool_min: int = DB_POOL_MIN_DEFAULT
+    db_pool_max: int = DB_POOL_MAX_DEFAULT
+    claim_batch_max: int = CLAIM_BATCH_MAX_DEFAULT
+    drain_grace: timedelta = DRAIN_GRACE_DEFAULT
+    embedded_data_dir: Path = EMBEDDED_DATA_DIR_DEFAULT
+    reaper_interval: timedelta = REAPER_INTERVAL
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        # A third of the TTL leaves two heartbeats of slack before a lease can expire.
+        return max(self.lease_ttl_ms // 3, 1)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read FAULTLINE_* and DATABASE_URL; raise ConfigError naming the variable on bad input."""
+        env = os.environ if env is None else env
+        metrics = env.get("FAULTLINE_METRICS_ADDR", METRICS_ADDR_DEFAULT)
+        retry = RetryDefaults(
+            base_ms=_int(env, "FAULTLINE_BACKOFF_BASE_MS", BACKOFF_BASE_MS_DEFAULT, lo=1, hi=86_400_000),
+            max_ms=_int(env, "FAULTLINE_BACKOFF_MAX_MS", BACKOFF_MAX_MS_DEFAULT, lo=1, hi=86_400_000),
+            multiplier=_float(env, "FAULTLINE_BACKOFF_MULTIPLIER", BACKOFF_MULTIPLIER_DEFAULT, lo=1.0, hi=100.0),
+            jitter=_float(env, "FAULTLINE_BACKOFF_JITTER", BACKOFF_JITTER_DEFAULT, lo=0.0, hi=1.0),
+        )
+        if retry.max_ms < retry.base_ms:
+            raise ConfigError("FAULTLINE_BACKOFF_MAX_MS must be >= FAULTLINE_BACKOFF_BASE_MS")
+        cfg = cls(
+            database_url=env.get("DATABASE_URL") or None,
+            grpc_addr=_addr(env, "FAULTLINE_GRPC_ADDR", GRPC_ADDR_DEFAULT),
+            metrics_addr=None if metrics in ("", "off") else _addr(env, "FAULTLINE_METRICS_ADDR", metrics),
+            retry=retry,
+            lease_ttl_ms=_int(env, "FAULTLINE_LEASE_TTL_MS", LEASE_TTL_MS_DEFAULT, lo=100, hi=86_400_000),
+            max_attempts_default=_int(env, "FAULTLINE_MAX_ATTEMPTS", MAX_ATTEMPTS_DEFAULT, lo=1, hi=1000),
+            max_payload_bytes=_int(env, "FAULTLINE_MAX_PAYLOAD_BYTES", MAX_PAYLOAD_BYTES_DEFAULT, lo=1, hi=64 << 20),
+            db_pool_min=_int(env, "FAULTLINE_DB_POOL_MIN", DB_POOL_MIN_DEFAULT, lo=1, hi=100),
+            db_pool_max=_int(env, "FAULTLINE_DB_POOL_MAX", DB_POOL_MAX_DEFAULT, lo=2, hi=200),
+            claim_batch_max=_int(env, "FAULTLINE_CLAIM_BATCH_MAX", CLAIM_BATCH_MAX_DEFAULT, lo=1, hi=10_000),
+            drain_grace=timedelta(
+                milliseconds=_int(env, "FAULTLINE_DRAIN_GRACE_MS", int(DRAIN_GRACE_DEFAULT.total_seconds() * 1000),
+                                  lo=0, hi=3_600_000)
+            ),
+            embedded_data_dir=Path(env.get("FAULTLINE_EMBEDDED_DATA_DIR") or EMBEDDED_DATA_DIR_DEFAULT),
+            reaper_interval=timedelta(
+                milliseconds=_int(env, "FAULTLINE_REAPER_INTERVAL_MS", int(REAPER_INTERVAL.total_seconds() * 1000),
+                                  lo=10, hi=60_000)
+            ),
+        )
+        if cfg.db_pool_min > cfg.db_pool_max:
+            raise ConfigError("FAULTLINE_DB_POOL_MIN must be <= FAULTLINE_DB_POOL_MAX")
+        return cfg
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _addr(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    if not _ADDR.match(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
+        raise ConfigError(f"{name} must be host:port, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Everything that touches PostgreSQL: the reviewed queries, the pool, the Store, migrations."""

@@ -1,0 +1,294 @@
+"""Store: one typed async method per named query; turns connection failures into DatabaseUnavailableError."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from coordinator.config import RetryDefaults
+from coordinator.db.queries import QUERIES, Cardinality
+from coordinator.errors import DatabaseUnavailableError, FaultlineError
+from coordinator.model import Job, JobSpec, JobState, LeaseKey, Outcome
+
+logger = logging.getLogger(__name__)
+
+# How long a caller waits for a pooled connection before the coordinator answers UNAVAILABLE
+# (back-pressure instead of an unbounded queue of waiters when Postgres refuses connections).
+POOL_ACQUIRE_TIMEOUT_S = 5.0
+
+# Errors that mean "Postgres is not reachable right now", as opposed to a bug in a statement.
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.ConnectionFailureError,
+)
+
+
+class StoreError(FaultlineError):
+    """A statement failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A worker's successful end of a lease."""
+
+    key: LeaseKey
+    worker_id: str
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A worker's failed end of a lease."""
+
+    key: LeaseKey
+    worker_id: str
+    error: str
+    retryable: bool
+    delay_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressUpdate:
+    """A worker's latest progress for a lease."""
+
+    key: LeaseKey
+    worker_id: str
+    fraction: float
+    message: str
+    details: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Why a fenced write matched nothing, or that it was accepted."""
+
+    outcome: Outcome
+    message: str = ""
+    result: bytes | None = None
+    state: JobState | None = None
+
+
+class Store:
+    """The coordinator's only door to Postgres."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool[Any]:
+        return self._pool
+
+    async def _run(self, name: str, *args: Any) -> Any:
+        q = QUERIES[name]
+        try:
+            async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as con:
+                match q.cardinality:
+                    case Cardinality.MANY:
+                        return await con.fetch(q.sql, *args)
+                    case Cardinality.ONE:
+                        return await con.fetchrow(q.sql, *args)
+                    case Cardinality.VAL:
+                        return await con.fetchval(q.sql, *args)
+                    case Cardinality.EXEC:
+                        return await con.execute(q.sql, *args)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailableError(f"{name}: {type(exc).__name__}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"{name} failed: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self._run("ping")
+
+    # -- producers -----------------------------------------------------------------------------
+
+    async def insert_jobs(self, specs: Sequence[JobSpec]) -> list[tuple[Job, bool]]:
+        """Insert in one statement; an existing idempotency key yields the stored job with created=False."""
+        cols: list[list[Any]] = [[] for _ in range(16)]
+        for s in specs:
+            for i, v in enumerate((
+                s.queue, s.kind, s.payload, s.idempotency_key, s.max_attempts, s.priority, s.run_at,
+                s.backoff_initial_ms, s.backoff_max_ms, s.backoff_multiplier, s.backoff_jitter,
+                s.execution_timeout_ms, s.heartbeat_timeout_ms, s.schedule_to_start_ms, s.labels, s.trace_context,
+            )):
+                cols[i].append(v)
+        rows = await self._run("insert_jobs", *cols)
+        out: list[tuple[Job, bool] | None] = [None] * len(specs)
+        missing: dict[str, list[int]] = {}
+        for row in rows:
+            idx = row["ord"] - 1
+            if row["id"] is None:
+                key = specs[idx].idempotency_key
+                assert key is not None, "only keyed rows can conflict"
+                missing.setdefault(key, []).append(idx)
+            else:
+                out[idx] = (Job.from_record(row), True)
+        if missing:
+            # Rows that lost the race to an earlier submit (or to an earlier row of this batch).
+            existing = {r["idempotency_key"]: Job.from_record(r)
+                        for r in await self._run("get_jobs_by_keys", list(missing))}
+            for key, idxs in missing.items():
+                job = existing.get(key)
+                if job is None:
+                    raise StoreError(f"idempotency key {key!r} conflicted but no job holds it")
+                for idx in idxs:
+                    out[idx] = (job, False)
+            # Within one batch, the first row with a key created the job; later ones did not.
+        return [o for o in out if o is not None]
+
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await self._run("get_job", job_id)
+        return None if row is None else Job.from_record(row)
+
+    async def list_jobs(
+        self, *, queue: str | None, kind: str | None, state: JobState | None, before_id: int | None, limit: int
+    ) -> list[Job]:
+        rows = await self._run("list_jobs", queue, kind, state.value if state else None, before_id, limit)
+        return [Job.from_record(r) for r in rows]
+
+    async def cancel_job(self, job_id: int) -> Job | None:
+        row = await self._run("cancel_job", job_id)
+        return None if row is None else Job.from_record(row)
+
+    async def requeue_job(self, job_id: int, extra_attempts: int) -> Job | None:
+        row = await self._run("requeue_job", job_id, extra_attempts)
+        return None if row is None else Job.from_record(row)
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def claim_jobs(
+        self, *, queue: str, kinds: Sequence[str], slots: Sequence[str], lease_ttl_ms: int
+    ) -> list[tuple[Job, int]]:
+        """Lease up to len(slots) jobs; returns each job with its 0-based slot index."""
+        rows = await self._run("claim_jobs", queue, list(kinds), len(slots), list(slots), lease_ttl_ms)
+        return [(Job.from_record(r), r["slot"] - 1) for r in rows]
+
+    async def release_leases(self, keys: Sequence[LeaseKey]) -> int:
+        rows = await self._run("release_leases", [k.job_id for k in keys], [k.token for k in keys])
+        return len(rows)
+
+    async def resume_leases(
+        self, keys: Sequence[LeaseKey], *, worker_id: str, lease_ttl_ms: int
+    ) -> list[Any]:
+        return list(await self._run(
+            "resume_leases", [k.job_id for k in keys], [k.token for k in keys], worker_id, lease_ttl_ms
+        ))
+
+    async def extend_leases(
+        self, keys: Sequence[tuple[LeaseKey, str]], *, lease_ttl_ms: int
+    ) -> dict[LeaseKey, Any]:
+        """Extend (lease, holder) pairs; returns the rows of those still current."""
+        rows = await self._run(
+            "extend_leases", [k.job_id for k, _ in keys], [k.token for k, _ in keys], [w for _, w in keys],
+            lease_ttl_ms,
+        )
+        return {LeaseKey(r["id"], r["lease_token"]): r for r in rows}
+
+    async def record_progress(self, items: Sequence[ProgressUpdate], *, lease_ttl_ms: int) -> dict[LeaseKey, Any]:
+        rows = await self._run(
+            "record_progress",
+            [p.key.job_id for p in items], [p.key.token for p in items], [p.worker_id for p in items],
+            [p.fraction for p in items],
+            [p.message for p in items], [p.details for p in items], lease_ttl_ms,
+        )
+        return {LeaseKey(r["id"], r["lease_token"]): r for r in rows}
+
+    async def complete_jobs(self, items: Sequence[Completion]) -> list[Any]:
+        return list(await self._run(
+            "complete_jobs", [c.key.job_id for c in items], [c.key.token for c in items],
+            [c.worker_id for c in items], [c.result for c in items],
+        ))
+
+    async def fail_jobs(self, items: Sequence[Failure], retry: RetryDefaults) -> list[Any]:
+        return list(await self._run(
+            "fail_jobs",
+            [f.key.job_id for f in items], [f.key.token for f in items], [f.worker_id for f in items],
+            [f.error for f in items],
+            [f.retryable for f in items], [f.delay_ms for f in items],
+            retry.base_ms, retry.max_ms, retry.multiplier, retry.jitter,
+        ))
+
+    async def classify(self, keys: Sequence[LeaseKey], *, closing_outcome: str | None) -> dict[LeaseKey, Verdict]:
+        """Explain fenced writes that matched nothing. closing_outcome is the attempt outcome that
+        the frame would have written ('succeeded', 'failed'); finding it means the frame is a repeat."""
+        rows = await self._run("classify_leases", [k.job_id for k in keys], [k.token for k in keys])
+        verdicts: dict[LeaseKey, Verdict] = {}
+        for r in rows:
+            key = LeaseKey(r["id"], r["token"])
+            state = JobState(r["state"]) if r["state"] is not None else None
+            if state is None:
+                verdicts[key] = Verdict(Outcome.NOT_FOUND, f"job {key.job_id} does not exist")
+            elif closing_outcome is not None and r["outcome"] in (closing_outcome, "cancelled"):
+                verdicts[key] = Verdict(
+                    Outcome.DUPLICATE, f"attempt with token {key.token} already ended {r['outcome']}",
+                    result=r["result"] if r["outcome"] == "succeeded" else None, state=state,
+                )
+            elif state is JobState.CANCELLED:
+                verdicts[key] = Verdict(Outcome.CANCELLED, f"job {key.job_id} was cancelled", state=state)
+            elif r["current_token"] == key.token and state is JobState.RUNNING:
+                verdicts[key] = Verdict(
+                    Outcome.STALE_LEASE, f"lease {key.lease_id} is held by another worker", state=state
+                )
+            elif r["current_token"] != key.token:
+                verdicts[key] = Verdict(
+                    Outcome.STALE_LEASE,
+                    f"stale lease: token {key.token} is not the job's current token {r['current_token']}"
+                    + (f"; that attempt ended {r['outcome']}" if r["outcome"] else ""),
+                    state=state,
+                )
+            else:
+                verdicts[key] = Verdict(
+                    Outcome.STALE_LEASE, f"stale lease: job is {state.value}, not running", state=state
+                )
+        return verdicts
+
+    async def expire_leases(self, *, limit: int, retry: RetryDefaults) -> list[Any]:
+        return list(await self._run(
+            "expire_leases", limit, retry.base_ms, retry.max_ms, retry.multiplier, retry.jitter
+        ))
+
+    async def expire_start_deadlines(self, *, limit: int) -> list[Any]:
+        return list(await self._run("expire_start_deadlines", limit))
+
+    async def promote_due(self, *, limit: int) -> list[Any]:
+        return list(await self._run("promote_due", limit))
+
+    async def next_due_in(self) -> float | None:
+        """Seconds until the next scheduled or retrying job is due, by Postgres' clock."""
+        value: float | None = await self._run("next_due_in")
+        return value
+
+    # -- step guards ---------------------------------------------------------------------------
+
+    async def get_step(self, key: LeaseKey, worker_id: str, step: str) -> tuple[bool, bool, bytes | None] | None:
+        """(lease current, step found, result), or None when the job does not exist."""
+        row = await self._run("get_step", key.job_id, key.token, step, worker_id)
+        return None if row is None else (bool(row["current"]), bool(row["found"]), row["result"])
+
+    async def record_step(self, key: LeaseKey, worker_id: str, step: str, result: bytes) -> tuple[bool, bytes | None]:
+        """(lease current, stored result); the first write for a step wins."""
+        row = await self._run("record_step", key.job_id, key.token, step, result, worker_id)
+        if not row["current"]:
+            return False, None
+        if row["inserted"] is not None:
+            return True, bytes(row["inserted"])
+        stored: bytes | None = await self._run("get_step_result", key.job_id, step)
+        return True, stored
+
+    # -- operators -----------------------------------------------------------------------------
+
+    async def queue_depths(self) -> list[Any]:
+        return list(await self._run("queue_depths"))
+
+    async def oldest_ready(self) -> list[Any]:
+        return list(await self._run("oldest_ready"))

@@ -1,0 +1,42 @@
+"""The coordinator's exception hierarchy; api/status.py alone maps it to gRPC status codes."""
+
+from __future__ import annotations
+
+
+class FaultlineError(Exception):
+    """Unexpected Faultline error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class ConfigError(FaultlineError):
+    """Invalid configuration."""
+
+
+class InvalidArgumentError(FaultlineError):
+    """Invalid argument."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {problem}")
+
+
+class JobNotFoundError(FaultlineError):
+    """No such job."""
+
+
+class FailedPreconditionError(FaultlineError):
+    """The job is not in a state that allows this."""
+
+
+class DatabaseUnavailableError(FaultlineError):
+    """PostgreSQL is unreachable."""
+
+
+class OverloadedError(FaultlineError):
+    """The coordinator is at capacity; retry later."""
+
+
+class RestartIntensityExceeded(FaultlineError):
+    """An actor crashed more often than the supervisor allows."""

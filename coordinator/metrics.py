@@ -1,0 +1,75 @@
+"""The coordinator's Prometheus metric families, in one registry; actors update them, /metrics serves them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Buckets from 1 ms to ~5 min: job waits and runs span sub-millisecond no-ops to long batch work.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+JOBS_SUBMITTED = Counter(
+    "faultline_jobs_submitted", "Jobs created by Submit and SubmitBatch (idempotent repeats excluded).",
+    ["queue", "kind"], registry=REGISTRY,
+)
+JOBS_COMPLETED = Counter(
+    "faultline_jobs_completed", "Attempts that ended, by outcome (succeeded, failed, dead_lettered, cancelled, "
+    "lease_expired, heartbeat_timeout, execution_timeout, schedule_to_start_timeout).",
+    ["queue", "kind", "outcome"], registry=REGISTRY,
+)
+JOB_DURATION = Histogram(
+    "faultline_job_duration_seconds", "Execution time of an attempt, from lease to completion.",
+    ["queue", "kind"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+JOB_WAIT = Histogram(
+    "faultline_job_wait_seconds", "Time from becoming ready (submit or run_at) to the start of an attempt.",
+    ["queue"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "faultline_queue_depth", "Jobs per queue and non-finished state (sampled).", ["queue", "state"], registry=REGISTRY,
+)
+OLDEST_READY_AGE = Gauge(
+    "faultline_oldest_ready_job_age_seconds", "Age of the oldest job ready to run, per queue (sampled).",
+    ["queue"], registry=REGISTRY,
+)
+RETRIES = Counter(
+    "faultline_retries", "Attempts that failed and were scheduled to retry.", ["queue", "kind"], registry=REGISTRY,
+)
+LEASE_EXPIRATIONS = Counter(
+    "faultline_lease_expirations", "Leases reaped by the coordinator, by reason.", ["reason"], registry=REGISTRY,
+)
+STALE_REJECTED = Counter(
+    "faultline_stale_completions_rejected", "Frames refused because their fencing token was stale, by frame type.",
+    ["frame"], registry=REGISTRY,
+)
+RECOVERIES = Counter(
+    "faultline_recoveries", "Jobs recovered without human action: expired leases re-queued or dead-lettered, "
+    "undeliverable grants released.", ["kind"], registry=REGISTRY,
+)
+WORKERS_CONNECTED = Gauge(
+    "faultline_workers_connected", "Open worker sessions.", registry=REGISTRY,
+)
+LEASES_ACTIVE = Gauge(
+    "faultline_leases_active", "Leases held by connected workers.", registry=REGISTRY,
+)
+ACTOR_RESTARTS = Counter(
+    "faultline_actor_restarts", "Actor restarts by the supervisor.", ["actor"], registry=REGISTRY,
+)
+DB_POOL_SIZE = Gauge(
+    "faultline_db_pool_connections", "Postgres pool connections by use.", ["use"], registry=REGISTRY,
+)
+DB_POOL_MAX = Gauge(
+    "faultline_db_pool_max_connections", "Postgres pool capacity.", registry=REGISTRY,
+)
+DB_UP = Gauge(
+    "faultline_db_up", "1 when the last Postgres probe answered.", registry=REGISTRY,
+)
+DB_BATCH_SIZE = Histogram(
+    "faultline_db_batch_size", "Items per batched statement, by operation.", ["op"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=REGISTRY,
+)
+FRAMES_REFUSED = Counter(
+    "faultline_frames_refused", "Worker frames answered other than accepted, by reason.", ["frame", "reason"],
+    registry=REGISTRY,
+)

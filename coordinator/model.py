@@ -1,0 +1,162 @@
+"""Domain value types shared by actors and the API edge: jobs, states, leases, submit specs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    """A job's lifecycle state, spelled as in the faultline_job_state enum."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.DEAD_LETTERED, JobState.CANCELLED)
+
+
+class Outcome(StrEnum):
+    """How a fenced write ended, as answered to the worker."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    STALE_LEASE = "stale_lease"
+    CANCELLED = "cancelled"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseKey:
+    """A lease: the job and the fencing token it was granted with."""
+
+    job_id: int
+    token: int
+
+    @property
+    def lease_id(self) -> str:
+        return f"{self.job_id}.{self.token}"
+
+    @classmethod
+    def parse(cls, lease_id: str, token: int) -> LeaseKey | None:
+        """The lease named by a worker, or None when the id is malformed or disagrees with the token."""
+        job, _, tok = lease_id.partition(".")
+        if not (job.isdigit() and tok.isdigit()) or len(job) > 19 or int(tok) != token:
+            return None
+        return cls(int(job), token)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """One validated job to insert."""
+
+    queue: str
+    kind: str
+    payload: bytes
+    idempotency_key: str | None
+    max_attempts: int
+    priority: int
+    run_at: datetime | None
+    backoff_initial_ms: int | None
+    backoff_max_ms: int | None
+    backoff_multiplier: float | None
+    backoff_jitter: float | None
+    execution_timeout_ms: int | None
+    heartbeat_timeout_ms: int | None
+    schedule_to_start_ms: int | None
+    labels: dict[str, str] = field(default_factory=dict)
+    trace_context: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """A job row as read from Postgres."""
+
+    id: int
+    queue: str
+    kind: str
+    state: JobState
+    priority: int
+    payload: bytes
+    result: bytes | None
+    last_error: str | None
+    attempts: int
+    max_attempts: int
+    idempotency_key: str | None
+    labels: dict[str, str]
+    backoff_initial_ms: int | None
+    backoff_max_ms: int | None
+    backoff_multiplier: float | None
+    backoff_jitter: float | None
+    execution_timeout_ms: int | None
+    heartbeat_timeout_ms: int | None
+    schedule_to_start_ms: int | None
+    trace_context: dict[str, str] | None
+    lease_token: int
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    progress_fraction: float | None
+    progress_message: str | None
+    progress_details: bytes | None
+    created_at: datetime
+    run_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, r: Any) -> Job:
+        return cls(
+            id=r["id"],
+            queue=r["queue"],
+            kind=r["kind"],
+            state=JobState(r["state"]),
+            priority=r["priority"],
+            payload=r["payload"],
+            result=r["result"],
+            last_error=r["last_error"],
+            attempts=r["attempts"],
+            max_attempts=r["max_attempts"],
+            idempotency_key=r["idempotency_key"],
+            labels=_json_obj(r["labels"]) or {},
+            backoff_initial_ms=r["backoff_initial_ms"],
+            backoff_max_ms=r["backoff_max_ms"],
+            backoff_multiplier=r["backoff_multiplier"],
+            backoff_jitter=r["backoff_jitter"],
+            execution_timeout_ms=r["execution_timeout_ms"],
+            heartbeat_timeout_ms=r["heartbeat_timeout_ms"],
+            schedule_to_start_ms=r["schedule_to_start_ms"],
+            trace_context=_json_obj(r["trace_context"]),
+            lease_token=r["lease_token"],
+            worker_id=r["worker_id"],
+            lease_expires_at=r["lease_expires_at"],
+            cancel_requested=r["cancel_requested"],
+            progress_fraction=r["progress_fraction"],
+            progress_message=r["progress_message"],
+            progress_details=r["progress_details"],
+            created_at=r["created_at"],
+            run_at=r["run_at"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+            updated_at=r["updated_at"],
+        )
+
+
+def _json_obj(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parsed = json.loads(value)
+        return parsed if isinstance(parsed, dict) else None
+    return dict(value)

@@ -1,0 +1,105 @@
+"""The registry of open worker sessions and the wake-up signal the dispatcher sleeps on.
+
+A session owns its credit and its leases; the registry only indexes sessions. The dispatcher
+reads credit and hands grants to sessions but keeps no copy, so a restarted dispatcher loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from coordinator.model import Job, LeaseKey
+
+
+class Session(Protocol):
+    """What the dispatcher and operators may ask of an open worker session."""
+
+    session_id: str
+    worker_id: str
+    queues: tuple[str, ...]
+    kinds: tuple[str, ...]
+
+    @property
+    def credit(self) -> int: ...
+
+    @property
+    def accepting(self) -> bool:
+        """Open, welcomed and not draining."""
+        ...
+
+    def take_credit(self, n: int) -> None: ...
+
+    def return_credit(self, n: int) -> None: ...
+
+    def deliver(self, jobs: Sequence[Job]) -> bool:
+        """Queue lease grants to the worker; False when the session closed (the caller releases them)."""
+        ...
+
+    def holds(self, job_id: int) -> LeaseKey | None: ...
+
+    def push_cancel(self, key: LeaseKey, reason: str) -> None: ...
+
+
+class DispatchSignal:
+    """Wakes the dispatcher: a bounded set of dirty queue names (bounded by the number of queues) plus an event."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        # Only mutated from the event loop thread; read and cleared by the dispatcher.
+        self._dirty: set[str] = set()
+        self._all = False
+
+    def wake(self, queue: str | None = None) -> None:
+        """New work in `queue` (None: anything may have changed, e.g. new credit or a new session)."""
+        if queue is None:
+            self._all = True
+        else:
+            self._dirty.add(queue)
+        self._event.set()
+
+    def credit(self) -> None:
+        """New capacity: worth a dispatch round, but no queue became non-empty."""
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            self._all = True
+
+    def take(self) -> tuple[bool, set[str]]:
+        """(everything dirty, dirty queues) since the last take; clears the signal."""
+        self._event.clear()
+        everything, dirty = self._all, self._dirty
+        self._all, self._dirty = False, set()
+        return everything, dirty
+
+
+class SessionRegistry:
+    """Open sessions by id. Owned by the worker service; read by the dispatcher and operators."""
+
+    def __init__(self, signal: DispatchSignal) -> None:
+        self._sessions: dict[str, Session] = {}
+        self.signal = signal
+
+    def add(self, session: Session) -> None:
+        self._sessions[session.session_id] = session
+        self.signal.wake()
+
+    def remove(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def find_lease(self, job_id: int) -> tuple[Session, LeaseKey] | None:
+        for s in self._sessions.values():
+            key = s.holds(job_id)
+            if key is not None:
+                return s, key
+        return None
