@@ -1,0 +1,364 @@
+"""Conversion between generated faultline.v1 messages and the SDK's dataclasses; no I/O.
+
+With _stream.py and _client.py, the only module that imports generated code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from worker_sdk._errors import ProtocolError
+from worker_sdk._frames import (
+    CancelLease,
+    Complete,
+    Drain,
+    Fail,
+    GetStep,
+    Heartbeat,
+    Hello,
+    LeaseGrant,
+    LeaseRef,
+    LeaseStatus,
+    Progress,
+    RecordStep,
+    Reply,
+    ReplyStatus,
+    RequestFrame,
+    Welcome,
+)
+from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, worker_service_pb2
+from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, WorkerInfo
+
+_JOB_STATE_FROM_PB: dict[int, JobState] = {
+    job_pb2.JOB_STATE_QUEUED: JobState.QUEUED,
+    job_pb2.JOB_STATE_RUNNING: JobState.RUNNING,
+    job_pb2.JOB_STATE_RETRYING: JobState.RETRYING,
+    job_pb2.JOB_STATE_SUCCEEDED: JobState.SUCCEEDED,
+    job_pb2.JOB_STATE_DEAD_LETTERED: JobState.DEAD_LETTERED,
+    job_pb2.JOB_STATE_CANCELLED: JobState.CANCELLED,
+    job_pb2.JOB_STATE_SCHEDULED: JobState.SCHEDULED,
+}
+_JOB_STATE_TO_PB: dict[JobState, int] = {v: k for k, v in _JOB_STATE_FROM_PB.items()}
+
+_REPLY_STATUS_FROM_PB: dict[int, ReplyStatus] = {
+    worker_service_pb2.REPLY_STATUS_UNSPECIFIED: ReplyStatus.UNSPECIFIED,
+    worker_service_pb2.REPLY_STATUS_ACCEPTED: ReplyStatus.ACCEPTED,
+    worker_service_pb2.REPLY_STATUS_DUPLICATE: ReplyStatus.DUPLICATE,
+    worker_service_pb2.REPLY_STATUS_STALE_LEASE: ReplyStatus.STALE_LEASE,
+    worker_service_pb2.REPLY_STATUS_CANCELLED: ReplyStatus.CANCELLED,
+    worker_service_pb2.REPLY_STATUS_NOT_FOUND: ReplyStatus.NOT_FOUND,
+    worker_service_pb2.REPLY_STATUS_INVALID: ReplyStatus.INVALID,
+    worker_service_pb2.REPLY_STATUS_UNAVAILABLE: ReplyStatus.UNAVAILABLE,
+}
+_REPLY_STATUS_TO_PB: dict[ReplyStatus, int] = {v: k for k, v in _REPLY_STATUS_FROM_PB.items()}
+
+
+# ---- scalars ----------------------------------------------------------------------------------
+
+
+def timestamp_to_datetime(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=timezone.utc)
+
+
+def datetime_to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    if value.tzinfo is None:
+        raise ValueError("datetimes sent to the coordinator must be timezone-aware")
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def duration_to_timedelta(d: duration_pb2.Duration) -> timedelta:
+    return d.ToTimedelta()
+
+
+def timedelta_to_duration(value: timedelta) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+def job_state_from_pb(value: int) -> JobState:
+    try:
+        return _JOB_STATE_FROM_PB[value]
+    except KeyError:
+        raise ProtocolError(f"unknown job state {value}") from None
+
+
+def job_state_to_pb(value: JobState | None) -> int:
+    return job_pb2.JOB_STATE_UNSPECIFIED if value is None else _JOB_STATE_TO_PB[value]
+
+
+def reply_status_from_pb(value: int) -> ReplyStatus:
+    # An enum value added after this SDK was built reads as UNSPECIFIED, which callers treat as INVALID.
+    return _REPLY_STATUS_FROM_PB.get(value, ReplyStatus.UNSPECIFIED)
+
+
+def reply_status_to_pb(value: ReplyStatus) -> int:
+    return _REPLY_STATUS_TO_PB[value]
+
+
+# ---- jobs -------------------------------------------------------------------------------------
+
+
+def retry_policy_from_pb(msg: job_pb2.RetryPolicy) -> RetryPolicy:
+    return RetryPolicy(
+        initial_backoff=duration_to_timedelta(msg.initial_backoff) if msg.HasField("initial_backoff") else None,
+        max_backoff=duration_to_timedelta(msg.max_backoff) if msg.HasField("max_backoff") else None,
+        multiplier=msg.multiplier or None,
+        jitter=msg.jitter or None,
+    )
+
+
+def retry_policy_to_pb(policy: RetryPolicy) -> job_pb2.RetryPolicy:
+    msg = job_pb2.RetryPolicy(multiplier=policy.multiplier or 0.0, jitter=policy.jitter or 0.0)
+    if policy.initial_backoff is not None:
+        msg.initial_backoff.CopyFrom(timedelta_to_duration(policy.initial_backoff))
+    if policy.max_backoff is not None:
+        msg.max_backoff.CopyFrom(timedelta_to_duration(policy.max_backoff))
+    return msg
+
+
+def timeouts_from_pb(msg: job_pb2.JobTimeouts) -> JobTimeouts:
+    return JobTimeouts(
+        execution=duration_to_timedelta(msg.execution) if msg.HasField("execution") else None,
+        heartbeat=duration_to_timedelta(msg.heartbeat) if msg.HasField("heartbeat") else None,
+        schedule_to_start=(
+            duration_to_timedelta(msg.schedule_to_start) if msg.HasField("schedule_to_start") else None
+        ),
+    )
+
+
+def timeouts_to_pb(timeouts: JobTimeouts) -> job_pb2.JobTimeouts:
+    msg = job_pb2.JobTimeouts()
+    if timeouts.execution is not None:
+        msg.execution.CopyFrom(timedelta_to_duration(timeouts.execution))
+    if timeouts.heartbeat is not None:
+        msg.heartbeat.CopyFrom(timedelta_to_duration(timeouts.heartbeat))
+    if timeouts.schedule_to_start is not None:
+        msg.schedule_to_start.CopyFrom(timedelta_to_duration(timeouts.schedule_to_start))
+    return msg
+
+
+def _opt_time(msg: job_pb2.Job, name: str) -> datetime | None:
+    return timestamp_to_datetime(getattr(msg, name)) if msg.HasField(name) else None
+
+
+def job_from_pb(msg: job_pb2.Job) -> Job:
+    return Job(
+        id=msg.id,
+        kind=msg.kind,
+        queue=msg.queue,
+        state=job_state_from_pb(msg.state),
+        payload=msg.payload,
+        result=msg.result,
+        last_error=msg.last_error,
+        attempts=msg.attempts,
+        max_attempts=msg.max_attempts,
+        priority=msg.priority,
+        idempotency_key=msg.idempotency_key or None,
+        progress_fraction=msg.progress.fraction,
+        progress_message=msg.progress.message,
+        progress_details=msg.progress.details,
+        labels=dict(msg.labels),
+        cancel_requested=msg.cancel_requested,
+        retry_policy=retry_policy_from_pb(msg.retry_policy) if msg.HasField("retry_policy") else None,
+        timeouts=timeouts_from_pb(msg.timeouts) if msg.HasField("timeouts") else None,
+        created_at=_opt_time(msg, "created_at"),
+        run_at=_opt_time(msg, "run_at"),
+        started_at=_opt_time(msg, "started_at"),
+        finished_at=_opt_time(msg, "finished_at"),
+        updated_at=_opt_time(msg, "updated_at"),
+    )
+
+
+def submit_request_to_pb(spec: JobSpec) -> job_service_pb2.SubmitRequest:
+    if not isinstance(spec.payload, bytes | bytearray | memoryview):
+        raise TypeError(f"payload must be bytes, not {type(spec.payload).__name__}")
+    msg = job_service_pb2.SubmitRequest(
+        kind=spec.kind,
+        queue=spec.queue,
+        payload=bytes(spec.payload),
+        idempotency_key=spec.idempotency_key or "",
+        max_attempts=spec.max_attempts or 0,
+        priority=spec.priority,
+        labels=dict(spec.labels or {}),
+    )
+    if spec.run_at is not None:
+        msg.run_at.CopyFrom(datetime_to_timestamp(spec.run_at))
+    if spec.retry_policy is not None:
+        msg.retry_policy.CopyFrom(retry_policy_to_pb(spec.retry_policy))
+    if spec.timeouts is not None:
+        msg.timeouts.CopyFrom(timeouts_to_pb(spec.timeouts))
+    return msg
+
+
+def _state_key(name: str) -> JobState | str:
+    try:
+        return JobState(name)
+    except ValueError:
+        return name
+
+
+def queue_stats_from_pb(msg: job_service_pb2.QueueStats) -> QueueStats:
+    return QueueStats(
+        name=msg.name,
+        depth={_state_key(k): v for k, v in msg.depth.items()},
+        oldest_ready_age=duration_to_timedelta(msg.oldest_ready_age),
+        finished_last_minute=msg.finished_last_minute,
+    )
+
+
+def worker_info_from_pb(msg: job_service_pb2.WorkerInfo) -> WorkerInfo:
+    return WorkerInfo(
+        worker_id=msg.worker_id,
+        session_id=msg.session_id,
+        queues=tuple(msg.queues),
+        kinds=tuple(msg.kinds),
+        capacity=msg.capacity,
+        lease_ids=tuple(msg.lease_ids),
+        credit=msg.credit,
+        sdk=msg.sdk,
+        connected_at=timestamp_to_datetime(msg.connected_at) if msg.HasField("connected_at") else None,
+        draining=msg.draining,
+        labels=dict(msg.labels),
+        since_heartbeat=duration_to_timedelta(msg.since_heartbeat) if msg.HasField("since_heartbeat") else None,
+    )
+
+
+# ---- worker stream frames ---------------------------------------------------------------------
+
+
+def lease_ref_to_pb(ref: LeaseRef) -> worker_service_pb2.LeaseRef:
+    return worker_service_pb2.LeaseRef(lease_id=ref.lease_id, fencing_token=ref.fencing_token)
+
+
+def lease_ref_from_pb(msg: worker_service_pb2.LeaseRef) -> LeaseRef:
+    return LeaseRef(msg.lease_id, msg.fencing_token)
+
+
+def hello_to_pb(hello: Hello) -> worker_service_pb2.WorkerFrame:
+    return worker_service_pb2.WorkerFrame(
+        hello=worker_service_pb2.Hello(
+            worker_id=hello.worker_id,
+            queues=list(hello.queues),
+            kinds=list(hello.kinds),
+            capacity=hello.capacity,
+            labels=dict(hello.labels),
+            sdk_name=hello.sdk_name,
+            sdk_version=hello.sdk_version,
+            held_leases=[lease_ref_to_pb(r) for r in hello.held_leases],
+        )
+    )
+
+
+def credit_to_pb(count: int) -> worker_service_pb2.WorkerFrame:
+    return worker_service_pb2.WorkerFrame(credit=worker_service_pb2.Credit(count=count))
+
+
+def request_to_pb(seq: int, frame: RequestFrame) -> worker_service_pb2.WorkerFrame:
+    """Encode one frame that expects a reply, tagged with its per-session seq."""
+    pb = worker_service_pb2
+    match frame:
+        case Heartbeat(leases=leases):
+            return pb.WorkerFrame(seq=seq, heartbeat=pb.Heartbeat(leases=[lease_ref_to_pb(r) for r in leases]))
+        case Progress():
+            return pb.WorkerFrame(
+                seq=seq,
+                progress=pb.Progress(
+                    lease=lease_ref_to_pb(frame.lease),
+                    fraction=frame.fraction,
+                    message=frame.message,
+                    details=frame.details,
+                ),
+            )
+        case Complete(lease=lease, result=result):
+            return pb.WorkerFrame(seq=seq, complete=pb.Complete(lease=lease_ref_to_pb(lease), result=result))
+        case Fail():
+            fail = pb.Fail(lease=lease_ref_to_pb(frame.lease), error=frame.error, retryable=frame.retryable)
+            if frame.retry_delay is not None:
+                fail.retry_delay.CopyFrom(timedelta_to_duration(frame.retry_delay))
+            return pb.WorkerFrame(seq=seq, fail=fail)
+        case GetStep(lease=lease, key=key):
+            return pb.WorkerFrame(seq=seq, get_step=pb.GetStep(lease=lease_ref_to_pb(lease), key=key))
+        case RecordStep(lease=lease, key=key, result=result):
+            return pb.WorkerFrame(
+                seq=seq, record_step=pb.RecordStep(lease=lease_ref_to_pb(lease), key=key, result=result)
+            )
+    raise TypeError(f"not a request frame: {frame!r}")
+
+
+def _opt_duration(msg: worker_service_pb2.LeaseGrant, name: str) -> timedelta | None:
+    if not msg.HasField(name):
+        return None
+    value = duration_to_timedelta(getattr(msg, name))
+    return value if value > timedelta(0) else None
+
+
+def welcome_from_pb(msg: worker_service_pb2.Welcome) -> Welcome:
+    return Welcome(
+        session_id=msg.session_id,
+        heartbeat_interval=duration_to_timedelta(msg.heartbeat_interval),
+        lease_ttl=duration_to_timedelta(msg.lease_ttl),
+        resumed_leases=tuple(lease_ref_from_pb(r) for r in msg.resumed_leases),
+    )
+
+
+def lease_grant_from_pb(msg: worker_service_pb2.LeaseGrant) -> LeaseGrant:
+    return LeaseGrant(
+        lease=LeaseRef(msg.lease_id, msg.fencing_token),
+        job=job_from_pb(msg.job),
+        attempt=msg.attempt,
+        lease_deadline=timestamp_to_datetime(msg.lease_deadline) if msg.HasField("lease_deadline") else None,
+        heartbeat_timeout=_opt_duration(msg, "heartbeat_timeout"),
+        execution_timeout=_opt_duration(msg, "execution_timeout"),
+        trace_context=dict(msg.trace_context),
+    )
+
+
+def reply_from_pb(msg: worker_service_pb2.Reply) -> Reply:
+    return Reply(
+        seq=msg.seq,
+        status=reply_status_from_pb(msg.status),
+        message=msg.message,
+        result=msg.result,
+        step_found=msg.step_found,
+        leases=tuple(
+            LeaseStatus(
+                lease=lease_ref_from_pb(s.lease),
+                status=reply_status_from_pb(s.status),
+                message=s.message,
+                lease_deadline=timestamp_to_datetime(s.lease_deadline) if s.HasField("lease_deadline") else None,
+            )
+            for s in msg.leases
+        ),
+        job_state=_JOB_STATE_FROM_PB.get(msg.job_state),
+    )
+
+
+def cancel_from_pb(msg: worker_service_pb2.CancelLease) -> CancelLease:
+    return CancelLease(lease_ref_from_pb(msg.lease), msg.reason)
+
+
+def drain_from_pb(msg: worker_service_pb2.Drain) -> Drain:
+    return Drain(duration_to_timedelta(msg.grace) if msg.HasField("grace") else None)
+
+
+def coordinator_frame_from_pb(
+    msg: worker_service_pb2.CoordinatorFrame,
+) -> Welcome | LeaseGrant | Reply | CancelLease | Drain | None:
+    """Decode one coordinator frame; None for a frame kind this SDK does not know (skipped)."""
+    which = msg.WhichOneof("frame")
+    if which == "lease":
+        return lease_grant_from_pb(msg.lease)
+    if which == "reply":
+        return reply_from_pb(msg.reply)
+    if which == "welcome":
+        return welcome_from_pb(msg.welcome)
+    if which == "cancel":
+        return cancel_from_pb(msg.cancel)
+    if which == "drain":
+        return drain_from_pb(msg.drain)
+    return None

@@ -1,0 +1,64 @@
+"""The SDK's exception hierarchy: one base, WorkerSDKError, whose docstring is the default message.
+
+Handlers raise RetryJob and NonRetryableError to steer the next attempt. The client and the
+worker raise the others; the client maps gRPC status codes onto them in _client.py only.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+
+class WorkerSDKError(Exception):
+    """Unexpected Faultline worker SDK error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        if not message:
+            message = (self.__doc__ or type(self).__name__).strip()
+        super().__init__(message)
+        self.message = message
+
+
+class RetryJob(WorkerSDKError):
+    """The attempt failed and should be retried."""
+
+    def __init__(self, delay: timedelta | None = None, message: str | None = None) -> None:
+        if delay is not None and not isinstance(delay, timedelta):
+            raise TypeError(f"RetryJob delay must be a timedelta or None, not {type(delay).__name__}")
+        if delay is not None and delay < timedelta(0):
+            raise ValueError("RetryJob delay must not be negative")
+        super().__init__(message)
+        #: Delay before the next attempt; None keeps the job's retry policy.
+        self.delay = delay
+
+
+class NonRetryableError(WorkerSDKError):
+    """The attempt failed and retrying cannot help; the job is dead-lettered at once."""
+
+
+class LeaseLostError(WorkerSDKError):
+    """This worker no longer holds the job's lease; another attempt may own the job now."""
+
+
+class JobCancelledError(WorkerSDKError):
+    """The job was cancelled; stop working on it."""
+
+
+class JobNotFoundError(WorkerSDKError):
+    """No such job."""
+
+
+class InvalidArgumentError(WorkerSDKError):
+    """The request was rejected as invalid."""
+
+
+class FailedPreconditionError(WorkerSDKError):
+    """The job is not in a state that allows this operation."""
+
+
+class UnavailableError(WorkerSDKError):
+    """The coordinator is unreachable or could not serve the request; it may be retried."""
+
+
+class ProtocolError(WorkerSDKError):
+    """The coordinator sent something this SDK does not understand."""

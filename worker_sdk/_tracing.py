@@ -1,0 +1,60 @@
+"""OpenTelemetry glue (API only): trace context into client calls, and a consumer span per handler run.
+
+Without an OpenTelemetry SDK configured every call here is a cheap no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from opentelemetry import propagate, trace
+
+from worker_sdk._version import SDK_VERSION
+
+_tracer = trace.get_tracer("faultline.worker_sdk", SDK_VERSION)
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """The current trace context as gRPC metadata (W3C traceparent / tracestate)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple((k.lower(), v) for k, v in carrier.items())
+
+
+@contextmanager
+def handler_span(
+    *,
+    kind: str,
+    trace_context: Mapping[str, str],
+    job_id: str,
+    attempt: int,
+    fencing_token: int,
+    queue: str,
+) -> Iterator[trace.Span]:
+    """A CONSUMER span "faultline.handle <kind>", child of the submit's trace context, made current.
+
+    Exceptions are recorded by the caller (the handler runs in its own task, so they never
+    cross this block).
+    """
+    parent = propagate.extract(dict(trace_context))
+    with _tracer.start_as_current_span(
+        f"faultline.handle {kind}",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "faultline.job.id": job_id,
+            "faultline.job.kind": kind,
+            "faultline.job.attempt": attempt,
+            "faultline.lease.fencing_token": fencing_token,
+            "messaging.destination.name": queue,
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield span
+
+
+def record_failure(span: trace.Span, exc: BaseException, description: str) -> None:
+    span.record_exception(exc)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, description))

@@ -1,0 +1,144 @@
+"""Public value types of the SDK: jobs, their states, submit options and operator views.
+
+All are frozen slots dataclasses built by _convert.py from the wire; none holds a pb2 object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    """Where a job is in its lifecycle.
+
+    ::
+
+        SCHEDULED -> QUEUED -> RUNNING -> SUCCEEDED
+                       ^          |  \\-> CANCELLED
+                       |          |-> RETRYING -> QUEUED
+                       |          \\-> DEAD_LETTERED
+                       \\------ requeue -----/
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"
+    SCHEDULED = "scheduled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for states a job leaves only by an operator's requeue."""
+        return self in _TERMINAL_STATES
+
+
+_TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD_LETTERED, JobState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Backoff between attempts after retryable failures; None fields take the coordinator's defaults."""
+
+    #: Delay before the second attempt.
+    initial_backoff: timedelta | None = None
+    #: Upper bound on any delay.
+    max_backoff: timedelta | None = None
+    #: Growth factor per attempt, in [1, 100].
+    multiplier: float | None = None
+    #: Relative jitter in [0, 1].
+    jitter: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobTimeouts:
+    """Per-attempt limits; None means no limit (heartbeat then defaults to the coordinator's lease TTL)."""
+
+    #: Longest time from the start of an attempt to its completion.
+    execution: timedelta | None = None
+    #: Longest silence between two heartbeats of a running attempt.
+    heartbeat: timedelta | None = None
+    #: Longest time the job may wait in the queue before an attempt starts.
+    schedule_to_start: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """One job as the coordinator stored it when the answer was built."""
+
+    id: str
+    kind: str
+    queue: str
+    state: JobState
+    payload: bytes = b""
+    result: bytes = b""
+    last_error: str = ""
+    #: Attempts started so far, including a running one.
+    attempts: int = 0
+    max_attempts: int = 0
+    priority: int = 0
+    idempotency_key: str | None = None
+    #: Completed fraction in [0, 1] of the running or last attempt.
+    progress_fraction: float = 0.0
+    progress_message: str = ""
+    progress_details: bytes = b""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cancel_requested: bool = False
+    retry_policy: RetryPolicy | None = None
+    timeouts: JobTimeouts | None = None
+    created_at: datetime | None = None
+    run_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """One job to submit; the fields mean what Client.submit's arguments mean."""
+
+    kind: str
+    payload: bytes = b""
+    queue: str = "default"
+    idempotency_key: str | None = None
+    #: Attempts allowed, 1-1000; None means the coordinator's default.
+    max_attempts: int | None = None
+    #: Higher runs first within a queue, in [-1000, 1000].
+    priority: int = 0
+    #: Earliest start (timezone-aware); None or past means now.
+    run_at: datetime | None = None
+    retry_policy: RetryPolicy | None = None
+    timeouts: JobTimeouts | None = None
+    labels: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStats:
+    """One queue's depth by state and the age of its oldest ready job."""
+
+    name: str
+    depth: Mapping[JobState | str, int]
+    oldest_ready_age: timedelta
+    finished_last_minute: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """One connected worker session as the coordinator sees it."""
+
+    worker_id: str
+    session_id: str
+    queues: tuple[str, ...]
+    kinds: tuple[str, ...]
+    capacity: int
+    lease_ids: tuple[str, ...]
+    credit: int
+    sdk: str
+    connected_at: datetime | None
+    draining: bool
+    labels: Mapping[str, str]
+    since_heartbeat: timedelta | None
