@@ -1,0 +1,243 @@
+"""Client: the producer and operator API (JobService unary calls) over one grpc.aio channel.
+
+Every call carries the caller's OpenTelemetry context as W3C trace headers in its metadata, so the
+coordinator can store it with a submitted job and the worker's handler span becomes its child.
+gRPC status codes map onto the SDK's exceptions here and only here, keeping the server's message.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Self, TypeVar
+
+import grpc
+import grpc.aio
+
+from worker_sdk import _convert
+from worker_sdk._channel import open_channel
+from worker_sdk._errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    UnavailableError,
+    WorkerSDKError,
+)
+from worker_sdk._proto.faultline.v1 import job_service_pb2, job_service_pb2_grpc
+from worker_sdk._tracing import outgoing_metadata
+from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, WorkerInfo
+
+#: Deadline of each unary call unless the Client is given another.
+CALL_TIMEOUT_DEFAULT = timedelta(seconds=10)
+
+_T = TypeVar("_T")
+
+_STATUS_TO_ERROR: dict[grpc.StatusCode, type[WorkerSDKError]] = {
+    grpc.StatusCode.NOT_FOUND: JobNotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ALREADY_EXISTS: FailedPreconditionError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: UnavailableError,
+    grpc.StatusCode.ABORTED: UnavailableError,
+}
+
+
+def _map_rpc_error(exc: grpc.aio.AioRpcError) -> WorkerSDKError:
+    code = exc.code()
+    error_type = _STATUS_TO_ERROR.get(code, WorkerSDKError)
+    details = exc.details() or ""
+    message = details if error_type is not WorkerSDKError else f"{code.name}: {details}"
+    return error_type(message or None)
+
+
+class Client:
+    """Async client for submitting and managing jobs: `async with Client("host:port") as client: ...`.
+
+    The channel opens on first use (so a Client may be built outside the event loop) and is closed
+    by close() or by leaving the `async with` block.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: timedelta = CALL_TIMEOUT_DEFAULT,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = (),
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        if timeout <= timedelta(0):
+            raise InvalidArgumentError("timeout must be positive")
+        self._target = target
+        self._timeout = timeout.total_seconds()
+        self._credentials = credentials
+        self._channel_options = tuple(channel_options)
+        self._metadata = tuple((k.lower(), v) for k, v in (metadata or {}).items())
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: job_service_pb2_grpc.JobServiceStub | None = None
+
+    async def __aenter__(self) -> Self:
+        self._ensure_stub()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; in-flight calls are cancelled."""
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    def _ensure_stub(self) -> job_service_pb2_grpc.JobServiceStub:
+        if self._stub is None:
+            self._channel = open_channel(self._target, credentials=self._credentials, options=self._channel_options)
+            self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+        return self._stub
+
+    async def _unary(self, method: Callable[..., Awaitable[_T]], request: object) -> _T:
+        metadata = self._metadata + outgoing_metadata()
+        try:
+            return await method(request, timeout=self._timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise _map_rpc_error(exc) from exc
+
+    # ---- submitting ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        kind: str,
+        payload: bytes = b"",
+        *,
+        queue: str = "default",
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        retry_policy: RetryPolicy | None = None,
+        timeouts: JobTimeouts | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Enqueue one job and return it as stored (the existing job if idempotency_key matched)."""
+        job, _ = await self.submit_ex(
+            kind,
+            payload,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            priority=priority,
+            run_at=run_at,
+            retry_policy=retry_policy,
+            timeouts=timeouts,
+            labels=labels,
+        )
+        return job
+
+    async def submit_ex(
+        self,
+        kind: str,
+        payload: bytes = b"",
+        *,
+        queue: str = "default",
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        retry_policy: RetryPolicy | None = None,
+        timeouts: JobTimeouts | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> tuple[Job, bool]:
+        """Like submit(), also returning whether the job was created (False: idempotency key matched)."""
+        spec = JobSpec(
+            kind=kind,
+            payload=payload,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            priority=priority,
+            run_at=run_at,
+            retry_policy=retry_policy,
+            timeouts=timeouts,
+            labels=labels,
+        )
+        request = self._submit_request(spec)
+        response = await self._unary(self._ensure_stub().Submit, request)
+        return _convert.job_from_pb(response.job), response.created
+
+    async def submit_batch(self, specs: Iterable[JobSpec]) -> builtins.list[Job]:
+        """Enqueue many jobs in one transaction (all or none); results in request order."""
+        return [job for job, _ in await self.submit_batch_ex(specs)]
+
+    async def submit_batch_ex(self, specs: Iterable[JobSpec]) -> builtins.list[tuple[Job, bool]]:
+        """Like submit_batch(), with each job's created flag."""
+        request = job_service_pb2.SubmitBatchRequest(jobs=[self._submit_request(s) for s in specs])
+        if not request.jobs:
+            return []
+        response = await self._unary(self._ensure_stub().SubmitBatch, request)
+        return [(_convert.job_from_pb(r.job), r.created) for r in response.results]
+
+    @staticmethod
+    def _submit_request(spec: JobSpec) -> job_service_pb2.SubmitRequest:
+        try:
+            return _convert.submit_request_to_pb(spec)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(str(exc)) from exc
+
+    # ---- reading -------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        """One job by id; raises JobNotFoundError."""
+        response = await self._unary(self._ensure_stub().GetJob, job_service_pb2.GetJobRequest(id=str(job_id)))
+        return _convert.job_from_pb(response.job)
+
+    async def list(
+        self,
+        *,
+        queue: str | None = None,
+        kind: str | None = None,
+        state: JobState | str | None = None,
+        page_size: int = 0,
+        page_token: str | None = None,
+    ) -> tuple[builtins.list[Job], str | None]:
+        """One page of jobs, newest first: (jobs, next_page_token or None on the last page)."""
+        request = job_service_pb2.ListJobsRequest(
+            queue=queue or "",
+            kind=kind or "",
+            state=_convert.job_state_to_pb(JobState(state) if state is not None else None),
+            page_size=page_size,
+            page_token=page_token or "",
+        )
+        response = await self._unary(self._ensure_stub().ListJobs, request)
+        return [_convert.job_from_pb(j) for j in response.jobs], response.next_page_token or None
+
+    async def list_queues(self) -> builtins.list[QueueStats]:
+        response = await self._unary(self._ensure_stub().ListQueues, job_service_pb2.ListQueuesRequest())
+        return [_convert.queue_stats_from_pb(q) for q in response.queues]
+
+    async def list_workers(self) -> builtins.list[WorkerInfo]:
+        response = await self._unary(self._ensure_stub().ListWorkers, job_service_pb2.ListWorkersRequest())
+        return [_convert.worker_info_from_pb(w) for w in response.workers]
+
+    # ---- operating -----------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a job: at once if not running; a running job's worker is told to stop."""
+        response = await self._unary(
+            self._ensure_stub().CancelJob, job_service_pb2.CancelJobRequest(id=str(job_id))
+        )
+        return _convert.job_from_pb(response.job)
+
+    async def requeue(self, job_id: str, extra_attempts: int = 0) -> Job:
+        """Bring a dead-lettered or cancelled job back to the queue with extra attempts (0 means 1)."""
+        response = await self._unary(
+            self._ensure_stub().RequeueJob,
+            job_service_pb2.RequeueJobRequest(id=str(job_id), extra_attempts=extra_attempts),
+        )
+        return _convert.job_from_pb(response.job)
