@@ -30,7 +30,6 @@ from coordinator.config import (
     FLUSH_MAX_ITEMS_DEFAULT,
     HEALTH_PROBE_INTERVAL,
     INBOX_SIZE_DEFAULT,
-    METRICS_SAMPLE_INTERVAL,
     Config,
 )
 from coordinator.db.migrate import migrate
@@ -53,6 +52,8 @@ MIGRATE_RETRY_BASE_S = 0.5
 MIGRATE_RETRY_MAX_S = 10.0
 GRPC_MAX_MESSAGE_BYTES = 64 << 20
 SERVER_STOP_GRACE_S = 2.0
+ACTOR_STOP_TIMEOUT_S = 5.0
+POOL_CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -114,7 +115,7 @@ class Coordinator:
                 initially_up=True)),
             ChildSpec("metrics_sampler", lambda: MetricsSampler(
                 store=store, registry=registry, pool_max=cfg.db_pool_max,
-                interval_s=METRICS_SAMPLE_INTERVAL.total_seconds())),
+                interval_s=cfg.metrics_sample_interval.total_seconds())),
         ]
         self.supervisor = Supervisor(children, on_restart=lambda name: metrics.ACTOR_RESTARTS.labels(name).inc())
         for c in children:
@@ -191,7 +192,7 @@ class Coordinator:
         """Drain workers, stop serving, stop the actors, close the pool."""
         cfg = self.config
         if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+            await asyncio.wait_for(self._health.enter_graceful_shutdown(), SERVER_STOP_GRACE_S)
         if self._worker_servicer is not None:
             await self._worker_servicer.drain(cfg.drain_grace)
         if self.server is not None:
@@ -199,14 +200,18 @@ class Coordinator:
         if self._supervisor_task is not None:
             self._supervisor_task.cancel()
             try:
-                await self._supervisor_task
+                await asyncio.wait_for(self._supervisor_task, ACTOR_STOP_TIMEOUT_S)
             except (asyncio.CancelledError, Exception):
                 pass
         if self._metrics_server is not None:
             server, _thread = self._metrics_server
             server.shutdown()
         if self.store is not None:
-            await self.store.pool.close()
+            try:
+                await asyncio.wait_for(self.store.pool.close(), POOL_CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                logger.warning("pool close timed out; terminating connections")
+                self.store.pool.terminate()
         tracing.shutdown()
         logger.info("coordinator stopped")
 

@@ -1,4 +1,4 @@
-"""One-for-one supervision of long-lived actors: restart with backoff, escalate past an intensity limit.
+r"""One-for-one supervision of long-lived actors: restart with backoff, escalate past an intensity limit.
 
     start -> running --crash--> waiting(backoff) -> running ...
                        \--more than RESTART_INTENSITY crashes in RESTART_WINDOW--> escalate (process exits 1)

@@ -1,0 +1,1 @@
+"""Test helpers shared by every suite: waiting on conditions, processes, databases."""
