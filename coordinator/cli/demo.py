@@ -1,0 +1,112 @@
+"""`faultline demo`: a coordinator (embedded Postgres unless DATABASE_URL is set), the example worker and producer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+LOG_DIR = ROOT / ".faultline"
+# The embedded Postgres runs initdb on first use, which takes a while on a small machine.
+STARTUP_TIMEOUT_S = 180.0
+HEALTH_POLL_S = 0.25
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="run a coordinator with the example worker and producer")
+    p.add_argument("--jobs", type=int, default=200, help="jobs the producer submits (default 200)")
+    p.add_argument("--once", action="store_true", help="exit after the producer finishes instead of staying up")
+    p.set_defaults(func=run)
+
+
+def _pump(stream: IO[bytes], prefix: str) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.write(f"{prefix} {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    if log is not None:
+        out = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    threading.Thread(target=_pump, args=(proc.stdout, f"[{name}]"), daemon=True).start()
+    return proc
+
+
+def _wait_serving(addr: str, coordinator: subprocess.Popen[bytes], log: Path) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with grpc.insecure_channel(addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if coordinator.poll() is not None:
+                print(f"faultline demo: the coordinator exited with {coordinator.returncode}; see {log}",
+                      file=sys.stderr)
+                return False
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(HEALTH_POLL_S)
+    print(f"faultline demo: the coordinator did not become healthy in {STARTUP_TIMEOUT_S:.0f}s; see {log}",
+          file=sys.stderr)
+    return False
+
+
+def run(args: argparse.Namespace) -> int:
+    LOG_DIR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    addr = env.setdefault("FAULTLINE_GRPC_ADDR", "127.0.0.1:50051")
+    env.setdefault("FAULTLINE_ADDR", addr)
+    log = LOG_DIR / "demo-coordinator.log"
+    where = env.get("DATABASE_URL") or "an embedded Postgres (DATABASE_URL not set)"
+    print(f"faultline demo: starting the coordinator on {addr} with {where}; its log: {log}")
+    coordinator = _spawn("coordinator", [sys.executable, "-m", "coordinator"], env, log)
+    children = [coordinator]
+    try:
+        if not _wait_serving(addr, coordinator, log):
+            return 1
+        print(f"faultline demo: coordinator SERVING; metrics at http://{env.get('FAULTLINE_METRICS_ADDR', '127.0.0.1:9464')}/metrics")
+        children.append(_spawn("worker", [sys.executable, str(EXAMPLES / "worker.py")], env))
+        producer = _spawn("producer", [sys.executable, str(EXAMPLES / "producer.py"), str(args.jobs)], env)
+        children.append(producer)
+        code = producer.wait()
+        if code != 0:
+            print(f"faultline demo: the producer failed with exit code {code}", file=sys.stderr)
+            return code
+        if args.once:
+            return 0
+        print("faultline demo: all jobs done. Faultline keeps running; try `faultline jobs ls`, `faultline queues`,\n"
+              f"  or `grpcurl -plaintext {addr} list`. Ctrl-C stops everything.")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(1.0):
+                if coordinator.poll() is not None:
+                    print("faultline demo: the coordinator exited", file=sys.stderr)
+                    return 1
+        except KeyboardInterrupt:
+            pass
+        return 0
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in reversed(children):
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()

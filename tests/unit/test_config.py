@@ -1,0 +1,35 @@
+"""Config.from_env: defaults, overrides, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.config import Config
+from coordinator.errors import ConfigError
+
+
+def test_defaults() -> None:
+    cfg = Config.from_env({})
+    assert cfg.database_url is None and cfg.grpc_addr == "127.0.0.1:50051" and cfg.metrics_addr == "127.0.0.1:9464"
+    assert cfg.max_payload_bytes == 1 << 20 and cfg.heartbeat_interval_ms == cfg.lease_ttl_ms // 3
+
+
+def test_overrides() -> None:
+    cfg = Config.from_env({"DATABASE_URL": "postgresql://x/y", "FAULTLINE_BACKOFF_BASE_MS": "100",
+                           "FAULTLINE_BACKOFF_MAX_MS": "500", "FAULTLINE_METRICS_ADDR": "off"})
+    assert cfg.retry.base_ms == 100 and cfg.retry.max_ms == 500 and cfg.metrics_addr is None
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"FAULTLINE_LEASE_TTL_MS": "abc"}, "FAULTLINE_LEASE_TTL_MS"),
+    ({"FAULTLINE_LEASE_TTL_MS": "5"}, "FAULTLINE_LEASE_TTL_MS"),
+    ({"FAULTLINE_BACKOFF_JITTER": "1.5"}, "FAULTLINE_BACKOFF_JITTER"),
+    ({"FAULTLINE_BACKOFF_BASE_MS": "900", "FAULTLINE_BACKOFF_MAX_MS": "100"}, "FAULTLINE_BACKOFF_MAX_MS"),
+    ({"FAULTLINE_GRPC_ADDR": "no-port"}, "FAULTLINE_GRPC_ADDR"),
+    ({"FAULTLINE_GRPC_ADDR": "127.0.0.1:99999"}, "FAULTLINE_GRPC_ADDR"),
+    ({"FAULTLINE_MAX_PAYLOAD_BYTES": "-1"}, "FAULTLINE_MAX_PAYLOAD_BYTES"),
+])
+def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Config.from_env(env)
+    assert name in str(err.value)
