@@ -1,0 +1,473 @@
+"""One benchmark run of one system, and the loop over runs and systems that `faultline bench` drives.
+
+A run, for either system (Faultline here, a peer in peers.py):
+
+    fresh database -> server (Faultline: its own coordinator subprocess) -> consumer subprocesses
+      -> warm-up job -> idle phase: IDLE_JOBS jobs one at a time, each waited for
+      -> load phase: N producer tasks submit --jobs jobs (Submit, or SubmitBatch of --batch)
+         while the consumers run them; end-to-end = first submit to last acknowledged completion
+      -> consumers stop and hand back their submit-to-start samples -> teardown, drop the database
+
+Drain mode (--drain, implied by --backlog) skips the producers' race: it queues --jobs + --backlog jobs
+first, then starts the consumers and measures the claim rate over the first --jobs completions (between
+10% and 100% of them, so process start-up does not count).
+
+Clocks: submit and start stamps are time.time_ns() in different processes on one machine (one clock).
+CPU and RSS come from /proc/<pid>; "machine CPU" is every core's busy time from /proc/stat over the
+load phase, so anything else running on the machine shows up in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from coordinator.bench.stats import RunResult, cpu_seconds, latency_summary, rss_mb
+from coordinator.bench.worker import KIND, PAYLOAD, QUEUE
+
+DATABASE_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+IDLE_JOBS_DEFAULT = 200
+# Pause after each idle job completes, so the next one really finds every process idle.
+IDLE_GAP_S = 0.002
+READY_TIMEOUT_S = 60.0
+PROGRESS_INTERVAL_S = 1.0
+STOP_TIMEOUT_S = 20.0
+PHASE_IDLE, PHASE_LOAD, PHASE_DRAIN, PHASE_WARMUP = 0, 1, 2, 3
+BACKLOG_BATCH = 1000
+BACKLOG_PRODUCERS = 4
+DRAIN_WINDOW_START = 0.1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchConfig:
+    """What one `faultline bench` invocation asks for."""
+
+    jobs: int = 20_000
+    producers: int = 4
+    workers: int = 1
+    concurrency: int = 20
+    batch: int = 10
+    sleep_ms: float = 0.0
+    idle_jobs: int = IDLE_JOBS_DEFAULT
+    runs: int = 1
+    database_url: str = DATABASE_URL_DEFAULT
+    addr: str | None = None
+    drain: bool = False
+    backlog: int = 0
+    profile: str | None = None
+    keep_logs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1 or self.producers < 1 or self.workers < 1 or self.concurrency < 1 or self.batch < 1:
+            raise ValueError("jobs, producers, workers, concurrency and batch must be >= 1")
+        if self.runs < 1 or self.idle_jobs < 0 or self.backlog < 0 or self.sleep_ms < 0:
+            raise ValueError("runs >= 1; idle_jobs, backlog and sleep_ms >= 0")
+
+
+def payload(phase: int) -> bytes:
+    return PAYLOAD.pack(time.time_ns(), phase)
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine so far (all cores)."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (parts + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_dsn: str, prefix: str):  # type: ignore[no-untyped-def]
+    """CREATE DATABASE on the server of server_dsn; DROP it afterwards. Yields its DSN."""
+    import asyncpg
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+class Consumer:
+    """One consumer subprocess speaking the worker.py line protocol."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, out: Path, progress: asyncio.Event) -> None:
+        self.proc = proc
+        self.out = out
+        self.done = 0
+        self.last_ns = 0
+        self.ready = asyncio.Event()
+        self._progress = progress
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            line = raw.decode().split()
+            if not line:
+                continue
+            if line[0] == "ready":
+                self.ready.set()
+            elif line[0] == "done":
+                self.done, self.last_ns = int(line[1]), int(line[2])
+            self._progress.set()
+
+    async def stop(self) -> dict[int, list[float]]:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        try:
+            raw = json.loads(self.out.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {int(k): v for k, v in raw.items()}
+
+
+class Harness(ABC):
+    """What a run needs from a system: start it, submit to it, stop it."""
+
+    system: str = ""
+
+    def __init__(self, cfg: BenchConfig, tmp: Path, say: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.tmp = tmp
+        self.say = say
+        self.consumers: list[Consumer] = []
+        self.progress = asyncio.Event()
+
+    @property
+    @abstractmethod
+    def shape(self) -> str: ...
+
+    @abstractmethod
+    async def start(self, dsn: str | None) -> None:
+        """Bring up the server side (a coordinator, a schema)."""
+
+    @abstractmethod
+    def consumer_commands(self) -> list[list[str]]:
+        """One argv per consumer subprocess; each gets `--out FILE` appended."""
+
+    @abstractmethod
+    async def open_producer(self) -> Callable[[list[bytes]], asyncio.Future[None] | object]:
+        """A submit function for one producer task: submit these payloads (one call, or one batch call)."""
+
+    async def settle(self, target: int) -> int:
+        """After consumers counted `target` finishes: the time (ns) the last completion was durable."""
+        return max(c.last_ns for c in self.consumers)
+
+    async def stop(self) -> None:
+        """Tear the server side down."""
+
+    def server_pid(self) -> int | None:
+        return None
+
+    @property
+    def done(self) -> int:
+        return sum(c.done for c in self.consumers)
+
+    async def start_consumers(self) -> None:
+        for i, argv in enumerate(self.consumer_commands()):
+            out = self.tmp / f"{self.system}-consumer-{i}.json"
+            err = open(self.tmp / f"{self.system}-consumer-{i}.log", "ab")  # noqa: SIM115 - lives with the process
+            proc = await asyncio.create_subprocess_exec(
+                *argv, "--out", str(out), stdout=asyncio.subprocess.PIPE, stderr=err)
+            err.close()
+            self.consumers.append(Consumer(proc, out, self.progress))
+
+    async def wait_ready(self) -> None:
+        await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in self.consumers)), READY_TIMEOUT_S)
+
+    async def wait_done(self, target: int, label: str = "", started_ns: int = 0) -> None:
+        """Until the consumers counted `target` finishes; reports progress every PROGRESS_INTERVAL_S."""
+        next_report = time.monotonic() + PROGRESS_INTERVAL_S
+        while self.done < target:
+            dead = [c for c in self.consumers if c.proc.returncode is not None]
+            if dead:
+                raise RuntimeError(f"{self.system} consumer exited with {dead[0].proc.returncode}; see {self.tmp}")
+            self.progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), PROGRESS_INTERVAL_S)
+            if label and time.monotonic() >= next_report:
+                next_report = time.monotonic() + PROGRESS_INTERVAL_S
+                elapsed = (time.time_ns() - started_ns) / 1e9 if started_ns else 0.0
+                rate = f", {self.done / elapsed:,.0f} jobs/s so far" if elapsed > 0 else ""
+                self.say(f"  {self.system} [{self.shape}] {label}: {self.done:,}/{target:,} finished{rate}")
+
+    async def stop_consumers(self) -> dict[int, list[float]]:
+        samples: dict[int, list[float]] = {}
+        for part in await asyncio.gather(*(c.stop() for c in self.consumers)):
+            for phase, values in part.items():
+                samples.setdefault(phase, []).extend(values)
+        return samples
+
+
+async def run_once(h: Harness, dsn: str | None) -> RunResult:
+    """One run of one system (see the module docstring)."""
+    cfg = h.cfg
+    result = RunResult(system=h.system, shape=h.shape, jobs=cfg.jobs)
+    await h.start(dsn)
+    try:
+        submit = await h.open_producer()
+        if cfg.drain or cfg.backlog:
+            await _run_drain(h, submit, result)
+        else:
+            await _run_load(h, submit, result)
+    finally:
+        samples = await h.stop_consumers() if h.consumers else {}
+        await h.stop()
+    if PHASE_IDLE in samples and samples[PHASE_IDLE]:
+        result.idle_ms = latency_summary(samples[PHASE_IDLE])
+    if PHASE_LOAD in samples and samples[PHASE_LOAD]:
+        result.load_ms = latency_summary(samples[PHASE_LOAD])
+    return result
+
+
+async def _run_load(h: Harness, submit: Callable[[list[bytes]], object], result: RunResult) -> None:
+    cfg = h.cfg
+    await h.start_consumers()
+    await h.wait_ready()
+    # Warm-up: one job end to end, so connections, prepared statements and LISTENs exist before timing.
+    await _await(submit([payload(PHASE_WARMUP)]))
+    await h.wait_done(1)
+    base = h.done
+    for i in range(cfg.idle_jobs):
+        await _await(submit([payload(PHASE_IDLE)]))
+        await h.wait_done(base + i + 1)
+        await asyncio.sleep(IDLE_GAP_S)
+    base = h.done
+    h.say(f"  {h.system} [{h.shape}] idle phase done ({cfg.idle_jobs} jobs one at a time); load: {cfg.jobs:,} jobs")
+
+    pid = h.server_pid()
+    cpu0 = cpu_seconds(pid) if pid else None
+    rss0 = rss_mb(pid) if pid else None
+    consumer_cpu0 = sum(cpu_seconds(c.proc.pid) for c in h.consumers)
+    busy0 = machine_busy_s()
+    submitters = [submit] + [await h.open_producer() for _ in range(cfg.producers - 1)]
+    counter = iter(range(0, cfg.jobs, cfg.batch))
+    submit_end = 0
+    t0 = time.time_ns()
+
+    async def produce(fn: Callable[[list[bytes]], object]) -> None:
+        nonlocal submit_end
+        for start in counter:
+            n = min(cfg.batch, cfg.jobs - start)
+            await _await(fn([payload(PHASE_LOAD) for _ in range(n)]))
+        submit_end = max(submit_end, time.time_ns())
+
+    producers = [asyncio.create_task(produce(fn)) for fn in submitters]
+    await h.wait_done(base + cfg.jobs, "load", t0)
+    await asyncio.gather(*producers)
+    t_end = await h.settle(base + cfg.jobs)
+    busy1 = machine_busy_s()
+    elapsed = (t_end - t0) / 1e9
+    result.completed = h.done - base
+    result.jobs_per_s = cfg.jobs / elapsed
+    result.submit_per_s = cfg.jobs / ((submit_end - t0) / 1e9)
+    result.extra["elapsed_s"] = elapsed
+    result.extra["machine_cpu_s_per_1k"] = (busy1 - busy0) / cfg.jobs * 1000
+    result.extra["consumer_cpu_s_per_1k"] = (
+        (sum(cpu_seconds(c.proc.pid) for c in h.consumers) - consumer_cpu0) / cfg.jobs * 1000)
+    if pid and cpu0 is not None and rss0 is not None:
+        result.cpu_s_per_1k = (cpu_seconds(pid) - cpu0) / cfg.jobs * 1000
+        result.extra["server_rss_mb_start"] = rss0
+        result.extra["server_rss_mb_end"] = rss_mb(pid)
+
+
+async def _run_drain(h: Harness, submit: Callable[[list[bytes]], object], result: RunResult) -> None:
+    cfg = h.cfg
+    total = cfg.jobs + cfg.backlog
+    h.say(f"  {h.system} [{h.shape}] queueing {total:,} jobs before any consumer starts")
+    submitters = [submit] + [await h.open_producer() for _ in range(BACKLOG_PRODUCERS - 1)]
+    counter = iter(range(0, total, BACKLOG_BATCH))
+    queued = 0
+    last_said = time.monotonic()
+
+    async def produce(fn: Callable[[list[bytes]], object]) -> None:
+        nonlocal queued, last_said
+        for start in counter:
+            n = min(BACKLOG_BATCH, total - start)
+            await _await(fn([payload(PHASE_DRAIN) for _ in range(n)]))
+            queued += n
+            if time.monotonic() - last_said > PROGRESS_INTERVAL_S * 5:
+                last_said = time.monotonic()
+                h.say(f"  {h.system} queued {queued:,}/{total:,}")
+
+    await asyncio.gather(*(produce(fn) for fn in submitters))
+    pid = h.server_pid()
+    cpu0 = cpu_seconds(pid) if pid else None
+    await h.start_consumers()
+    t0 = time.time_ns()
+    first = max(1, int(cfg.jobs * DRAIN_WINDOW_START))
+    await h.wait_done(first, "drain", t0)
+    w0, d0 = max(c.last_ns for c in h.consumers), h.done
+    await h.wait_done(cfg.jobs, "drain", t0)
+    w1, d1 = max(c.last_ns for c in h.consumers), h.done
+    result.completed = d1
+    result.jobs_per_s = (d1 - d0) / ((w1 - w0) / 1e9)
+    result.extra["queued_at_start"] = float(total)
+    if pid and cpu0 is not None:
+        result.cpu_s_per_1k = (cpu_seconds(pid) - cpu0) / d1 * 1000
+        result.extra["server_rss_mb_end"] = rss_mb(pid)
+
+
+async def _await(x: object) -> None:
+    if asyncio.iscoroutine(x) or isinstance(x, asyncio.Future):
+        await x
+
+
+class FaultlineHarness(Harness):
+    """Faultline: its own coordinator subprocess (or --addr), W SDK worker subprocesses, SDK Client producers."""
+
+    system = "faultline"
+
+    def __init__(self, cfg: BenchConfig, tmp: Path, say: Callable[[str], None]) -> None:
+        super().__init__(cfg, tmp, say)
+        self._coordinator: asyncio.subprocess.Process | None = None
+        self._profiler: asyncio.subprocess.Process | None = None
+        self._clients: list[object] = []
+        self.addr = cfg.addr or ""
+
+    @property
+    def shape(self) -> str:
+        c = self.cfg
+        return f"{c.workers}w x {c.concurrency}, {c.producers}p, batch {c.batch}"
+
+    def server_pid(self) -> int | None:
+        return self._coordinator.pid if self._coordinator is not None else None
+
+    async def start(self, dsn: str | None) -> None:
+        if self.cfg.addr:
+            return
+        assert dsn is not None
+        self.addr = f"127.0.0.1:{free_port()}"
+        env = {**os.environ, "DATABASE_URL": dsn, "FAULTLINE_GRPC_ADDR": self.addr, "FAULTLINE_METRICS_ADDR": "off"}
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        log = open(self.tmp / "coordinator.log", "ab")  # noqa: SIM115 - lives with the process
+        self._coordinator = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "coordinator", env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
+        log.close()
+        await self._wait_serving()
+        if self.cfg.profile:
+            self._profiler = await asyncio.create_subprocess_exec(
+                "py-spy", "record", "--nonblocking", "-r", "200", "-p", str(self._coordinator.pid),
+                "-o", self.cfg.profile, "-f", "speedscope" if self.cfg.profile.endswith(".json") else "flamegraph",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+    async def _wait_serving(self) -> None:
+        from worker_sdk import Client, WorkerSDKError
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        async with Client(self.addr) as client:
+            while True:
+                try:
+                    await client.list_queues()
+                    return
+                except WorkerSDKError:
+                    if self._coordinator is not None and self._coordinator.returncode is not None:
+                        raise RuntimeError(f"coordinator exited; see {self.tmp / 'coordinator.log'}") from None
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+
+    def consumer_commands(self) -> list[list[str]]:
+        return [[sys.executable, "-m", "coordinator.bench.worker", "--addr", self.addr,
+                 "--concurrency", str(self.cfg.concurrency), "--sleep-ms", str(self.cfg.sleep_ms)]
+                for _ in range(self.cfg.workers)]
+
+    async def open_producer(self) -> Callable[[list[bytes]], object]:
+        from worker_sdk import Client, JobSpec
+
+        client = Client(self.addr)
+        await client.__aenter__()
+        self._clients.append(client)
+
+        async def submit(payloads: list[bytes]) -> None:
+            if len(payloads) == 1 and self.cfg.batch == 1:
+                await client.submit(KIND, payloads[0], queue=QUEUE)
+            else:
+                await client.submit_batch([JobSpec(kind=KIND, payload=p, queue=QUEUE) for p in payloads])
+
+        return submit
+
+    async def stop(self) -> None:
+        for client in self._clients:
+            await client.close()  # type: ignore[attr-defined]
+        if self._profiler is not None and self._profiler.returncode is None:
+            self._profiler.send_signal(signal.SIGINT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._profiler.wait(), STOP_TIMEOUT_S)
+        proc = self._coordinator
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def run_system(
+    make: Callable[[BenchConfig, Path, Callable[[str], None]], Harness],
+    cfg: BenchConfig,
+    say: Callable[[str], None],
+    prefix: str,
+) -> RunResult:
+    """One run of one system in a fresh database (unless --addr) and a fresh temp dir."""
+    with tempfile.TemporaryDirectory(prefix="faultline-bench-") as tmp:
+        h = make(cfg, Path(tmp), say)
+        try:
+            if cfg.addr and isinstance(h, FaultlineHarness):
+                return await run_once(h, None)
+            async with fresh_database(cfg.database_url, prefix) as dsn:
+                return await run_once(h, dsn)
+        except BaseException:
+            if cfg.keep_logs:
+                kept = Path(tempfile.mkdtemp(prefix="faultline-bench-logs-"))
+                for f in Path(tmp).iterdir():
+                    kept.joinpath(f.name).write_bytes(f.read_bytes())
+                say(f"  logs kept in {kept}")
+            raise
+
+
+def shapes_for(names: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(names))
