@@ -77,6 +77,7 @@ class Config:
     drain_grace: timedelta = DRAIN_GRACE_DEFAULT
     embedded_data_dir: Path = EMBEDDED_DATA_DIR_DEFAULT
     reaper_interval: timedelta = REAPER_INTERVAL
+    metrics_sample_interval: timedelta = METRICS_SAMPLE_INTERVAL
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -115,6 +116,10 @@ class Config:
             reaper_interval=timedelta(
                 milliseconds=_int(env, "FAULTLINE_REAPER_INTERVAL_MS", int(REAPER_INTERVAL.total_seconds() * 1000),
                                   lo=10, hi=60_000)
+            ),
+            metrics_sample_interval=timedelta(
+                milliseconds=_int(env, "FAULTLINE_METRICS_SAMPLE_MS",
+                                  int(METRICS_SAMPLE_INTERVAL.total_seconds() * 1000), lo=10, hi=600_000)
             ),
         )
         if cfg.db_pool_min > cfg.db_pool_max:
