@@ -73,3 +73,15 @@ FRAMES_REFUSED = Counter(
     "faultline_frames_refused", "Worker frames answered other than accepted, by reason.", ["frame", "reason"],
     registry=REGISTRY,
 )
+
+# Label values known up front get their series at import, so they read 0 from the first scrape:
+# rate() and alert rules need the series to exist before the first event, not only after it.
+LEASE_EXPIRATION_REASONS = ("lease_expired", "heartbeat_timeout", "execution_timeout")  # expire_leases in queries.sql
+STALE_FRAMES = ("complete", "fail", "heartbeat", "get_step", "record_step")
+RECOVERY_KINDS = ("lease_expired", "released_undelivered")
+for _reason in LEASE_EXPIRATION_REASONS:
+    LEASE_EXPIRATIONS.labels(_reason)
+for _frame in STALE_FRAMES:
+    STALE_REJECTED.labels(_frame)
+for _kind in RECOVERY_KINDS:
+    RECOVERIES.labels(_kind)

@@ -87,6 +87,10 @@ class Completer(BatchingActor[CloseItem, Verdict]):
             for r in rows:
                 state = r["state"]
                 metrics.JOBS_COMPLETED.labels(r["queue"], r["kind"], "failed" if state == "retrying" else state).inc()
+                if r["started_at"] is not None:  # failed attempts ran too: keep the duration histogram unbiased
+                    metrics.JOB_DURATION.labels(r["queue"], r["kind"]).observe(
+                        (r["closed_at"] - r["started_at"]).total_seconds()
+                    )
                 if self._throughput and state != "retrying":
                     self._throughput.add(r["queue"])
                 if state == "retrying":

@@ -125,6 +125,9 @@ class Dispatcher:
                 queue=queue, kinds=group.kinds, slots=[s.worker_id for s in slots], lease_ttl_ms=self._config.lease_ttl_ms
             )
             result.claims += 1
+            for job, _ in jobs:  # both stamps come from Postgres now(): no clock skew in the wait
+                if job.started_at is not None:
+                    metrics.JOB_WAIT.labels(queue).observe(max((job.started_at - job.run_at).total_seconds(), 0.0))
             if len(jobs) < len(slots):
                 self._exhausted.add((queue, group.kinds))
             else:

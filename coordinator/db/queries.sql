@@ -259,7 +259,7 @@ failed AS (
         updated_at = now()
     FROM decided d
     WHERE j.id = d.id
-    RETURNING j.id, j.lease_token, j.state, j.queue, j.kind, j.run_at, j.attempts, j.started_at
+    RETURNING j.id, j.lease_token, j.state, j.queue, j.kind, j.run_at, j.attempts, j.started_at, now() AS closed_at
 ),
 closed AS (
     UPDATE faultline_attempts a SET
