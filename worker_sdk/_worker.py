@@ -77,6 +77,7 @@ from worker_sdk._frames import (
     RequestFrame,
     Welcome,
 )
+from worker_sdk._metrics import FanOut, WorkerMetrics, resolve_address
 from worker_sdk._stream import ConnState, LeaseStream
 from worker_sdk._tracing import handler_span, record_failure
 from worker_sdk._version import SDK_NAME, SDK_VERSION
@@ -140,7 +141,7 @@ _STATE_FOR_REASON = {
 
 
 class WorkerObserver(Protocol):
-    """Hook for metrics (a Prometheus exporter plugs in here later); every method must be cheap."""
+    """Hook for metrics (worker_sdk/_metrics.py is the built-in Prometheus one); every method must be cheap."""
 
     def lease_started(self, kind: str, queue: str) -> None: ...
 
@@ -253,11 +254,14 @@ class Worker:
         self._worker_id = worker_id
         self._labels = dict(labels or {})
         self._drain_grace = drain_grace
-        # Hook only: a metrics endpoint is not served yet; an observer can export what it sees.
-        self._metrics_port = metrics_port
+        # Opt-in Prometheus endpoint (metrics_port, else FAULTLINE_WORKER_METRICS_PORT); served while run() runs.
+        metrics_at = resolve_address(metrics_port)
+        self._metrics = WorkerMetrics(host=metrics_at[0], port=metrics_at[1]) if metrics_at else None
         self._credentials = credentials
         self._channel_options = tuple(channel_options)
-        self._observer: WorkerObserver = observer or _NoopObserver()
+        observers = [o for o in (observer, self._metrics) if o is not None]
+        self._observer: WorkerObserver = FanOut(*observers) if len(observers) > 1 else (
+            observers[0] if observers else _NoopObserver())
         self._handle_signals = handle_signals
         self._handlers: dict[str, tuple[Handler, bool]] = {}
         # Everything below is owned by the event loop running run().
@@ -347,6 +351,8 @@ class Worker:
             ),
             listener=_Listener(self),
         )
+        if self._metrics is not None:
+            self._metrics.start()
         installed = self._install_signal_handlers(loop)
         self._state = WorkerState.RUNNING
         logger.info(
@@ -375,6 +381,8 @@ class Worker:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._metrics is not None:
+                self._metrics.stop()
             await channel.close()
             self._stopped.set()
             logger.info("worker stopped", extra={"worker_id": self._worker_id})

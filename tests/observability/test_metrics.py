@@ -1,0 +1,162 @@
+"""Prometheus: after jobs have run, the coordinator's and the worker's /metrics hold every family and pass promtool."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from coordinator.app import Coordinator
+from tests.helpers.procs import free_port
+from tests.helpers.wait import eventually
+from tests.observability.conftest import promtool_check
+from worker_sdk import Client, ConnState, InvalidArgumentError, JobContext, JobState, RetryJob, Worker
+from worker_sdk._metrics import METRICS_PORT_ENV, WorkerMetrics, resolve_address
+
+SAMPLE_INTERVAL = timedelta(milliseconds=50)
+
+# Every family the issue names (counters as exposed, with _total), with the labels each must carry.
+COORDINATOR_FAMILIES = {
+    "faultline_jobs_submitted_total": {"queue", "kind"},
+    "faultline_jobs_completed_total": {"queue", "kind", "outcome"},
+    "faultline_job_duration_seconds_bucket": {"queue", "kind", "le"},
+    "faultline_job_wait_seconds_bucket": {"queue", "le"},
+    "faultline_queue_depth": {"queue", "state"},
+    "faultline_oldest_ready_job_age_seconds": {"queue"},
+    "faultline_retries_total": {"queue", "kind"},
+    "faultline_lease_expirations_total": {"reason"},
+    "faultline_stale_completions_rejected_total": {"frame"},
+    "faultline_recoveries_total": {"kind"},
+    "faultline_workers_connected": set(),
+    "faultline_leases_active": set(),
+    "faultline_actor_restarts_total": {"actor"},
+    "faultline_db_pool_connections": {"use"},
+    "faultline_db_pool_max_connections": set(),
+}
+WORKER_FAMILIES = {
+    "faultline_worker_handler_duration_seconds_bucket": {"queue", "kind", "le"},
+    "faultline_worker_jobs_in_flight": {"queue", "kind"},
+    "faultline_worker_jobs_total": {"queue", "kind", "outcome"},
+    "faultline_worker_reconnects_total": set(),
+    "faultline_worker_connected": set(),
+}
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+        body: bytes = resp.read()
+    return body.decode()
+
+
+def samples(text: str) -> Samples:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def value(got: Samples, name: str, **labels: str) -> float | None:
+    return got.get((name, frozenset(labels.items())))
+
+
+def assert_families(got: Samples, expected: dict[str, set[str]]) -> None:
+    for name, labels in expected.items():
+        series = [dict(k[1]) for k in got if k[0] == name]
+        assert series, f"{name} has no series"
+        assert all(set(s) == labels for s in series), f"{name} labels {series[0]} != {labels}"
+
+
+async def test_metrics_after_jobs_have_run_hold_every_family_and_pass_promtool(
+    coordinator_factory: Callable[..., Awaitable[Coordinator]],
+) -> None:
+    metrics_port, worker_port = free_port(), free_port()
+    c = await coordinator_factory(metrics_addr=f"127.0.0.1:{metrics_port}", metrics_sample_interval=SAMPLE_INTERVAL)
+    addr = f"127.0.0.1:{c.port}"
+    queue = f"obs-{uuid.uuid4().hex[:8]}"
+    worker = Worker(addr, queues=[queue], handle_signals=False, metrics_port=worker_port)
+
+    @worker.handler("flaky")
+    async def flaky(ctx: JobContext) -> bytes:
+        if ctx.attempt == 1:
+            raise RetryJob(delay=timedelta(milliseconds=10))
+        return b"ok"
+
+    running = asyncio.create_task(worker.run())
+    try:
+        async with Client(addr) as client:
+            job = await client.submit("flaky", queue=queue)
+
+            async def done() -> bool:
+                return (await client.get(job.id)).state is JobState.SUCCEEDED
+
+            await eventually(done, message="flaky job succeeded on its second attempt")
+            # Nobody handles this kind: it stays ready, so depth and oldest age have something to show.
+            await client.submit("nobody-handles-this", queue=queue)
+
+        def sampled() -> Samples | None:
+            got = samples(scrape(metrics_port))
+            return got if value(got, "faultline_queue_depth", queue=queue, state="queued") == 1 else None
+
+        got = await eventually(sampled, message="queue depth sampled")
+        text = scrape(metrics_port)
+        worker_text = scrape(worker_port)
+    finally:
+        await worker.stop()
+        await running
+
+    assert_families(got, COORDINATOR_FAMILIES)
+    assert value(got, "faultline_jobs_submitted_total", queue=queue, kind="flaky") == 1
+    assert value(got, "faultline_jobs_submitted_total", queue=queue, kind="nobody-handles-this") == 1
+    assert value(got, "faultline_jobs_completed_total", queue=queue, kind="flaky", outcome="failed") == 1
+    assert value(got, "faultline_jobs_completed_total", queue=queue, kind="flaky", outcome="succeeded") == 1
+    assert value(got, "faultline_retries_total", queue=queue, kind="flaky") == 1
+    assert value(got, "faultline_job_duration_seconds_count", queue=queue, kind="flaky") == 2
+    assert value(got, "faultline_job_wait_seconds_count", queue=queue) == 2
+    assert (value(got, "faultline_oldest_ready_job_age_seconds", queue=queue) or -1) >= 0
+    assert value(got, "faultline_workers_connected") == 1
+    for reason in ("lease_expired", "heartbeat_timeout", "execution_timeout"):
+        assert value(got, "faultline_lease_expirations_total", reason=reason) is not None
+    promtool_check(text)
+
+    wgot = samples(worker_text)
+    assert_families(wgot, WORKER_FAMILIES)
+    assert value(wgot, "faultline_worker_jobs_total", queue=queue, kind="flaky", outcome="failed") == 1
+    assert value(wgot, "faultline_worker_jobs_total", queue=queue, kind="flaky", outcome="succeeded") == 1
+    assert value(wgot, "faultline_worker_handler_duration_seconds_count", queue=queue, kind="flaky") == 2
+    assert value(wgot, "faultline_worker_jobs_in_flight", queue=queue, kind="flaky") == 0
+    assert value(wgot, "faultline_worker_connected") == 1
+    assert value(wgot, "faultline_worker_reconnects_total") == 0
+    promtool_check(worker_text)
+
+
+def test_worker_metrics_count_reconnects_and_in_flight() -> None:
+    m = WorkerMetrics(host="127.0.0.1", port=0)
+    for state in (ConnState.READY, ConnState.BACKOFF, ConnState.READY, ConnState.BACKOFF, ConnState.READY):
+        m.connection_changed(state)
+    m.lease_started("k", "q")
+    m.lease_started("k", "q")
+    m.lease_finished("k", "q", "lost", 0.5)
+    get = m.registry.get_sample_value
+    assert get("faultline_worker_reconnects_total") == 2
+    assert get("faultline_worker_connected") == 1
+    assert get("faultline_worker_jobs_in_flight", {"queue": "q", "kind": "k"}) == 1
+    assert get("faultline_worker_jobs_total", {"queue": "q", "kind": "k", "outcome": "lost"}) == 1
+
+
+def test_worker_metrics_port_comes_from_the_argument_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(METRICS_PORT_ENV, raising=False)
+    assert resolve_address(None) is None
+    assert resolve_address(9465) == ("0.0.0.0", 9465)
+    monkeypatch.setenv(METRICS_PORT_ENV, "9466")
+    assert resolve_address(None) == ("0.0.0.0", 9466)
+    monkeypatch.setenv(METRICS_PORT_ENV, "127.0.0.1:9467")
+    assert resolve_address(None) == ("127.0.0.1", 9467)
+    assert resolve_address(1234) == ("0.0.0.0", 1234)
+    monkeypatch.setenv(METRICS_PORT_ENV, "nine")
+    with pytest.raises(InvalidArgumentError, match=METRICS_PORT_ENV):
+        resolve_address(None)
