@@ -90,7 +90,7 @@ class JobTracer:
         ready = _ns(job.run_at) or time.time_ns()
         wait = _tracer.start_span("faultline.queue_wait", context=parent, kind=SpanKind.INTERNAL,
                                   start_time=ready, attributes=attrs)
-        wait.end()
+        wait.end(end_time=_ns(job.started_at))  # run_at and started_at both come from Postgres now()
         span = _tracer.start_span(f"faultline.attempt {job.attempts}", context=parent, kind=SpanKind.INTERNAL,
                                   attributes=attrs)
         if not span.is_recording():
@@ -105,9 +105,15 @@ class JobTracer:
         return self.carrier(span)
 
     def attempt_closed(self, key: LeaseKey, outcome: str, error: str | None) -> None:
+        """End the attempt span; `outcome` is the attempt's outcome or the job's next state ("retrying")."""
         span = self._attempts.pop(key, None)
         if span is None:
             return
+        if outcome == "retrying":
+            # The attempt failed and the job will run again: name the attempt's outcome as
+            # faultline_jobs_completed_total does, and keep what happens next beside it.
+            span.set_attribute("faultline.next_state", outcome)
+            outcome = "failed"
         span.set_attribute("faultline.outcome", outcome)
         if outcome != "succeeded":
             span.set_status(Status(StatusCode.ERROR, error or outcome))
