@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
@@ -80,6 +81,7 @@ class JobContext:
 
     __slots__ = (
         "_cancel_event",
+        "_cancel_flag",
         "_cancel_reason",
         "_grant",
         "_link",
@@ -92,6 +94,8 @@ class JobContext:
         self._link = link
         self._loop = loop
         self._cancel_event = asyncio.Event()
+        # Mirror of _cancel_event that threads (sync handlers) can block on.
+        self._cancel_flag = threading.Event()
         self._cancel_reason: CancelReason | None = None
         self._logger = _JobLogger(
             logging.getLogger("worker_sdk.job"),
@@ -170,11 +174,19 @@ class JobContext:
     def cancel_reason(self) -> CancelReason | None:
         return self._cancel_reason
 
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """For sync handlers: block up to `timeout` seconds until cancelled; returns `cancelled`.
+
+        Use it instead of time.sleep() so that a cancel interrupts the wait.
+        """
+        return self._cancel_flag.wait(timeout)
+
     def _mark_cancelled(self, reason: CancelReason) -> None:
         """Owner: the Worker. A lost lease overrides any earlier reason (nothing will be reported)."""
         if self._cancel_reason is None or reason is CancelReason.LEASE_LOST:
             self._cancel_reason = reason
         self._cancel_event.set()
+        self._cancel_flag.set()
 
     # ---- progress ------------------------------------------------------------------------
 

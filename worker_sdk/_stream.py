@@ -56,7 +56,7 @@ from worker_sdk._backoff import (
     UNAVAILABLE_RETRY_CAP_DEFAULT,
     full_jitter,
 )
-from worker_sdk._errors import LeaseLostError, ProtocolError, UnavailableError
+from worker_sdk._errors import LeaseLostError, ProtocolError, UnavailableError, WorkerSDKError
 from worker_sdk._frames import (
     CancelLease,
     Complete,
@@ -151,7 +151,19 @@ class _CreditWake:
     """Queue item that only wakes the sender so that it sends pending credit."""
 
 
+class _StopSender:
+    """Queue item that makes the sender write what it has gathered and return (graceful close)."""
+
+
 _CREDIT_WAKE = _CreditWake()
+_STOP_SENDER = _StopSender()
+
+
+def _reraise_if_task_cancelled() -> None:
+    """Re-raise CancelledError if it is the current task that is being cancelled (never swallow it)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _StopSession(Exception):
@@ -207,7 +219,7 @@ class LeaseStream:
         self._inflight: dict[int, _Pending] = {}
         self._parked: dict[int, _Pending] = {}
         self._credit = 0
-        self._outgoing: asyncio.Queue[_Send | _CreditWake] = asyncio.Queue(maxsize=outgoing_queue_size)
+        self._outgoing: asyncio.Queue[_Send | _CreditWake | _StopSender] = asyncio.Queue(maxsize=outgoing_queue_size)
         self._interrupt = asyncio.Event()
         self._interrupt_reason = _SessionEnd.ABORTED
         self._closing = asyncio.Event()
@@ -296,6 +308,8 @@ class LeaseStream:
                         "worker stream failed",
                         extra={"code": exc.code().name, "details": exc.details(), "session_id": self._session_id},
                     )
+                except WorkerSDKError as exc:
+                    logger.warning("worker stream failed", extra={"reason": str(exc), "session_id": self._session_id})
                 except Exception:  # loop boundary: any session failure means reconnect
                     logger.error("worker stream session crashed", exc_info=True)
                 finally:
@@ -353,7 +367,7 @@ class LeaseStream:
             first = group.exceptions[0]
             assert isinstance(first, _StopSession)
             end = first.end
-        except* grpc.aio.AioRpcError as group:
+        except* (grpc.aio.AioRpcError, WorkerSDKError) as group:
             error = group.exceptions[0]
         finally:
             call.cancel()
@@ -362,6 +376,19 @@ class LeaseStream:
         return end
 
     async def _read_session(
+        self,
+        call: grpc.aio.StreamStreamCall[worker_service_pb2.ConnectRequest, worker_service_pb2.ConnectResponse],
+        tg: asyncio.TaskGroup,
+        sender: list[asyncio.Task[None]],
+    ) -> None:
+        try:
+            await self._handshake_and_read(call, tg, sender)
+        except asyncio.CancelledError:
+            _reraise_if_task_cancelled()
+            # grpc.aio raises CancelledError from read() when the call itself was cancelled.
+            raise UnavailableError("the call was cancelled") from None
+
+    async def _handshake_and_read(
         self,
         call: grpc.aio.StreamStreamCall[worker_service_pb2.ConnectRequest, worker_service_pb2.ConnectResponse],
         tg: asyncio.TaskGroup,
@@ -399,13 +426,15 @@ class LeaseStream:
         await self._interrupt.wait()
         reason = self._interrupt_reason
         if reason is _SessionEnd.CLOSED and self._state in (ConnState.READY, ConnState.DRAINING):
-            # Graceful close: stop the sender, half-close, and let the reader see the coordinator's EOF.
-            for task in sender:
-                task.cancel()
-            await asyncio.gather(*sender, return_exceptions=True)
+            # Graceful close: let the sender flush and return (cancelling it mid-write would cancel the
+            # whole call), half-close, then give the reader CLOSE_GRACE to see the coordinator's EOF;
+            # the reader's EOF ends the session and cancels this wait.
+            await self._outgoing.put(_STOP_SENDER)
             try:
-                await asyncio.wait_for(call.done_writing(), self._close_grace)
-                await asyncio.sleep(self._close_grace)  # bounded wait; the reader normally ends first with EOF
+                async with asyncio.timeout(self._close_grace):
+                    await asyncio.wait(sender)
+                    await call.done_writing()
+                    await asyncio.Event().wait()
             except (grpc.aio.AioRpcError, TimeoutError):
                 pass
         raise _StopSession(reason)
@@ -506,8 +535,19 @@ class LeaseStream:
         call: grpc.aio.StreamStreamCall[worker_service_pb2.ConnectRequest, worker_service_pb2.ConnectResponse],
     ) -> None:
         """The session's only writer after the handshake: one ConnectRequest per batch of pending frames."""
+        try:
+            await self._send_batches(call)
+        except asyncio.CancelledError:
+            _reraise_if_task_cancelled()
+            raise UnavailableError("the call was cancelled") from None
+
+    async def _send_batches(
+        self,
+        call: grpc.aio.StreamStreamCall[worker_service_pb2.ConnectRequest, worker_service_pb2.ConnectResponse],
+    ) -> None:
         carry: worker_service_pb2.WorkerFrame | None = None
-        while True:
+        stop = False
+        while not stop:
             batch: list[worker_service_pb2.WorkerFrame] = []
             size = 0
             if carry is not None:
@@ -516,12 +556,17 @@ class LeaseStream:
                 carry = None
             elif self._outgoing.empty() and not self._credit_due():
                 item = await self._outgoing.get()
-                if isinstance(item, _Send) and self._live(item):
+                if isinstance(item, _StopSender):
+                    stop = True
+                elif isinstance(item, _Send) and self._live(item):
                     frame = _convert.request_to_pb(item.seq, item.entry.frame)
                     batch.append(frame)
                     size = frame.ByteSize()
-            while len(batch) < self._max_frames and not self._outgoing.empty():
+            while not stop and len(batch) < self._max_frames and not self._outgoing.empty():
                 item = self._outgoing.get_nowait()
+                if isinstance(item, _StopSender):
+                    stop = True
+                    break
                 if not isinstance(item, _Send) or not self._live(item):
                     continue
                 frame = _convert.request_to_pb(item.seq, item.entry.frame)

@@ -2,7 +2,12 @@
 
 Worker lifecycle (WorkerState), owned by run() and stop()::
 
-    CREATED --run()--> RUNNING --stop() / SIGTERM / SIGINT--> STOPPING --drained, or grace over--> STOPPED
+    CREATED --run()--> RUNNING --stop() / SIGTERM / SIGINT--> STOPPING --drained, or grace over--> CLOSING
+    CLOSING --stream closed--> STOPPED
+
+STOPPING sends no credit but still runs grants that arrive (the coordinator may spend credit it
+already had); they count as in-flight work. CLOSING refuses grants: the protocol has no way to hand
+a lease back, so they are left to expire on the coordinator (logged), and run() returns promptly.
 
 Lease lifecycle (LeaseState), one _RunningLease per lease id in Worker._leases (owner: the event loop;
 mutated only by the Worker's own callbacks and each lease's task)::
@@ -117,6 +122,7 @@ class WorkerState(StrEnum):
     CREATED = "created"
     RUNNING = "running"
     STOPPING = "stopping"
+    CLOSING = "closing"
     STOPPED = "stopped"
 
 
@@ -372,7 +378,9 @@ class Worker:
                 tg.create_task(self._heartbeat_loop(), name="faultline-heartbeat")
                 await self._stop_requested.wait()
                 await self._drain()
+                self._state = WorkerState.CLOSING
                 await self._stream.close()
+                await self._abandon_leases()
                 self._state = WorkerState.STOPPED
                 self._heartbeat_wake.set()
         finally:
@@ -443,6 +451,16 @@ class Worker:
             task.cancel()
         await asyncio.wait(tasks)
 
+    async def _abandon_leases(self) -> None:
+        """Cancel lease tasks still alive after close (grants that raced the close); nothing is reported."""
+        tasks = [run.task for run in self._leases.values() if run.task is not None]
+        if not tasks:
+            return
+        logger.warning("leases left to expire on the coordinator", extra={"held": len(tasks)})
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+
     async def _wait_idle(self, timeout: float, *, forceable: bool = True) -> bool:
         if self._idle.is_set():
             return True
@@ -488,8 +506,10 @@ class Worker:
             logger.error("duplicate lease grant ignored", extra={"lease_id": lease_id, "job_id": grant.job.id})
             return
         tg, loop = self._tg, self._loop
-        if tg is None or loop is None or self._state is WorkerState.STOPPED:
-            logger.warning("lease grant after stop ignored", extra={"lease_id": lease_id, "job_id": grant.job.id})
+        if tg is None or loop is None or self._state in (WorkerState.CLOSING, WorkerState.STOPPED):
+            logger.warning(
+                "lease grant while closing left to expire", extra={"lease_id": lease_id, "job_id": grant.job.id}
+            )
             return
         if len(self._leases) >= self._concurrency:
             logger.warning("lease granted beyond capacity", extra={"lease_id": lease_id, "held": len(self._leases)})
