@@ -84,9 +84,11 @@ class JobTracer:
     def attempt_started(self, job: Job, *, worker_id: str) -> dict[str, str]:
         """Record the queue wait and open the attempt span; returns the context to put in the grant."""
         parent = propagate.extract(job.trace_context or {})
-        attrs = {"faultline.job_id": str(job.id), "faultline.queue": job.queue, "faultline.kind": job.kind,
-                 "faultline.attempt": job.attempts, "faultline.lease_token": job.lease_token,
-                 "faultline.worker_id": worker_id}
+        attrs: dict[str, str | int] = {
+            "faultline.job_id": str(job.id), "faultline.queue": job.queue, "faultline.kind": job.kind,
+            "faultline.attempt": job.attempts, "faultline.lease_token": job.lease_token,
+            "faultline.worker_id": worker_id,
+        }
         ready = _ns(job.run_at) or time.time_ns()
         wait = _tracer.start_span("faultline.queue_wait", context=parent, kind=SpanKind.INTERNAL,
                                   start_time=ready, attributes=attrs)
