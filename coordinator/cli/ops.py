@@ -1,0 +1,329 @@
+"""Operator commands of `faultline`: submit, jobs, dlq, queues, workers.
+
+They talk to a coordinator over gRPC only, through the SDK's Client; none of them touches Postgres.
+Output is an aligned table (or a key/value block for one job) by default and JSON with --json.
+Every failure is one line on stderr and exit code 1: an unreachable coordinator, or the server's own
+message for NotFound, InvalidArgument and FailedPrecondition. Usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import fields, is_dataclass
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from worker_sdk import Client, Job, JobState, QueueStats, UnavailableError, WorkerInfo, WorkerSDKError
+
+ADDR_ENV = "FAULTLINE_ADDR"
+ADDR_DEFAULT = "127.0.0.1:50051"
+TIMEOUT_S_DEFAULT = 10.0
+LIST_LIMIT_DEFAULT = 50
+# Page size asked of ListJobs; the server caps it too.
+PAGE_SIZE_MAX = 500
+# Widest cell in a table before it is cut with an ellipsis (errors can be kilobytes).
+CELL_MAX_CHARS = 60
+EXIT_OK = 0
+EXIT_ERROR = 1
+# Columns of `faultline queues`, in lifecycle order.
+QUEUE_STATES = (JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, JobState.RETRYING, JobState.DEAD_LETTERED)
+
+Handler = Callable[[Client, argparse.Namespace], Awaitable[Any]]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--addr", default=os.environ.get(ADDR_ENV) or ADDR_DEFAULT,
+                        help=f"coordinator gRPC address (default: ${ADDR_ENV} or {ADDR_DEFAULT})")
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common.add_argument("--timeout", type=float, default=TIMEOUT_S_DEFAULT, help="seconds per call (default: %(default)s)")
+
+    p = sub.add_parser("submit", parents=[common], help="submit one job")
+    p.add_argument("kind")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--payload", default="", help="payload as text (UTF-8)")
+    body.add_argument("--payload-file", type=Path, help="payload read from a file ('-' for stdin)")
+    p.add_argument("--queue", default="default")
+    p.add_argument("--key", dest="idempotency_key", help="idempotency key: a repeat returns the same job")
+    p.add_argument("--max-attempts", type=int, help="attempts allowed (default: the coordinator's)")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first within a queue")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label (repeatable)")
+    _bind(p, _submit)
+
+    jobs = sub.add_parser("jobs", help="list, show and cancel jobs").add_subparsers(dest="jobs_command", required=True,
+                                                                                  metavar="ACTION")
+    ls = jobs.add_parser("ls", parents=[common], help="list jobs, newest first")
+    _list_filters(ls)
+    ls.add_argument("--state", choices=[s.value for s in JobState])
+    _bind(ls, _jobs_ls)
+    show = jobs.add_parser("show", parents=[common], help="one job in full")
+    show.add_argument("id")
+    _bind(show, _jobs_show)
+    cancel = jobs.add_parser("cancel", parents=[common], help="cancel a job (a running job's worker is told to stop)")
+    cancel.add_argument("id")
+    _bind(cancel, _jobs_cancel)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue").add_subparsers(dest="dlq_command", required=True,
+                                                                             metavar="ACTION")
+    dls = dlq.add_parser("ls", parents=[common], help="list dead-lettered jobs, newest first")
+    _list_filters(dls)
+    _bind(dls, _dlq_ls)
+    rq = dlq.add_parser("requeue", parents=[common], help="send a dead-lettered or cancelled job back to its queue")
+    rq.add_argument("id")
+    rq.add_argument("--extra-attempts", type=int, default=0,
+                    help="attempts granted on top of those already spent (default: 1)")
+    _bind(rq, _dlq_requeue)
+
+    q = sub.add_parser("queues", parents=[common],
+                       help="per queue: depth by state, oldest ready job's age, jobs finished in the last minute")
+    _bind(q, _queues)
+    w = sub.add_parser("workers", parents=[common], help="connected workers and the leases they hold")
+    _bind(w, _workers)
+
+
+def _list_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queue")
+    p.add_argument("--kind")
+    p.add_argument("--limit", type=int, default=LIST_LIMIT_DEFAULT, help="most jobs shown (default: %(default)s)")
+
+
+def _bind(p: argparse.ArgumentParser, handler: Handler) -> None:
+    p.set_defaults(func=lambda args: run(handler, args))
+
+
+def run(handler: Handler, args: argparse.Namespace) -> int:
+    """Call the coordinator and print; every expected failure is one stderr line and exit code 1."""
+    if args.timeout <= 0:
+        return _fail("--timeout must be positive")
+
+    async def go() -> Any:
+        async with Client(args.addr, timeout=timedelta(seconds=args.timeout)) as client:
+            return await handler(client, args)
+
+    try:
+        out = asyncio.run(go())
+    except UnavailableError as exc:
+        return _fail(f"coordinator unavailable at {args.addr}: {_first_line(exc)}")
+    except WorkerSDKError as exc:
+        return _fail(_first_line(exc))
+    except OSError as exc:  # --payload-file
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(_jsonable(out), indent=2, sort_keys=True))
+    else:
+        print(_render(out))
+    return EXIT_OK
+
+
+def _fail(message: str) -> int:
+    print(f"faultline: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# ---- commands: each returns what to print (a _View or plain data) -----------------------------
+
+
+class _View:
+    """Text for humans next to the data that --json prints."""
+
+    def __init__(self, data: object, text: str) -> None:
+        self.data = data
+        self.text = text
+
+
+async def _submit(client: Client, args: argparse.Namespace) -> _View:
+    labels: dict[str, str] = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"--label must be K=V, got {item!r}")
+        labels[key] = value
+    if args.payload_file is not None:
+        payload = sys.stdin.buffer.read() if str(args.payload_file) == "-" else args.payload_file.read_bytes()
+    else:
+        payload = args.payload.encode()
+    job, created = await client.submit_ex(
+        args.kind, payload, queue=args.queue, idempotency_key=args.idempotency_key,
+        max_attempts=args.max_attempts, priority=args.priority, labels=labels or None,
+    )
+    verb = "submitted" if created else "already submitted (idempotency key matched)"
+    return _View({"created": created, "job": job}, f"job {job.id} {verb}\n{_job_block(job)}")
+
+
+async def _list(client: Client, args: argparse.Namespace, state: JobState | None) -> _View:
+    if args.limit < 1:
+        raise _UsageError("--limit must be at least 1")
+    jobs: list[Job] = []
+    token: str | None = None
+    while len(jobs) < args.limit:
+        page, token = await client.list(queue=args.queue, kind=args.kind, state=state,
+                                        page_size=min(args.limit - len(jobs), PAGE_SIZE_MAX), page_token=token)
+        jobs.extend(page)
+        if token is None:
+            break
+    jobs = jobs[: args.limit]
+    now = datetime.now(timezone.utc)
+    rows = [[j.id, j.state.value, j.queue, j.kind, f"{j.attempts}/{j.max_attempts}", _ago(j.created_at, now),
+             _one_line(j.last_error)] for j in jobs]
+    text = _table(["ID", "STATE", "QUEUE", "KIND", "ATTEMPTS", "CREATED", "LAST ERROR"], rows)
+    return _View(jobs, text if jobs else "no jobs")
+
+
+async def _jobs_ls(client: Client, args: argparse.Namespace) -> _View:
+    return await _list(client, args, JobState(args.state) if args.state else None)
+
+
+async def _dlq_ls(client: Client, args: argparse.Namespace) -> _View:
+    return await _list(client, args, JobState.DEAD_LETTERED)
+
+
+async def _jobs_show(client: Client, args: argparse.Namespace) -> _View:
+    job = await client.get(args.id)
+    return _View(job, _job_block(job))
+
+
+async def _jobs_cancel(client: Client, args: argparse.Namespace) -> _View:
+    job = await client.cancel(args.id)
+    if job.state is JobState.CANCELLED:
+        note = "cancelled"
+    elif job.state is JobState.RUNNING:
+        note = "cancel requested; its worker is told to stop"
+    else:
+        note = f"not cancelled: it is already {job.state.value}"
+    return _View(job, f"job {job.id}: {note}\n{_job_block(job)}")
+
+
+async def _dlq_requeue(client: Client, args: argparse.Namespace) -> _View:
+    job = await client.requeue(args.id, extra_attempts=args.extra_attempts)
+    return _View(job, f"job {job.id} requeued\n{_job_block(job)}")
+
+
+async def _queues(client: Client, args: argparse.Namespace) -> _View:
+    queues = sorted(await client.list_queues(), key=lambda q: q.name)
+    rows = [[q.name, *(_depth(q, s) for s in QUEUE_STATES), _duration(q.oldest_ready_age), q.finished_last_minute]
+            for q in queues]
+    header = ["QUEUE", *(s.value.upper() for s in QUEUE_STATES), "OLDEST READY", "FINISHED/1M"]
+    return _View(queues, _table(header, rows) if queues else "no queues")
+
+
+async def _workers(client: Client, args: argparse.Namespace) -> _View:
+    workers = sorted(await client.list_workers(), key=lambda w: (w.worker_id, w.session_id))
+    now = datetime.now(timezone.utc)
+    rows = [[w.worker_id, ",".join(w.queues), ",".join(w.kinds) or "*", f"{len(w.lease_ids)}/{w.capacity}",
+             w.credit, _ago(w.connected_at, now), _duration(w.since_heartbeat) if w.since_heartbeat else "-",
+             "draining" if w.draining else "ready", _one_line(" ".join(w.lease_ids)) or "-"] for w in workers]
+    header = ["WORKER", "QUEUES", "KINDS", "LEASES", "CREDIT", "CONNECTED", "LAST HEARTBEAT", "STATE", "LEASE IDS"]
+    return _View(workers, _table(header, rows) if workers else "no workers connected")
+
+
+class _UsageError(WorkerSDKError):
+    """A flag value the coordinator would refuse anyway, caught before the call."""
+
+
+def _depth(q: QueueStats, state: JobState) -> int:
+    return int(q.depth.get(state, q.depth.get(state.value, 0)))
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+
+
+def _render(out: object) -> str:
+    return out.text if isinstance(out, _View) else str(out)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(header), *([_cut(str(c)) for c in row] for row in rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= CELL_MAX_CHARS else text[: CELL_MAX_CHARS - 1] + "\u2026"
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _job_block(job: Job) -> str:
+    rows: list[tuple[str, object]] = [
+        ("id", job.id), ("state", job.state.value), ("queue", job.queue), ("kind", job.kind),
+        ("attempts", f"{job.attempts}/{job.max_attempts}"), ("priority", job.priority),
+        ("idempotency key", job.idempotency_key or "-"),
+        ("labels", ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items())) or "-"),
+        ("payload", _bytes_text(job.payload)), ("result", _bytes_text(job.result)),
+        ("last error", _one_line(job.last_error) or "-"),
+        ("progress", f"{job.progress_fraction:.0%} {job.progress_message}".strip() if job.progress_fraction else "-"),
+        ("cancel requested", "yes" if job.cancel_requested else "no"),
+        ("created", _ts(job.created_at)), ("run at", _ts(job.run_at)), ("started", _ts(job.started_at)),
+        ("finished", _ts(job.finished_at)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)
+
+
+def _bytes_text(data: bytes) -> str:
+    if not data:
+        return "-"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"base64:{base64.b64encode(data).decode()}"
+    return text if text.isprintable() else f"base64:{base64.b64encode(data).decode()}"
+
+
+def _ts(value: datetime | None) -> str:
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z") if value else "-"
+
+
+def _ago(value: datetime | None, now: datetime) -> str:
+    return f"{_duration(now - value)} ago" if value else "-"
+
+
+def _duration(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    s = max(value.total_seconds(), 0.0)
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    if s < 86400:
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    return f"{int(s // 86400)}d{int(s % 86400 // 3600):02d}h"
+
+
+def _jsonable(value: object) -> object:
+    """Dataclasses to objects; bytes as base64 (as in proto3 JSON), times as RFC 3339, durations in seconds."""
+    if isinstance(value, _View):
+        return _jsonable(value.data)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, datetime):
+        return _ts(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Mapping):
+        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
