@@ -39,3 +39,15 @@ def setup(level: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("FAULTLINE_LOG_LEVEL") or "INFO").upper())
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def job_fields(job_id: int | str, lease_token: int | None = None, worker_id: str | None = None,
+               **more: object) -> dict[str, object]:
+    """`extra` for a line about one job: job_id, then lease_token and worker_id when known (None is left out)."""
+    fields: dict[str, object] = {"job_id": job_id}
+    if lease_token is not None:
+        fields["lease_token"] = lease_token
+    if worker_id:
+        fields["worker_id"] = worker_id
+    fields.update(more)
+    return fields

@@ -77,7 +77,7 @@ class Completer(BatchingActor[CloseItem, Verdict]):
                     )
                 if self._on_closed:
                     self._on_closed(LeaseKey(r["id"], r["lease_token"]), "succeeded", None)
-            await self._explain(0, [c.key for c in completions], accepted, "succeeded", verdicts)
+            await self._explain(0, {c.key: c.worker_id for c in completions}, accepted, "succeeded", verdicts)
         if failures:
             metrics.DB_BATCH_SIZE.labels("fail").observe(len(failures))
             rows = await self._store.fail_jobs(failures, self._retry)
@@ -101,13 +101,13 @@ class Completer(BatchingActor[CloseItem, Verdict]):
                     self._on_closed(key, str(state), errors.get(key))
             if retrying:
                 self._on_retry_scheduled()
-            await self._explain(1, [f.key for f in failures], accepted, "failed", verdicts)
+            await self._explain(1, {f.key: f.worker_id for f in failures}, accepted, "failed", verdicts)
         return [verdicts[(0 if isinstance(i, Completion) else 1, i.key)] for i in items]
 
     async def _explain(
         self,
         tag: int,
-        keys: list[LeaseKey],
+        keys: dict[LeaseKey, str],  # lease -> the worker that sent the frame
         accepted: set[LeaseKey],
         closing_outcome: str,
         out: dict[tuple[int, LeaseKey], Verdict],
@@ -129,6 +129,7 @@ class Completer(BatchingActor[CloseItem, Verdict]):
                 metrics.STALE_REJECTED.labels(frame).inc()
                 logger.info(
                     "stale %s refused", frame,
-                    extra={"job_id": key.job_id, "lease_token": key.token, "reason": verdict.message},
+                    extra={"job_id": key.job_id, "lease_token": key.token, "worker_id": keys[key],
+                           "reason": verdict.message},
                 )
             metrics.FRAMES_REFUSED.labels(frame, verdict.outcome.value).inc()

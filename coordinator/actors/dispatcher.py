@@ -172,7 +172,8 @@ class Dispatcher:
         if undeliverable:
             released = await self._store.release_leases(undeliverable)
             metrics.RECOVERIES.labels("released_undelivered").inc(released)
-            logger.info("released undeliverable leases", extra={"count": released})
+            logger.info("released undeliverable leases", extra={
+                "count": released, "job_ids": ",".join(str(k.job_id) for k in undeliverable)})
             self._signal.wake()
             return released
         return 0

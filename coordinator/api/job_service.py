@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from coordinator import metrics
+from coordinator import logs, metrics
 from coordinator.api import convert, validate
 from coordinator.api.status import code_for
 from coordinator.db.store import Store
@@ -182,7 +182,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 session, key = found
                 session.push_cancel(key, "cancelled by CancelJob")
             # Otherwise the holder learns it from its next heartbeat reply (it may be on another coordinator).
-        logger.info("job cancel", extra={"job_id": job.id, "state": job.state.value})
+        logger.info("job cancel", extra=logs.job_fields(job.id, job.lease_token, job.worker_id, state=job.state.value))
         return jpb.CancelJobResponse(job=convert.job_to_pb(job))
 
     @rpc
@@ -199,7 +199,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 f"job {job_id} is {current.state.value}; only dead_lettered or cancelled jobs can be requeued"
             )
         self._signal.wake(job.queue)
-        logger.info("job requeued", extra={"job_id": job.id, "max_attempts": job.max_attempts})
+        logger.info("job requeued", extra=logs.job_fields(job.id, job.lease_token, max_attempts=job.max_attempts))
         return jpb.RequeueJobResponse(job=convert.job_to_pb(job))
 
     @rpc
