@@ -34,5 +34,5 @@ def full_jitter(
     """
     if attempt < 0:
         raise ValueError("attempt must be >= 0")
-    bound = min(cap, base * (2 ** min(attempt, _MAX_EXPONENT)))
+    bound = min(cap, base * (1 << min(attempt, _MAX_EXPONENT)))
     return bound * rand()

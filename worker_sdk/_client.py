@@ -99,7 +99,7 @@ class Client:
     def _ensure_stub(self) -> job_service_pb2_grpc.JobServiceStub:
         if self._stub is None:
             self._channel = open_channel(self._target, credentials=self._credentials, options=self._channel_options)
-            self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+            self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
     async def _unary(self, method: Callable[..., Awaitable[_T]], request: object) -> _T:
@@ -229,9 +229,7 @@ class Client:
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a job: at once if not running; a running job's worker is told to stop."""
-        response = await self._unary(
-            self._ensure_stub().CancelJob, job_service_pb2.CancelJobRequest(id=str(job_id))
-        )
+        response = await self._unary(self._ensure_stub().CancelJob, job_service_pb2.CancelJobRequest(id=str(job_id)))
         return _convert.job_from_pb(response.job)
 
     async def requeue(self, job_id: str, extra_attempts: int = 0) -> Job:

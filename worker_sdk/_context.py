@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from enum import StrEnum
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from worker_sdk._errors import (
     InvalidArgumentError,
@@ -28,6 +28,7 @@ from worker_sdk._types import Job
 #: What a handler or step function may return; None means b"", str is encoded as UTF-8.
 HandlerResult: TypeAlias = bytes | bytearray | memoryview | str | None
 StepFn: TypeAlias = Callable[[], HandlerResult | Awaitable[HandlerResult]]
+_T = TypeVar("_T")
 #: Longest progress message the coordinator accepts, in characters.
 PROGRESS_MESSAGE_MAX_CHARS = 1024
 
@@ -280,7 +281,7 @@ class JobContext:
             case _:
                 raise ProtocolError(f"{what}: unexpected reply status {reply.status.value}")
 
-    def _run_threadsafe(self, coro: Coroutine[Any, Any, Any]) -> Any:
+    def _run_threadsafe(self, coro: Coroutine[Any, Any, _T]) -> _T:
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

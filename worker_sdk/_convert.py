@@ -5,7 +5,7 @@ With _stream.py and _client.py, the only module that imports generated code.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -31,7 +31,7 @@ from worker_sdk._frames import (
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, worker_service_pb2
 from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, WorkerInfo
 
-_JOB_STATE_FROM_PB: dict[int, JobState] = {
+_JOB_STATE_FROM_PB: dict[job_pb2.JobState, JobState] = {
     job_pb2.JOB_STATE_QUEUED: JobState.QUEUED,
     job_pb2.JOB_STATE_RUNNING: JobState.RUNNING,
     job_pb2.JOB_STATE_RETRYING: JobState.RETRYING,
@@ -40,7 +40,7 @@ _JOB_STATE_FROM_PB: dict[int, JobState] = {
     job_pb2.JOB_STATE_CANCELLED: JobState.CANCELLED,
     job_pb2.JOB_STATE_SCHEDULED: JobState.SCHEDULED,
 }
-_JOB_STATE_TO_PB: dict[JobState, int] = {v: k for k, v in _JOB_STATE_FROM_PB.items()}
+_JOB_STATE_TO_PB: dict[JobState, job_pb2.JobState] = {v: k for k, v in _JOB_STATE_FROM_PB.items()}
 
 _REPLY_STATUS_FROM_PB: dict[int, ReplyStatus] = {
     worker_service_pb2.REPLY_STATUS_UNSPECIFIED: ReplyStatus.UNSPECIFIED,
@@ -59,7 +59,7 @@ _REPLY_STATUS_TO_PB: dict[ReplyStatus, int] = {v: k for k, v in _REPLY_STATUS_FR
 
 
 def timestamp_to_datetime(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=timezone.utc)
+    return ts.ToDatetime(tzinfo=UTC)
 
 
 def datetime_to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -82,12 +82,12 @@ def timedelta_to_duration(value: timedelta) -> duration_pb2.Duration:
 
 def job_state_from_pb(value: int) -> JobState:
     try:
-        return _JOB_STATE_FROM_PB[value]
+        return _JOB_STATE_FROM_PB[value]  # type: ignore[index]  # protoc's pyi types enum values as the enum
     except KeyError:
         raise ProtocolError(f"unknown job state {value}") from None
 
 
-def job_state_to_pb(value: JobState | None) -> int:
+def job_state_to_pb(value: JobState | None) -> job_pb2.JobState:
     return job_pb2.JOB_STATE_UNSPECIFIED if value is None else _JOB_STATE_TO_PB[value]
 
 
@@ -125,9 +125,7 @@ def timeouts_from_pb(msg: job_pb2.JobTimeouts) -> JobTimeouts:
     return JobTimeouts(
         execution=duration_to_timedelta(msg.execution) if msg.HasField("execution") else None,
         heartbeat=duration_to_timedelta(msg.heartbeat) if msg.HasField("heartbeat") else None,
-        schedule_to_start=(
-            duration_to_timedelta(msg.schedule_to_start) if msg.HasField("schedule_to_start") else None
-        ),
+        schedule_to_start=(duration_to_timedelta(msg.schedule_to_start) if msg.HasField("schedule_to_start") else None),
     )
 
 

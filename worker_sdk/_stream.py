@@ -197,7 +197,7 @@ class LeaseStream:
     ) -> None:
         if max_frames_per_message < 1:
             raise ValueError("max_frames_per_message must be >= 1")
-        self._stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        self._stub = worker_service_pb2_grpc.WorkerServiceStub(channel)  # type: ignore[no-untyped-call]
         self._hello = hello
         self._listener = listener
         self._metadata = tuple(metadata)
@@ -311,7 +311,7 @@ class LeaseStream:
                 except WorkerSDKError as exc:
                     logger.warning("worker stream failed", extra={"reason": str(exc), "session_id": self._session_id})
                 except Exception:  # loop boundary: any session failure means reconnect
-                    logger.error("worker stream session crashed", exc_info=True)
+                    logger.exception("worker stream session crashed")
                 finally:
                     self._end_session()
                 if self._closing.is_set() or end is _SessionEnd.CLOSED:
@@ -400,7 +400,7 @@ class LeaseStream:
             first = await asyncio.wait_for(call.read(), self._handshake_timeout)
         except TimeoutError:
             raise UnavailableError("no welcome from the coordinator") from None
-        if first is grpc.aio.EOF:
+        if not isinstance(first, worker_service_pb2.ConnectResponse):  # grpc.aio.EOF
             raise _StopSession(_SessionEnd.EOF)
         frames = list(first.frames)
         if not frames or frames[0].WhichOneof("frame") != "welcome":
@@ -413,7 +413,7 @@ class LeaseStream:
             self._dispatch(frame)
         while True:
             message = await call.read()
-            if message is grpc.aio.EOF:
+            if not isinstance(message, worker_service_pb2.ConnectResponse):  # grpc.aio.EOF
                 raise _StopSession(_SessionEnd.EOF)
             for frame in message.frames:
                 self._dispatch(frame)

@@ -42,6 +42,7 @@ import inspect
 import logging
 import os
 import secrets
+import functools
 import signal
 import socket
 import threading
@@ -51,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
-from typing import Protocol, TypeAlias, TypeVar
+from typing import Protocol, TypeAlias, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -199,7 +200,8 @@ class _RunningLease:
 
 
 def _is_async_handler(fn: Handler) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    # Also an instance whose class defines `async def __call__`.
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def _default_worker_id() -> str:
@@ -214,7 +216,7 @@ def _truncate_utf8(text: str, limit: int) -> str:
 
 
 def format_error(exc: BaseException) -> str:
-    """"Type: message", cut to FAIL_ERROR_MAX_BYTES."""
+    """Format an exception as "Type: message", cut to FAIL_ERROR_MAX_BYTES."""
     message = str(exc)
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return _truncate_utf8(text, FAIL_ERROR_MAX_BYTES)
@@ -266,8 +268,9 @@ class Worker:
         self._credentials = credentials
         self._channel_options = tuple(channel_options)
         observers = [o for o in (observer, self._metrics) if o is not None]
-        self._observer: WorkerObserver = FanOut(*observers) if len(observers) > 1 else (
-            observers[0] if observers else _NoopObserver())
+        self._observer: WorkerObserver = (
+            FanOut(*observers) if len(observers) > 1 else (observers[0] if observers else _NoopObserver())
+        )
         self._handle_signals = handle_signals
         self._handlers: dict[str, tuple[Handler, bool]] = {}
         # Everything below is owned by the event loop running run().
@@ -571,7 +574,7 @@ class Worker:
             else:
                 run.outcome = run.outcome or "lost"
         except Exception:  # loop boundary for one lease: never take the worker down
-            logger.error("lease task crashed", exc_info=True, extra=run.log_extra())
+            logger.exception("lease task crashed", extra=run.log_extra())
             run.outcome = "crashed"
         finally:
             self._release(run)
@@ -612,11 +615,11 @@ class Worker:
     async def _invoke(self, run: _RunningLease) -> HandlerResult:
         assert run.handler is not None
         if run.is_async:
-            return await run.handler(run.ctx)  # type: ignore[misc]
+            return await cast(AsyncHandler, run.handler)(run.ctx)
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()  # carries the handler span into the thread
-        result = await loop.run_in_executor(self._executor, context.run, run.handler, run.ctx)
-        return result  # type: ignore[return-value]
+        call = functools.partial(context.run, cast(SyncHandler, run.handler), run.ctx)
+        return await loop.run_in_executor(self._executor, call)
 
     def _outcome(
         self, run: _RunningLease, task: asyncio.Task[HandlerResult], span: trace.Span
@@ -631,7 +634,9 @@ class Worker:
                 return Fail(lease=lease, error=SHUTDOWN_ERROR, retryable=True)
             case LeaseState.TIMING_OUT:
                 timeout = run.grant.execution_timeout.total_seconds() if run.grant.execution_timeout else 0
-                return Fail(lease=lease, error=f"TimeoutError: execution timeout of {timeout:g}s exceeded", retryable=True)
+                return Fail(
+                    lease=lease, error=f"TimeoutError: execution timeout of {timeout:g}s exceeded", retryable=True
+                )
         if task.cancelled():
             error = asyncio.CancelledError("the handler was cancelled")
             record_failure(span, error, "cancelled")
@@ -738,7 +743,7 @@ class Worker:
                 except TimeoutError:
                     pass
             self._heartbeat_wake.clear()
-            if self._state is WorkerState.STOPPED:
+            if self._stopped.is_set() or self.state is WorkerState.STOPPED:
                 return
             self._expire_untrusted()
             now = time.monotonic()
@@ -776,9 +781,7 @@ class Worker:
         except UnavailableError:
             return True  # the session ended; reconnecting is already under way
         if reply.status is not ReplyStatus.ACCEPTED:
-            logger.warning(
-                "heartbeat not accepted", extra={"status": reply.status.value, "reason": reply.message}
-            )
+            logger.warning("heartbeat not accepted", extra={"status": reply.status.value, "reason": reply.message})
         for verdict in reply.leases:
             run = held.get(verdict.lease.lease_id)
             if run is None or run.ref != verdict.lease or self._leases.get(run.ref.lease_id) is not run:

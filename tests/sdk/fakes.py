@@ -22,8 +22,10 @@ from worker_sdk._proto.faultline.v1 import (
     job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
-    worker_service_pb2 as pb,
     worker_service_pb2_grpc,
+)
+from worker_sdk._proto.faultline.v1 import (
+    worker_service_pb2 as pb,
 )
 
 WAIT_TIMEOUT_S = 10.0
@@ -112,9 +114,7 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
         return out
 
     def credit_total(self, session: int | None = None) -> int:
-        return sum(
-            r.frame.credit.count for r in self.frames("credit") if session is None or r.session == session
-        )
+        return sum(r.frame.credit.count for r in self.frames("credit") if session is None or r.session == session)
 
     def lease_of(self, job_id: str) -> str:
         for _, grant in self.granted:
@@ -132,7 +132,7 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
 
     # ---- the servicer --------------------------------------------------------------------
 
-    async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def Connect(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         first = await context.read()
         assert first is not grpc.aio.EOF
         assert first.frames[0].WhichOneof("frame") == "hello", "first frame must be hello"
@@ -280,34 +280,34 @@ class FakeJobService(job_service_pb2_grpc.JobServiceServicer):
             self.keys[request.idempotency_key] = job_id
         return job_service_pb2.SubmitResponse(job=job, created=True)
 
-    async def Submit(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Submit(self, request, context):  # type: ignore[no-untyped-def]
         self._record(context)
         if not request.kind:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "kind is required")
         return self._store(request)
 
-    async def SubmitBatch(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def SubmitBatch(self, request, context):  # type: ignore[no-untyped-def]
         self._record(context)
         return job_service_pb2.SubmitBatchResponse(results=[self._store(r) for r in request.jobs])
 
-    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
         self._record(context)
         if request.id not in self.jobs:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"job {request.id} not found")
         return job_service_pb2.GetJobResponse(job=self.jobs[request.id])
 
-    async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
         self._record(context)
         jobs = [j for j in self.jobs.values() if not request.state or j.state == request.state]
         return job_service_pb2.ListJobsResponse(jobs=jobs[: request.page_size or 100], next_page_token="")
 
-    async def CancelJob(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
         self._record(context)
         job = self.jobs[request.id]
         job.state = job_pb2.JOB_STATE_CANCELLED
         return job_service_pb2.CancelJobResponse(job=job)
 
-    async def RequeueJob(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def RequeueJob(self, request, context):  # type: ignore[no-untyped-def]
         self._record(context)
         job = self.jobs[request.id]
         if job.state not in (job_pb2.JOB_STATE_CANCELLED, job_pb2.JOB_STATE_DEAD_LETTERED):
@@ -316,12 +316,12 @@ class FakeJobService(job_service_pb2_grpc.JobServiceServicer):
         job.max_attempts += request.extra_attempts or 1
         return job_service_pb2.RequeueJobResponse(job=job)
 
-    async def ListQueues(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def ListQueues(self, request, context):  # type: ignore[no-untyped-def]
         self._record(context)
         stats = job_service_pb2.QueueStats(name="default", depth={"queued": len(self.jobs)}, finished_last_minute=2)
         return job_service_pb2.ListQueuesResponse(queues=[stats])
 
-    async def ListWorkers(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def ListWorkers(self, request, context):  # type: ignore[no-untyped-def]
         self._record(context)
         return job_service_pb2.ListWorkersResponse(
             workers=[job_service_pb2.WorkerInfo(worker_id="w1", session_id="s0", queues=["default"], capacity=4)]

@@ -78,7 +78,9 @@ async def test_grants_follow_credit_and_each_freed_slot_returns_one_credit(
     assert len({r.frame.seq for r in fake.received if r.frame.seq}) == len([r for r in fake.received if r.frame.seq])
 
 
-async def test_heartbeat_is_one_frame_listing_every_held_lease(fake: FakeCoordinator, start_worker: StartWorker) -> None:
+async def test_heartbeat_is_one_frame_listing_every_held_lease(
+    fake: FakeCoordinator, start_worker: StartWorker
+) -> None:
     release = asyncio.Event()
     worker = make_worker(fake, concurrency=3)
 
@@ -156,7 +158,9 @@ async def test_stale_heartbeat_verdict_cancels_the_handler_and_reports_nothing(
     await heartbeat_barrier(fake)
     assert seen == [(True, CancelReason.LEASE_LOST)]
     assert fake.frames("complete", lease_id=lease_id) == [] and fake.frames("fail", lease_id=lease_id) == []
-    assert all(lease_id not in [ref.lease_id for ref in r.frame.heartbeat.leases] for r in fake.frames("heartbeat")[-1:])
+    assert all(
+        lease_id not in [ref.lease_id for ref in r.frame.heartbeat.leases] for r in fake.frames("heartbeat")[-1:]
+    )
 
 
 async def test_trust_window_expiry_without_accepted_heartbeats_cancels_locally(
@@ -264,11 +268,16 @@ async def test_held_lease_not_resumed_is_cancelled_and_never_reported(
     assert [ref.lease_id for ref in fake.sessions[1].hello.held_leases] == [lease_id]
 
 
-async def test_unanswered_completion_is_resent_after_reconnect(fake: FakeCoordinator, start_worker: StartWorker) -> None:
+async def test_unanswered_completion_is_resent_after_reconnect(
+    fake: FakeCoordinator, start_worker: StartWorker
+) -> None:
     # First session: completions get no reply; later sessions answer DUPLICATE (it was recorded after all).
     fake.status_for = lambda r: (
-        None if r.kind == "complete" and r.session == 0 else
-        pb.REPLY_STATUS_DUPLICATE if r.kind == "complete" else pb.REPLY_STATUS_ACCEPTED
+        None
+        if r.kind == "complete" and r.session == 0
+        else pb.REPLY_STATUS_DUPLICATE
+        if r.kind == "complete"
+        else pb.REPLY_STATUS_ACCEPTED
     )
     worker = make_worker(fake, concurrency=1)
 
@@ -292,8 +301,8 @@ async def test_unanswered_completion_is_resent_after_reconnect(fake: FakeCoordin
 
 async def test_unavailable_reply_is_retried_with_a_new_seq(fake: FakeCoordinator, start_worker: StartWorker) -> None:
     answers = iter([pb.REPLY_STATUS_UNAVAILABLE])
-    fake.status_for = lambda r: next(answers, pb.REPLY_STATUS_ACCEPTED) if r.kind == "complete" else (
-        pb.REPLY_STATUS_ACCEPTED
+    fake.status_for = lambda r: (
+        next(answers, pb.REPLY_STATUS_ACCEPTED) if r.kind == "complete" else (pb.REPLY_STATUS_ACCEPTED)
     )
     worker = make_worker(fake, concurrency=1)
 
@@ -419,7 +428,9 @@ async def test_step_guard_returns_the_stored_result_and_runs_fn_at_most_once(
     fresh = fake.add_job("charge")
     fake.steps[(done_before, "charge")] = b"from an earlier attempt"
     await fake.wait_for(lambda: len(fake.frames("complete")) == 2)
-    results = {fake.lease_to_job[r.frame.complete.lease.lease_id]: r.frame.complete.result for r in fake.frames("complete")}
+    results = {
+        fake.lease_to_job[r.frame.complete.lease.lease_id]: r.frame.complete.result for r in fake.frames("complete")
+    }
     assert results == {done_before: b"from an earlier attempt", fresh: b"charged:" + fresh.encode()}
     assert calls == [fresh]
     assert len(fake.frames("record_step")) == 1
