@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,13 +14,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.app import Coordinator
-from tests.helpers.procs import free_port
+from tests.helpers.procs import ROOT, free_port
 from tests.helpers.wait import eventually
 from tests.observability.conftest import promtool_check
 from worker_sdk import Client, ConnState, InvalidArgumentError, JobContext, JobState, RetryJob, Worker
 from worker_sdk._metrics import METRICS_PORT_ENV, WorkerMetrics, resolve_address
 
 SAMPLE_INTERVAL = timedelta(milliseconds=50)
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "faultline.json"
+# Labels that Prometheus adds at scrape time, or that histogram_quantile consumes.
+SCRAPE_LABELS = {"instance", "job", "le"}
 
 # Every family the issue names (counters as exposed, with _total), with the labels each must carry.
 COORDINATOR_FAMILIES = {
@@ -71,6 +76,23 @@ def assert_families(got: Samples, expected: dict[str, set[str]]) -> None:
         assert all(set(s) == labels for s in series), f"{name} labels {series[0]} != {labels}"
 
 
+def assert_dashboard_matches(got: Samples) -> None:
+    """Every series a Grafana query names is exported, and every `by (...)` label is one of its labels."""
+    labels_of: dict[str, set[str]] = {}
+    for name, labels in got:
+        labels_of.setdefault(name, set()).update(k for k, _ in labels)
+    exprs = [t["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for t in panel.get("targets", [])]
+    assert exprs
+    for expr in exprs:
+        names = re.findall(r"\bfaultline_\w+", expr)
+        assert names, expr
+        for name in names:
+            assert name in labels_of, f"dashboard query uses {name}, which /metrics does not export: {expr}"
+            for group in re.findall(r"\bby \(([^)]*)\)", expr):
+                missing = {g.strip() for g in group.split(",")} - SCRAPE_LABELS - labels_of[name]
+                assert not missing, f"{name} has no label {missing}: {expr}"
+
+
 async def test_metrics_after_jobs_have_run_hold_every_family_and_pass_promtool(
     coordinator_factory: Callable[..., Awaitable[Coordinator]],
 ) -> None:
@@ -117,7 +139,8 @@ async def test_metrics_after_jobs_have_run_hold_every_family_and_pass_promtool(
     assert value(got, "faultline_retries_total", queue=queue, kind="flaky") == 1
     assert value(got, "faultline_job_duration_seconds_count", queue=queue, kind="flaky") == 2
     assert value(got, "faultline_job_wait_seconds_count", queue=queue) == 2
-    assert (value(got, "faultline_oldest_ready_job_age_seconds", queue=queue) or -1) >= 0
+    age = value(got, "faultline_oldest_ready_job_age_seconds", queue=queue)
+    assert age is not None and age >= 0
     assert value(got, "faultline_workers_connected") == 1
     for reason in ("lease_expired", "heartbeat_timeout", "execution_timeout"):
         assert value(got, "faultline_lease_expirations_total", reason=reason) is not None
@@ -132,6 +155,7 @@ async def test_metrics_after_jobs_have_run_hold_every_family_and_pass_promtool(
     assert value(wgot, "faultline_worker_connected") == 1
     assert value(wgot, "faultline_worker_reconnects_total") == 0
     promtool_check(worker_text)
+    assert_dashboard_matches({**got, **wgot})
 
 
 def test_worker_metrics_count_reconnects_and_in_flight() -> None:
