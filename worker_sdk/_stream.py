@@ -261,8 +261,11 @@ class LeaseStream:
             self._interrupt_reason = _SessionEnd.ABORTED
             self._interrupt.set()
 
-    async def call(self, frame: RequestFrame) -> Reply:
+    async def call(self, frame: RequestFrame, *, then_credit: int = 0) -> Reply:
         """Send one request and wait for its reply, surviving reconnects.
+
+        then_credit: credit to announce once the frame is queued on an open session, so that the
+        Credit frame follows it in the same message (the Worker frees a handler slot this way).
 
         UNAVAILABLE replies are retried with backoff (the frame had no effect) except for heartbeats.
         Raises UnavailableError once the stream is closed, LeaseLostError if the frame's lease was
@@ -270,7 +273,8 @@ class LeaseStream:
         """
         attempt = 0
         while True:
-            reply = await self._call_once(frame)
+            reply = await self._call_once(frame, then_credit)
+            then_credit = 0
             if reply.status is not ReplyStatus.UNAVAILABLE or isinstance(frame, Heartbeat):
                 return reply
             delay = full_jitter(
@@ -485,7 +489,7 @@ class LeaseStream:
 
     # ---- writing --------------------------------------------------------------------------
 
-    async def _call_once(self, frame: RequestFrame) -> Reply:
+    async def _call_once(self, frame: RequestFrame, then_credit: int = 0) -> Reply:
         if self._state is ConnState.CLOSED or self._closing.is_set():
             raise UnavailableError("worker stream closed")
         open_ = self._state in (ConnState.READY, ConnState.DRAINING)
@@ -496,6 +500,7 @@ class LeaseStream:
             if open_:
                 self._assign(entry)
                 await self._outgoing.put(_Send(entry.seq, entry.epoch, entry))
+                self.add_credit(then_credit)
             else:
                 self._parked[entry.order] = entry
             return await entry.future

@@ -21,9 +21,13 @@ mutated only by the Worker's own callbacks and each lease's task)::
     CANCELLING, TIMING_OUT and SHUTTING_DOWN can still become LOST; COMPLETING never changes again:
     its completion frame is fenced, and its reply (DUPLICATE / STALE_LEASE) settles it.
 
-Slots and credit: a lease holds a slot from its grant until it is released (after the completion
-reply, or once a lost handler has ended). Each welcome announces concurrency - held slots as credit;
-each release sends Credit(1) while RUNNING. Stopping sends no more credit.
+Slots and credit: a lease holds a handler slot from its grant until its handler has ended and its
+completion frame is queued (or, for a lost lease, until the handler has ended). The slot's Credit(1)
+is queued right behind the completion frame, so both usually travel in one message and the
+coordinator can grant the next job without waiting for the completion's verdict; the coordinator
+stops counting a lease against capacity once its Complete/Fail arrives. The lease itself stays in
+_leases (for heartbeats and the reconnect hello) until the verdict. Each welcome announces
+concurrency - busy slots as credit. Stopping sends no more credit.
 
 Cancelling a handler: async handlers get asyncio cancellation; sync handlers (threads) cannot be
 interrupted, so they only see ctx.cancelled and the worker waits for them, except at shutdown,
@@ -38,11 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import os
 import secrets
-import functools
 import signal
 import socket
 import threading
@@ -183,6 +187,7 @@ class _RunningLease:
     task: asyncio.Task[None] | None = None
     handler_task: asyncio.Task[HandlerResult] | None = None
     outcome: str = field(default="")
+    slot_freed: bool = False
 
     @property
     def ref(self) -> LeaseRef:
@@ -276,6 +281,8 @@ class Worker:
         # Everything below is owned by the event loop running run().
         self._state = WorkerState.CREATED
         self._leases: dict[str, _RunningLease] = {}
+        # Leases whose handler slot is taken (granted, completion not yet queued); see the module docstring.
+        self._busy_slots = 0
         self._stream: LeaseStream | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -501,7 +508,7 @@ class Worker:
         self._observer.connection_changed(ConnState.READY)
         if self._state is not WorkerState.RUNNING:
             return 0
-        return max(0, self._concurrency - len(self._leases))
+        return max(0, self._concurrency - self._busy_slots)
 
     def _on_grant(self, grant: LeaseGrant) -> None:
         lease_id = grant.lease.lease_id
@@ -514,7 +521,7 @@ class Worker:
                 "lease grant while closing left to expire", extra={"lease_id": lease_id, "job_id": grant.job.id}
             )
             return
-        if len(self._leases) >= self._concurrency:
+        if self._busy_slots >= self._concurrency:
             logger.warning("lease granted beyond capacity", extra={"lease_id": lease_id, "held": len(self._leases)})
         registered = self._handlers.get(grant.job.kind)
         now = time.monotonic()
@@ -529,6 +536,7 @@ class Worker:
             last_ack=now,
         )
         self._leases[lease_id] = run
+        self._busy_slots += 1
         self._idle.clear()
         self._observer.lease_started(grant.job.kind, grant.job.queue)
         run.task = tg.create_task(self._run_lease(run), name=f"faultline-lease-{lease_id}")
@@ -668,9 +676,12 @@ class Worker:
         """Send the completion, re-sending across reconnects, until a verdict settles the lease."""
         run.state = LeaseState.COMPLETING
         stream = self._require_stream()
+        # The handler is done: its slot's credit goes out right behind the completion frame.
+        then_credit = 1 if self._free_slot(run) and self._state is WorkerState.RUNNING else 0
         while True:
             try:
-                reply = await stream.call(frame)
+                reply = await stream.call(frame, then_credit=then_credit)
+                then_credit = 0
             except UnavailableError:
                 logger.warning("completion not acknowledged: stream closed", extra=run.log_extra())
                 run.outcome = "unreported"
@@ -715,6 +726,14 @@ class Worker:
                     run.outcome = "unreported"
                     return
 
+    def _free_slot(self, run: _RunningLease) -> bool:
+        """Give the lease's handler slot back (once); True if this call freed it."""
+        if run.slot_freed:
+            return False
+        run.slot_freed = True
+        self._busy_slots -= 1
+        return True
+
     def _release(self, run: _RunningLease) -> None:
         if self._leases.get(run.ref.lease_id) is run:
             del self._leases[run.ref.lease_id]
@@ -723,7 +742,7 @@ class Worker:
         )
         if not self._leases:
             self._idle.set()
-        if self._state is WorkerState.RUNNING and self._stream is not None:
+        if self._free_slot(run) and self._state is WorkerState.RUNNING and self._stream is not None:
             self._stream.add_credit(1)
 
     # ---- heartbeats ----------------------------------------------------------------------

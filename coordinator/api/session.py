@@ -5,6 +5,11 @@
           \\--any other frame first: abort FAILED_PRECONDITION
 
 Every heartbeat, progress, complete, fail and step frame gets exactly one Reply with its seq.
+
+Credit counts free handler slots. A lease takes a slot from its grant until its Complete or Fail
+frame arrives (its handler has ended; only the verdict is pending), so a worker may send Credit in
+the same message as the completion instead of a round trip later: the cap on credit is capacity
+minus the leases that are neither released nor closing.
 Fencing is done in SQL on (job, token, running, holder); this session's lease map is bookkeeping
 (operators, cancel push), never authority.
 
@@ -115,6 +120,8 @@ class WorkerSession:
         self.state = SessionState.AWAITING_HELLO
         self._credit = 0
         self._leases: dict[int, LeaseKey] = {}
+        # Job ids of held leases whose Complete/Fail arrived: they no longer take a handler slot.
+        self._closing: set[int] = set()
         self._outbox: asyncio.Queue[Any] = asyncio.Queue(OUTBOX_MAX)
         self._tasks: set[asyncio.Task[None]] = set()
         self._drained = asyncio.Event()
@@ -166,6 +173,7 @@ class WorkerSession:
             )
             frames.append(wpb.CoordinatorFrame(lease=grant))
             self._leases[job.id] = key
+            self._closing.discard(job.id)
             logger.debug("lease granted", extra={"job_id": job.id, "lease_token": job.lease_token,
                                                  "worker_id": self.worker_id})
         return all(self._send(f) for f in frames)
@@ -349,7 +357,8 @@ class WorkerSession:
         if self.state is not SessionState.OPEN:
             return
         # Never more outstanding than the capacity the worker announced.
-        self._credit = min(self._credit + credit.count, max(self.capacity - len(self._leases), 0))
+        busy = len(self._leases) - len(self._closing)
+        self._credit = min(self._credit + credit.count, max(self.capacity - busy, 0))
         self._registry.signal.credit()
 
     def _lease(self, ref: Any) -> LeaseKey | None:
@@ -422,6 +431,8 @@ class WorkerSession:
         self._close_lease(seq, key, Failure(key, self.worker_id, error, f.retryable, delay_ms))
 
     def _close_lease(self, seq: int, key: LeaseKey, item: CloseItem) -> None:
+        if self._leases.get(key.job_id) == key:
+            self._closing.add(key.job_id)
         fut = self._ask(self._completer, item)
         if fut is None:
             return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
@@ -485,6 +496,7 @@ class WorkerSession:
     def _drop_lease(self, key: LeaseKey) -> None:
         if self._leases.get(key.job_id) == key:
             del self._leases[key.job_id]
+            self._closing.discard(key.job_id)
             self._check_drained()
 
     def _reply(self, seq: int, reply: Any) -> None:
