@@ -35,7 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from coordinator.bench.stats import RunResult, cpu_seconds, latency_summary, rss_mb
+from coordinator.bench.stats import (
+    RunResult,
+    cpu_seconds,
+    latency_summary,
+    postgres_cpu_seconds,
+    rss_mb,
+    self_cpu_seconds,
+)
 from coordinator.bench.worker import KIND, PAYLOAD, QUEUE
 
 DATABASE_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -282,6 +289,7 @@ async def _run_load(h: Harness, submit: Callable[[list[bytes]], object], result:
     rss0 = rss_mb(pid) if pid else None
     consumer_cpu0 = sum(cpu_seconds(c.proc.pid) for c in h.consumers)
     busy0 = machine_busy_s()
+    pg0, me0 = postgres_cpu_seconds(), self_cpu_seconds()
     submitters = [submit] + [await h.open_producer() for _ in range(cfg.producers - 1)]
     counter = iter(range(0, cfg.jobs, cfg.batch))
     submit_end = 0
@@ -299,12 +307,15 @@ async def _run_load(h: Harness, submit: Callable[[list[bytes]], object], result:
     await asyncio.gather(*producers)
     t_end = await h.settle(base + cfg.jobs)
     busy1 = machine_busy_s()
+    pg1, me1 = postgres_cpu_seconds(), self_cpu_seconds()
     elapsed = (t_end - t0) / 1e9
     result.completed = h.done - base
     result.jobs_per_s = cfg.jobs / elapsed
     result.submit_per_s = cfg.jobs / ((submit_end - t0) / 1e9)
     result.extra["elapsed_s"] = elapsed
     result.extra["machine_cpu_s_per_1k"] = (busy1 - busy0) / cfg.jobs * 1000
+    result.extra["postgres_cpu_s_per_1k"] = (pg1 - pg0) / cfg.jobs * 1000
+    result.extra["producers_cpu_s_per_1k"] = (me1 - me0) / cfg.jobs * 1000
     result.extra["consumer_cpu_s_per_1k"] = (
         (sum(cpu_seconds(c.proc.pid) for c in h.consumers) - consumer_cpu0) / cfg.jobs * 1000)
     if pid and cpu0 is not None and rss0 is not None:

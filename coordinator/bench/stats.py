@@ -33,6 +33,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of every process named postgres on this machine (all databases, all clients)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            total += cpu_seconds(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def self_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of one process, in MiB."""
     with open(f"/proc/{pid}/statm") as f:
