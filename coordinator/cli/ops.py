@@ -161,8 +161,10 @@ async def _submit(client: Client, args: argparse.Namespace) -> _View:
         args.kind, payload, queue=args.queue, idempotency_key=args.idempotency_key,
         max_attempts=args.max_attempts, priority=args.priority, labels=labels or None,
     )
-    verb = "submitted" if created else "already submitted (idempotency key matched)"
-    return _View({"created": created, "job": job}, f"job {job.id} {verb}\n{_job_block(job)}")
+    where = f"queue {job.queue}, kind {job.kind}, state {job.state.value}"
+    text = (f"job {job.id} submitted ({where})" if created else
+            f"job {job.id} already submitted: idempotency key {job.idempotency_key!r} matched ({where})")
+    return _View({"created": created, "job": job}, text)
 
 
 async def _list(client: Client, args: argparse.Namespace, state: JobState | None) -> _View:

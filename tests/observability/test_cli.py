@@ -48,7 +48,8 @@ async def test_submit_show_list_cancel_requeue_in_text_and_json(addr: str) -> No
     assert first["job"]["payload"] == base64.b64encode(b"hello").decode()
     assert (first["job"]["labels"], first["job"]["max_attempts"], first["job"]["priority"]) == ({"team": "ops"}, 3, 7)
     again = ok(await cli("submit", "echo", *a, "--payload", "hello", "--queue", queue, "--key", "k1"))
-    assert again.splitlines()[0] == f"job {job_id} already submitted (idempotency key matched)"
+    assert again == (f"job {job_id} already submitted: idempotency key 'k1' matched "
+                     f"(queue {queue}, kind echo, state queued)\n")
     other = json.loads(ok(await cli("submit", "resize", *a, "--queue", queue, "--payload-file", "-", "--json",
                                     stdin=b"\x00\xffbinary")))
     assert base64.b64decode(other["job"]["payload"]) == b"\x00\xffbinary"
