@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common.add_argument("--addr", default=os.environ.get(ADDR_ENV) or ADDR_DEFAULT,
                         help=f"coordinator gRPC address (default: ${ADDR_ENV} or {ADDR_DEFAULT})")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    common.add_argument("--timeout", type=float, default=TIMEOUT_S_DEFAULT, help="seconds per call (default: %(default)s)")
+    common.add_argument("--timeout", type=float, default=TIMEOUT_S_DEFAULT,
+                        help="seconds per call (default: %(default)s)")
 
     p = sub.add_parser("submit", parents=[common], help="submit one job")
     p.add_argument("kind")
