@@ -13,14 +13,13 @@ from datetime import timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.app import Coordinator
-from tests.helpers.procs import ROOT, free_port
+from tests.helpers.procs import ROOT, Proc, free_port
 from tests.helpers.wait import eventually
 from tests.observability.conftest import promtool_check
 from worker_sdk import Client, ConnState, InvalidArgumentError, JobContext, JobState, RetryJob, Worker
 from worker_sdk._metrics import METRICS_PORT_ENV, WorkerMetrics, resolve_address
 
-SAMPLE_INTERVAL = timedelta(milliseconds=50)
+SAMPLE_INTERVAL_MS = "50"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "faultline.json"
 # Labels that Prometheus adds at scrape time, or that histogram_quantile consumes.
 SCRAPE_LABELS = {"instance", "job", "le"}
@@ -94,11 +93,13 @@ def assert_dashboard_matches(got: Samples) -> None:
 
 
 async def test_metrics_after_jobs_have_run_hold_every_family_and_pass_promtool(
-    coordinator_factory: Callable[..., Awaitable[Coordinator]],
+    coordinator_proc_factory: Callable[..., Awaitable[Proc]],
 ) -> None:
     metrics_port, worker_port = free_port(), free_port()
-    c = await coordinator_factory(metrics_addr=f"127.0.0.1:{metrics_port}", metrics_sample_interval=SAMPLE_INTERVAL)
-    addr = f"127.0.0.1:{c.port}"
+    # A real `python -m coordinator` configured by FAULTLINE_METRICS_ADDR, with a registry of its own.
+    proc = await coordinator_proc_factory(env={"FAULTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
+                                               "FAULTLINE_METRICS_SAMPLE_MS": SAMPLE_INTERVAL_MS})
+    addr = str(proc.extra["addr"])
     queue = f"obs-{uuid.uuid4().hex[:8]}"
     worker = Worker(addr, queues=[queue], handle_signals=False, metrics_port=worker_port)
 
