@@ -53,6 +53,12 @@ def setup_from_env() -> bool:
     return True
 
 
+def _recording() -> bool:
+    """Whether any tracer provider is installed; without one every span is a no-op (checked per call,
+    since tests and embedders may install a provider after import)."""
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 def shutdown() -> None:
     for provider in _provider_shutdown:
         provider.shutdown()  # type: ignore[attr-defined]
@@ -83,6 +89,9 @@ class JobTracer:
 
     def attempt_started(self, job: Job, *, worker_id: str) -> dict[str, str]:
         """Record the queue wait and open the attempt span; returns the context to put in the grant."""
+        if not _recording():
+            # Tracing is off: no spans to open, but the handler still joins the producer's trace.
+            return dict(job.trace_context) if job.trace_context else {}
         parent = propagate.extract(job.trace_context or {})
         attrs: dict[str, str | int] = {
             "faultline.job_id": str(job.id), "faultline.queue": job.queue, "faultline.kind": job.kind,

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from coordinator import metrics
 from coordinator.actors.batching import BatchingActor, Request
@@ -55,6 +56,9 @@ class Completer(BatchingActor[CloseItem, Verdict]):
         self._retry = retry
         self._on_retry_scheduled = on_retry_scheduled
         self._on_closed = on_closed
+        # Only used by this actor: labelled metric children per (queue, kind), looked up once rather
+        # than per completed job (prometheus_client's labels() takes a lock and builds a tuple each call).
+        self._succeeded: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def unavailable(self, message: str) -> Verdict:
         return Verdict(Outcome.UNAVAILABLE, message)
@@ -68,13 +72,17 @@ class Completer(BatchingActor[CloseItem, Verdict]):
             rows = await self._store.complete_jobs(completions)
             accepted = {LeaseKey(r["id"], r["lease_token"]) for r in rows}
             for r in rows:
-                metrics.JOBS_COMPLETED.labels(r["queue"], r["kind"], "succeeded").inc()
+                queue, kind = r["queue"], r["kind"]
+                children = self._succeeded.get((queue, kind))
+                if children is None:
+                    children = (metrics.JOBS_COMPLETED.labels(queue, kind, "succeeded"),
+                                metrics.JOB_DURATION.labels(queue, kind))
+                    self._succeeded[(queue, kind)] = children
+                children[0].inc()
                 if self._throughput:
-                    self._throughput.add(r["queue"])
+                    self._throughput.add(queue)
                 if r["started_at"] is not None:
-                    metrics.JOB_DURATION.labels(r["queue"], r["kind"]).observe(
-                        (r["finished_at"] - r["started_at"]).total_seconds()
-                    )
+                    children[1].observe((r["finished_at"] - r["started_at"]).total_seconds())
                 if self._on_closed:
                     self._on_closed(LeaseKey(r["id"], r["lease_token"]), "succeeded", None)
             await self._explain(0, {c.key: c.worker_id for c in completions}, accepted, "succeeded", verdicts)

@@ -22,12 +22,17 @@ STATE_TO_PB: dict[JobState, int] = {
 PB_TO_STATE: dict[int, JobState] = {v: k for k, v in STATE_TO_PB.items()}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def timestamp(dt: datetime | None) -> Timestamp | None:
+    # Integer microseconds since the epoch: exact, and several times cheaper than Timestamp.FromDatetime,
+    # which showed in the profile (five timestamps per job in every grant and submit response).
     if dt is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(dt.astimezone(UTC))
-    return ts
+    seconds, micros = divmod((dt - _EPOCH) // _MICROSECOND, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def duration_ms(ms: int | None) -> Duration | None:

@@ -218,12 +218,18 @@ class WorkerSession:
         get: asyncio.Task[Any] | None = None
         try:
             while True:
-                get = asyncio.ensure_future(self._outbox.get())
-                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    return  # the reader ended: the worker went away or broke the protocol
-                first = get.result()
-                get = None
+                if self._outbox.empty():
+                    get = asyncio.ensure_future(self._outbox.get())
+                    done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    if get not in done:
+                        return  # the reader ended: the worker went away or broke the protocol
+                    first = get.result()
+                    get = None
+                elif reader.done():
+                    return
+                else:
+                    # Frames are waiting (the usual case under load): no waiter task to create.
+                    first = self._outbox.get_nowait()
                 if first is _CLOSE:
                     return
                 frames = [first]
