@@ -390,15 +390,18 @@ class WorkerSession:
             return
         verdicts = iter(answer)
         statuses = []
+        lost: list[LeaseKey] = []
         for ref, key in zip(refs, keys, strict=True):
             if key is None:
                 statuses.append(wpb.LeaseStatus(lease=ref, status=wpb.REPLY_STATUS_INVALID, message="malformed lease"))
                 continue
             v = next(verdicts)
             if v.outcome in (Outcome.STALE_LEASE, Outcome.NOT_FOUND):
-                self._drop_lease(key)
+                lost.append(key)
             statuses.append(wpb.LeaseStatus(lease=ref, status=_STATUS[v.outcome], message=v.message))
         self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_ACCEPTED, leases=statuses))
+        for key in lost:  # after the reply: see _reply_verdict
+            self._drop_lease(key)
 
     def _on_progress(self, seq: int, p: Any) -> None:
         key = self._lease(p.lease)
@@ -445,14 +448,14 @@ class WorkerSession:
         fut.add_done_callback(lambda f: self._reply_verdict(seq, key, f.result(), closing=True))
 
     def _reply_verdict(self, seq: int, key: LeaseKey, v: Verdict, *, closing: bool) -> None:
-        if closing and v.outcome is not Outcome.UNAVAILABLE:
-            self._drop_lease(key)
-        elif v.outcome in (Outcome.STALE_LEASE, Outcome.NOT_FOUND):
-            self._drop_lease(key)
         reply = wpb.Reply(seq=seq, status=_STATUS[v.outcome], message=v.message, result=v.result or b"")
         if v.state is not None:
             reply.job_state = convert.STATE_TO_PB[v.state]  # type: ignore[assignment]
+        # Reply before dropping the lease: dropping the last lease of a draining session closes the
+        # stream, and the worker must still hear the verdict on its completion.
         self._reply(seq, reply)
+        if (closing and v.outcome is not Outcome.UNAVAILABLE) or v.outcome in (Outcome.STALE_LEASE, Outcome.NOT_FOUND):
+            self._drop_lease(key)
 
     async def _on_step(self, seq: int, which: str, step: Any) -> None:
         key = self._lease(step.lease)
