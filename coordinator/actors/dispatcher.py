@@ -121,9 +121,18 @@ class Dispatcher:
             if want <= 0:
                 break
             slots = self._slots(group.sessions, want)
-            jobs = await self._store.claim_jobs(
-                queue=queue, kinds=group.kinds, slots=[s.worker_id for s in slots], lease_ttl_ms=self._config.lease_ttl_ms
-            )
+            try:
+                jobs = await self._store.claim_jobs(
+                    queue=queue, kinds=group.kinds, slots=[s.worker_id for s in slots],
+                    lease_ttl_ms=self._config.lease_ttl_ms,
+                )
+            except BaseException:
+                # The claim failed (Postgres down, cancelled): the reserved credit goes back to its
+                # sessions, or they would never be offered work again (a worker only sends credit
+                # when a slot frees, and these slots never held anything).
+                for s in slots:
+                    s.return_credit(1)
+                raise
             result.claims += 1
             for job, _ in jobs:  # both stamps come from Postgres now(): no clock skew in the wait
                 if job.started_at is not None:
