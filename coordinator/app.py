@@ -76,7 +76,11 @@ class Coordinator:
     async def start(self) -> None:
         cfg = self.config
         tracing.setup_from_env()
-        self.dsn = cfg.database_url or await asyncio.to_thread(embedded.start, cfg.embedded_data_dir)
+        # Not `a or await to_thread(...)`: mypy then infers to_thread's result from the `str | None` context.
+        dsn = cfg.database_url
+        if not dsn:
+            dsn = await asyncio.to_thread(embedded.start, cfg.embedded_data_dir)
+        self.dsn = dsn
         pool = await create_pool(self.dsn, max_size=cfg.db_pool_max)
         self.store = store = Store(pool)
         await self._migrate_with_retry()
@@ -136,12 +140,14 @@ class Coordinator:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ])
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(
+        # The generated *_pb2_grpc modules have no annotations (gen_protos.py emits no .pyi for them).
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(  # type: ignore[no-untyped-call]
             store=store, signal=signal_, registry=registry, tracer=tracer, throughput=throughput,
             promoter_wake=promoter_wake.set, max_payload=cfg.max_payload_bytes,
             max_attempts_default=cfg.max_attempts_default), server)
         self._worker_servicer = WorkerServicer(session)
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(self._worker_servicer, server)
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self._worker_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         self.port = server.add_insecure_port(cfg.grpc_addr)

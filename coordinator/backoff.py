@@ -18,8 +18,8 @@ def exponential(
     """Delay before retry number `attempt` (1-based): base * multiplier^(attempt-1), capped, then +/- jitter."""
     if attempt < 1:
         raise ValueError("attempt is 1-based")
-    rng = rng or random
+    draw = rng.random() if rng is not None else random.random()
     raw = base.total_seconds() * multiplier ** min(attempt - 1, 64)
     capped = min(raw, cap.total_seconds())
-    factor = 1.0 + jitter * (2.0 * rng.random() - 1.0)
+    factor = 1.0 + jitter * (2.0 * draw - 1.0)
     return timedelta(seconds=min(capped * factor, cap.total_seconds()))

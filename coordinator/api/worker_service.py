@@ -24,7 +24,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         # Owned here: every session whose stream is open, including those still awaiting hello.
         self._open: set[WorkerSession] = set()
 
-    async def Connect(  # type: ignore[override]
+    async def Connect(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         session = self._factory()

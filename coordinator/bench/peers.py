@@ -24,9 +24,13 @@ import time
 from array import array
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coordinator.bench.runner import BenchConfig, Harness
 from coordinator.bench.worker import KIND, PAYLOAD, REPORT_MIN_INTERVAL_S
+
+if TYPE_CHECKING:
+    from pgqueuer import Queries
 
 BENCH_CONSUMERS = 5
 BENCH_BATCH = 10
@@ -85,7 +89,7 @@ class PgQueuerHarness(Harness):
         queries = await self._queries()
         await queries.install()
 
-    async def _queries(self):  # type: ignore[no-untyped-def]
+    async def _queries(self) -> Queries:
         import asyncpg
         from pgqueuer import AsyncpgDriver, Queries
 

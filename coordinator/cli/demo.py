@@ -49,14 +49,17 @@ def _wait_serving(addr: str, coordinator: subprocess.Popen[bytes], log: Path) ->
 
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     with grpc.insecure_channel(addr) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
+        # typeshed's HealthStub omits the method attributes that the generated __init__ assigns.
+        check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse] = (
+            health_pb2_grpc.HealthStub(ch).Check  # type: ignore[attr-defined]
+        )
         while time.monotonic() < deadline:
             if coordinator.poll() is not None:
                 print(f"faultline demo: the coordinator exited with {coordinator.returncode}; see {log}",
                       file=sys.stderr)
                 return False
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
                 pass

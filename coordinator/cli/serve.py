@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from coordinator import logs
 from coordinator.config import Config
@@ -31,13 +33,13 @@ def _config() -> Config | None:
         return None
 
 
-def _run(coro: object) -> int:
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
 
-        return uvloop.run(coro)  # type: ignore[arg-type,no-any-return]
+        return uvloop.run(coro)
     except ImportError:
-        return asyncio.run(coro)  # type: ignore[arg-type,no-any-return]
+        return asyncio.run(coro)
 
 
 def run_coordinator(args: argparse.Namespace) -> int:

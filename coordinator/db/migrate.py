@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from coordinator.db.queries import QUERIES
 
@@ -35,7 +36,9 @@ def discover(directory: Path | None = None) -> list[Path]:
     return files
 
 
-async def migrate(con: asyncpg.Connection[Any], directory: Path | None = None) -> list[str]:
+async def migrate(
+    con: asyncpg.Connection[Any] | PoolConnectionProxy[Any], directory: Path | None = None
+) -> list[str]:
     """Apply what is missing; safe to run from many processes at once. Returns applied versions."""
     files = discover(directory)
     await con.execute(QUERIES["migrations_lock"].sql)
