@@ -36,7 +36,7 @@ where after the drain grace the worker reports them and stops waiting.
 Trust window: the lease's heartbeat_timeout (fallback: the session's lease TTL). A lease with no
 ACCEPTED heartbeat verdict for that long, measured from when the accepted heartbeat was sent, is
 treated as lost locally: the coordinator has probably expired it already.
-"""
+"""  # noqa: E501 - the lease diagram's rows are wider than the prose
 
 from __future__ import annotations
 

@@ -53,7 +53,9 @@ class LeaseKeeper(BatchingActor[KeeperItem, KeeperAnswer]):
         return (Verdict(Outcome.UNAVAILABLE, message),)
 
     async def flush(self, items: list[KeeperItem]) -> list[KeeperAnswer]:
-        beat_pairs = list(dict.fromkeys((k, i.worker_id) for i in items if isinstance(i, HeartbeatItem) for k in i.keys))
+        beat_pairs = list(
+            dict.fromkeys((k, i.worker_id) for i in items if isinstance(i, HeartbeatItem) for k in i.keys)
+        )
         beat_keys = [k for k, _ in beat_pairs]
         progress = [i for i in items if isinstance(i, ProgressUpdate)]
         alive: dict[LeaseKey, bool] = {}  # key -> cancel_requested

@@ -1,4 +1,7 @@
-"""MetricsSampler: refreshes the gauges that need a query (queue depth, oldest ready age) or a look at memory; never writes."""
+"""MetricsSampler: refreshes the gauges that need a query (queue depth, oldest ready age) or a look at memory.
+
+It never writes.
+"""
 
 from __future__ import annotations
 

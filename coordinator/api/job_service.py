@@ -32,7 +32,9 @@ PAGE_TOKEN_PREFIX = "v1:"
 REQUEUE_EXTRA_MAX = 1000
 
 
-def rpc(fn: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
+def rpc(
+    fn: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[..., Awaitable[Resp]]:
     """Turn Faultline errors into the status that api/status.py names; anything else is INTERNAL and logged."""
 
     @functools.wraps(fn)
@@ -121,7 +123,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return results
 
     @rpc
-    async def Submit(self, request: jpb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> jpb.SubmitResponse:
+    async def Submit(
+        self, request: jpb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.SubmitResponse:
         [(job, created)] = await self._submit("Submit", [request], context, lambda _: "")
         return jpb.SubmitResponse(job=convert.job_to_pb(job), created=created)
 
@@ -145,7 +149,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return job
 
     @rpc
-    async def GetJob(self, request: jpb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]) -> jpb.GetJobResponse:
+    async def GetJob(
+        self, request: jpb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.GetJobResponse:
         return jpb.GetJobResponse(job=convert.job_to_pb(await self._get(validate.job_id(request.id))))
 
     @rpc

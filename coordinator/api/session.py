@@ -186,7 +186,8 @@ class WorkerSession:
         """Ask the worker to finish what it holds; the stream closes when it has, or after grace."""
         if self.state is SessionState.OPEN:
             self.state = SessionState.DRAINING
-            self._send(wpb.CoordinatorFrame(drain=wpb.Drain(grace=convert.duration_ms(int(grace.total_seconds() * 1000)))))
+            grace_ms = int(grace.total_seconds() * 1000)
+            self._send(wpb.CoordinatorFrame(drain=wpb.Drain(grace=convert.duration_ms(grace_ms))))
             self._check_drained()
 
     async def wait_drained(self) -> None:
@@ -410,7 +411,9 @@ class WorkerSession:
         if not (0.0 <= p.fraction <= 1.0) or math.isnan(p.fraction):
             return self._reply_invalid(seq, "progress.fraction must be in [0, 1]")
         if len(p.message) > PROGRESS_MESSAGE_MAX or "\x00" in p.message:
-            return self._reply_invalid(seq, f"progress.message must be at most {PROGRESS_MESSAGE_MAX} characters, no NUL")
+            return self._reply_invalid(
+                seq, f"progress.message must be at most {PROGRESS_MESSAGE_MAX} characters, no NUL"
+            )
         if len(p.details) > PROGRESS_DETAILS_MAX:
             return self._reply_invalid(seq, f"progress.details must be at most {PROGRESS_DETAILS_MAX} bytes")
         fut = self._ask(self._keeper, ProgressUpdate(key, self.worker_id, p.fraction, p.message, p.details))
@@ -423,7 +426,9 @@ class WorkerSession:
         if key is None:
             return self._reply_invalid(seq, "complete.lease: malformed lease id or token")
         if len(c.result) > self._max_payload:
-            return self._reply_invalid(seq, f"complete.result is {len(c.result)} bytes; the limit is {self._max_payload}")
+            return self._reply_invalid(
+                seq, f"complete.result is {len(c.result)} bytes; the limit is {self._max_payload}"
+            )
         self._close_lease(seq, key, Completion(key, self.worker_id, c.result))
 
     def _on_fail(self, seq: int, f: Any) -> None:
@@ -467,7 +472,9 @@ class WorkerSession:
             if which == "get_step":
                 got = await self._store.get_step(key, self.worker_id, step.key)
                 if got is None:
-                    return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_NOT_FOUND, message="no such job"))
+                    return self._reply(
+                        seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_NOT_FOUND, message="no such job")
+                    )
                 current, found, result = got
                 if not current:
                     metrics.STALE_REJECTED.labels("get_step").inc()

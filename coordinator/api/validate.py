@@ -70,11 +70,18 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
         raise InvalidArgumentError(f"{field}payload", f"is {len(req.payload)} bytes; the limit is {max_payload}")
     key = req.idempotency_key or None
     if key is not None and (len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable()):
-        raise InvalidArgumentError(f"{field}idempotency_key", f"must be at most {IDEMPOTENCY_KEY_MAX} printable characters")
+        raise InvalidArgumentError(
+            f"{field}idempotency_key", f"must be at most {IDEMPOTENCY_KEY_MAX} printable characters"
+        )
     if req.max_attempts < 0 or req.max_attempts > MAX_ATTEMPTS_LIMIT:
-        raise InvalidArgumentError(f"{field}max_attempts", f"must be in [1, {MAX_ATTEMPTS_LIMIT}] (0 for the default), got {req.max_attempts}")
+        raise InvalidArgumentError(
+            f"{field}max_attempts",
+            f"must be in [1, {MAX_ATTEMPTS_LIMIT}] (0 for the default), got {req.max_attempts}",
+        )
     if not PRIORITY_MIN <= req.priority <= PRIORITY_MAX:
-        raise InvalidArgumentError(f"{field}priority", f"must be in [{PRIORITY_MIN}, {PRIORITY_MAX}], got {req.priority}")
+        raise InvalidArgumentError(
+            f"{field}priority", f"must be in [{PRIORITY_MIN}, {PRIORITY_MAX}], got {req.priority}"
+        )
     run_at: datetime | None = None
     if req.HasField("run_at"):
         if req.run_at.nanos < 0 or req.run_at.nanos >= 1_000_000_000:
@@ -93,7 +100,9 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
     multiplier: float | None = None
     if rp.multiplier != 0:
         if not MULTIPLIER_MIN <= rp.multiplier <= MULTIPLIER_MAX:  # also rejects NaN
-            raise InvalidArgumentError(f"{field}retry_policy.multiplier", f"must be in [{MULTIPLIER_MIN}, {MULTIPLIER_MAX}]")
+            raise InvalidArgumentError(
+                f"{field}retry_policy.multiplier", f"must be in [{MULTIPLIER_MIN}, {MULTIPLIER_MAX}]"
+            )
         multiplier = rp.multiplier
     jitter: float | None = None
     if rp.jitter != 0:
@@ -108,7 +117,9 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
         if not k or len(k) > LABEL_KEY_MAX:
             raise InvalidArgumentError(f"{field}labels", f"keys must be 1-{LABEL_KEY_MAX} characters")
         if len(v) > LABEL_VALUE_MAX:
-            raise InvalidArgumentError(f"{field}labels[{k[:64]}]", f"values must be at most {LABEL_VALUE_MAX} characters")
+            raise InvalidArgumentError(
+                f"{field}labels[{k[:64]}]", f"values must be at most {LABEL_VALUE_MAX} characters"
+            )
         if "\x00" in k or "\x00" in v:
             raise InvalidArgumentError(f"{field}labels", "must not contain NUL characters")
     return JobSpec(

@@ -202,7 +202,7 @@ class Harness(ABC):
         """After consumers counted `target` finishes: the time (ns) the last completion was durable."""
         return max(c.last_ns for c in self.consumers)
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 - optional hook: harnesses without a server side keep the no-op
         """Tear the server side down."""
 
     def server_pid(self) -> int | None:
@@ -262,9 +262,9 @@ async def run_once(h: Harness, dsn: str | None) -> RunResult:
     finally:
         samples = await h.stop_consumers() if h.consumers else {}
         await h.stop()
-    if PHASE_IDLE in samples and samples[PHASE_IDLE]:
+    if samples.get(PHASE_IDLE):
         result.idle_ms = latency_summary(samples[PHASE_IDLE])
-    if PHASE_LOAD in samples and samples[PHASE_LOAD]:
+    if samples.get(PHASE_LOAD):
         result.load_ms = latency_summary(samples[PHASE_LOAD])
     return result
 

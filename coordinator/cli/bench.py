@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from coordinator.bench.runner import DATABASE_URL_DEFAULT, IDLE_JOBS_DEFAULT, BenchConfig, FaultlineHarness, run_system
 from coordinator.bench.stats import RunResult, fmt, median_result
@@ -27,7 +26,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--producers", type=int, default=4, help="producer tasks (default 4)")
     p.add_argument("--batch", type=int, default=10,
-                   help="jobs per submit call; 1 uses Submit, more use SubmitBatch (default 10, PgQueuer's own enqueue batch)")
+                   help="jobs per submit call; 1 uses Submit, more use SubmitBatch "
+                        "(default 10, PgQueuer's own enqueue batch)")
     p.add_argument("--sleep-ms", type=float, default=0.0, help="handler sleep in ms; 0 is a no-op (default 0)")
     p.add_argument("--idle-jobs", type=int, default=IDLE_JOBS_DEFAULT,
                    help=f"jobs submitted one at a time for idle latency (default {IDLE_JOBS_DEFAULT})")
@@ -94,7 +94,8 @@ async def _bench(cfg: BenchConfig, peers: list[tuple[str, Callable[..., object]]
         _say(f"run {run}/{cfg.runs}: faultline")
         r = await run_system(FaultlineHarness, cfg, _say, "faultline_bench")
         results.setdefault("faultline", []).append(r)
-        _say(f"run {run}/{cfg.runs}: faultline {fmt(r.jobs_per_s, 0)} jobs/s, idle p50 {fmt(r.idle_ms.get('p50', float('nan')))} ms")
+        idle_p50 = fmt(r.idle_ms.get("p50", float("nan")))
+        _say(f"run {run}/{cfg.runs}: faultline {fmt(r.jobs_per_s, 0)} jobs/s, idle p50 {idle_p50} ms")
         for shape, make in peers:
             _say(f"run {run}/{cfg.runs}: pgqueuer [{shape}]")
             p = await run_system(make, cfg, _say, "pgqueuer_bench")  # type: ignore[arg-type]
@@ -132,11 +133,12 @@ def _report(cfg: BenchConfig, results: dict[str, list[RunResult]], args: argpars
     fl = medians["faultline"]
     peers = {k: v for k, v in medians.items() if k != "faultline"}
     if peers:
-        best_name, best = max(peers.items(), key=lambda kv: kv[1].jobs_per_s)
+        best_name, _ = max(peers.items(), key=lambda kv: kv[1].jobs_per_s)
         print("\nratios (faultline / pgqueuer, medians)")
         for name, m in peers.items():
             tag = "  <- best PgQueuer shape" if name == best_name else ""
-            idle = fl.idle_ms.get("p50", float("nan")) / m.idle_ms.get("p50", float("nan")) if m.idle_ms else float("nan")
+            nan = float("nan")
+            idle = fl.idle_ms.get("p50", nan) / m.idle_ms.get("p50", nan) if m.idle_ms else nan
             print(f"  vs {name:<20} throughput x{fmt(fl.jobs_per_s / m.jobs_per_s)}   "
                   f"idle p50 x{fmt(idle)} (lower is better){tag}")
     p50 = fl.idle_ms.get("p50", float("nan"))

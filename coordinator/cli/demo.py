@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not _wait_serving(addr, coordinator, log):
             return 1
-        print(f"faultline demo: coordinator SERVING; metrics at http://{env.get('FAULTLINE_METRICS_ADDR', '127.0.0.1:9464')}/metrics")
+        metrics_addr = env.get("FAULTLINE_METRICS_ADDR", "127.0.0.1:9464")
+        print(f"faultline demo: coordinator SERVING; metrics at http://{metrics_addr}/metrics")
         children.append(_spawn("worker", [sys.executable, str(EXAMPLES / "worker.py")], env))
         producer = _spawn("producer", [sys.executable, str(EXAMPLES / "producer.py"), str(args.jobs)], env)
         children.append(producer)

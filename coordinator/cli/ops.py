@@ -16,12 +16,12 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from worker_sdk import Client, Job, JobState, QueueStats, UnavailableError, WorkerInfo, WorkerSDKError
+from worker_sdk import Client, Job, JobState, QueueStats, UnavailableError, WorkerSDKError
 
 ADDR_ENV = "FAULTLINE_ADDR"
 ADDR_DEFAULT = "127.0.0.1:50051"
@@ -180,7 +180,7 @@ async def _list(client: Client, args: argparse.Namespace, state: JobState | None
         if token is None:
             break
     jobs = jobs[: args.limit]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [[j.id, j.state.value, j.queue, j.kind, f"{j.attempts}/{j.max_attempts}", _ago(j.created_at, now),
              _one_line(j.last_error)] for j in jobs]
     text = _table(["ID", "STATE", "QUEUE", "KIND", "ATTEMPTS", "CREATED", "LAST ERROR"], rows)
@@ -226,7 +226,7 @@ async def _queues(client: Client, args: argparse.Namespace) -> _View:
 
 async def _workers(client: Client, args: argparse.Namespace) -> _View:
     workers = sorted(await client.list_workers(), key=lambda w: (w.worker_id, w.session_id))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [[w.worker_id, ",".join(w.queues), ",".join(w.kinds) or "*", f"{len(w.lease_ids)}/{w.capacity}",
              w.credit, _ago(w.connected_at, now), _duration(w.since_heartbeat) if w.since_heartbeat else "-",
              "draining" if w.draining else "ready", _one_line(" ".join(w.lease_ids)) or "-"] for w in workers]
@@ -291,7 +291,7 @@ def _bytes_text(data: bytes) -> str:
 
 
 def _ts(value: datetime | None) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z") if value else "-"
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if value else "-"
 
 
 def _ago(value: datetime | None, now: datetime) -> str:
