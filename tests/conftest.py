@@ -36,7 +36,7 @@ def pg_admin() -> str:
 
     try:
         asyncio.run(probe())
-    except Exception as exc:  # noqa: BLE001 - re-raised as a loud failure with the cause
+    except Exception as exc:  # re-raised as a loud failure with the cause
         pytest.exit(f"PostgreSQL is required for the tests and did not answer at {dsn}: {exc!r}", returncode=3)
     return dsn
 
@@ -146,7 +146,9 @@ async def coordinator_proc_factory(dsn: str, tmp_path: Path) -> AsyncIterator[Ca
     """Start real coordinator processes (python -m coordinator) that tests can SIGKILL."""
     procs: list[Proc] = []
 
-    async def start(*, port: int | None = None, env: dict[str, str] | None = None, target_dsn: str | None = None) -> Proc:
+    async def start(
+        *, port: int | None = None, env: dict[str, str] | None = None, target_dsn: str | None = None
+    ) -> Proc:
         p = coordinator_proc(dsn=target_dsn or dsn, port=port or free_port(), tmp=tmp_path, env={
             "FAULTLINE_LEASE_TTL_MS": str(TEST_LEASE_TTL_MS),
             "FAULTLINE_BACKOFF_BASE_MS": str(TEST_RETRY.base_ms),

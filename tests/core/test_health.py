@@ -10,7 +10,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.wait import eventually
-from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb, job_service_pb2_grpc
+from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
+from worker_sdk._proto.faultline.v1 import job_service_pb2_grpc
 
 
 async def test_health_and_submit_follow_database_reachability(coordinator_factory: Any, dsn: str) -> None:

@@ -10,7 +10,8 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from tests.conftest import bounded
-from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2 as jpb, job_service_pb2_grpc
+from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2_grpc
+from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 
 
 @pytest.fixture
@@ -84,7 +85,8 @@ INVALID_SUBMITS = [
     ("key too long", dict(kind="k", idempotency_key="k" * 300), "idempotency_key"),
     ("negative backoff", dict(kind="k", retry_policy=job_pb2.RetryPolicy(initial_backoff=_dur(-1))),
      "retry_policy.initial_backoff"),
-    ("max below initial", dict(kind="k", retry_policy=job_pb2.RetryPolicy(initial_backoff=_dur(10), max_backoff=_dur(1))),
+    ("max below initial",
+     dict(kind="k", retry_policy=job_pb2.RetryPolicy(initial_backoff=_dur(10), max_backoff=_dur(1))),
      "retry_policy.max_backoff"),
     ("multiplier below 1", dict(kind="k", retry_policy=job_pb2.RetryPolicy(multiplier=0.5)), "retry_policy.multiplier"),
     ("jitter above 1", dict(kind="k", retry_policy=job_pb2.RetryPolicy(jitter=1.5)), "retry_policy.jitter"),
@@ -95,7 +97,9 @@ INVALID_SUBMITS = [
 
 
 @pytest.mark.parametrize("case,fields,field", INVALID_SUBMITS, ids=[c[0] for c in INVALID_SUBMITS])
-async def test_submit_rejects_bad_field_naming_it(stub: Any, db: Any, case: str, fields: dict[str, Any], field: str) -> None:
+async def test_submit_rejects_bad_field_naming_it(
+    stub: Any, db: Any, case: str, fields: dict[str, Any], field: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Submit(jpb.SubmitRequest(**fields), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
@@ -112,7 +116,8 @@ async def test_submit_rejects_bad_field_naming_it(stub: Any, db: Any, case: str,
     ("CancelJob", jpb.CancelJobRequest(id="424242"), grpc.StatusCode.NOT_FOUND, "424242"),
     ("CancelJob", jpb.CancelJobRequest(id="x"), grpc.StatusCode.INVALID_ARGUMENT, "id"),
     ("RequeueJob", jpb.RequeueJobRequest(id="424242"), grpc.StatusCode.NOT_FOUND, "424242"),
-    ("RequeueJob", jpb.RequeueJobRequest(id="1", extra_attempts=-1), grpc.StatusCode.INVALID_ARGUMENT, "extra_attempts"),
+    ("RequeueJob", jpb.RequeueJobRequest(id="1", extra_attempts=-1), grpc.StatusCode.INVALID_ARGUMENT,
+     "extra_attempts"),
     ("ListJobs", jpb.ListJobsRequest(page_size=-1), grpc.StatusCode.INVALID_ARGUMENT, "page_size"),
     ("ListJobs", jpb.ListJobsRequest(page_size=1001), grpc.StatusCode.INVALID_ARGUMENT, "page_size"),
     ("ListJobs", jpb.ListJobsRequest(state=99), grpc.StatusCode.INVALID_ARGUMENT, "state"),
@@ -149,8 +154,9 @@ async def test_requeue_cancelled_job_and_refuse_requeue_of_queued(stub: Any) -> 
 
 
 async def test_future_run_at_is_scheduled_then_promoted(stub: Any) -> None:
-    from google.protobuf.timestamp_pb2 import Timestamp
     import time
+
+    from google.protobuf.timestamp_pb2 import Timestamp
 
     from tests.helpers.wait import eventually
 

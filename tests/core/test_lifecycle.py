@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 import grpc
 
 from tests.helpers.procs import ROOT
-from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2 as jpb, job_service_pb2_grpc
+from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2_grpc
+from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 
 
 def test_invalid_configuration_exits_2_with_a_clear_message() -> None:

@@ -47,10 +47,14 @@ async def test_every_query_prepares_and_is_used(db: Any) -> None:
 
 def test_query_file_format_is_enforced() -> None:
     assert parse("-- name: a :one\n-- purpose\nSELECT 1;")["a"].cardinality is Cardinality.ONE
-    for bad in ("-- name: a :one\nSELECT 1;", "-- name: a :one\n-- p\n", "-- name: a :one\n-- p\nSELECT 1;\n-- name: a :one\n-- p\nSELECT 2;"):
+    for bad in (
+        "-- name: a :one\nSELECT 1;",
+        "-- name: a :one\n-- p\n",
+        "-- name: a :one\n-- p\nSELECT 1;\n-- name: a :one\n-- p\nSELECT 2;",
+    ):
         try:
             parse(bad)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             assert "query a" in str(exc)
         else:
             raise AssertionError(f"accepted {bad!r}")

@@ -82,8 +82,9 @@ async def test_frame_before_hello_closes_stream_with_clear_status(coordinator: C
     assert "hello.worker_id" in w.details
     w2 = RawWorker(addr, "rude2")
     w2._channel = grpc.aio.insecure_channel(addr)
-    from worker_sdk._proto.faultline.v1 import worker_service_pb2_grpc
     import asyncio
+
+    from worker_sdk._proto.faultline.v1 import worker_service_pb2_grpc
 
     w2._call = worker_service_pb2_grpc.WorkerServiceStub(w2._channel).Connect(w2._requests())
     w2._reader = asyncio.create_task(w2._read())
@@ -127,14 +128,18 @@ async def test_reconnect_resumes_held_lease(coordinator: Coordinator, addr: str,
     await other.close()
 
 
-async def test_heartbeat_timeout_and_execution_timeout_are_recorded(coordinator: Coordinator, addr: str, db: Any) -> None:
+async def test_heartbeat_timeout_and_execution_timeout_are_recorded(
+    coordinator: Coordinator, addr: str, db: Any
+) -> None:
     from datetime import timedelta
 
     from worker_sdk import JobTimeouts
 
     async with Client(addr) as client:
-        hb = await client.submit("echo", b"", max_attempts=1, timeouts=JobTimeouts(heartbeat=timedelta(milliseconds=300)))
-        ex = await client.submit("echo", b"", max_attempts=1, timeouts=JobTimeouts(execution=timedelta(milliseconds=400)))
+        hb_timeouts = JobTimeouts(heartbeat=timedelta(milliseconds=300))
+        ex_timeouts = JobTimeouts(execution=timedelta(milliseconds=400))
+        hb = await client.submit("echo", b"", max_attempts=1, timeouts=hb_timeouts)
+        ex = await client.submit("echo", b"", max_attempts=1, timeouts=ex_timeouts)
     w = await RawWorker(addr, "w").connect()
     w.credit(2)
     grants = {g.job.id: g for g in [await w.next_grant(), await w.next_grant()]}

@@ -89,7 +89,9 @@ def coordinator_proc(*, dsn: str, port: int, tmp: Path, env: dict[str, str] | No
     return Proc([sys.executable, "-m", "coordinator"], e, tmp / f"coordinator-{port}-{time.time_ns()}.log")
 
 
-def python_proc(script: str | Path, *args: str, tmp: Path, env: dict[str, str] | None = None, name: str = "proc") -> Proc:
+def python_proc(
+    script: str | Path, *args: str, tmp: Path, env: dict[str, str] | None = None, name: str = "proc"
+) -> Proc:
     e = dict(os.environ)
     e.update(env or {})
     return Proc([sys.executable, str(script), *args], e, tmp / f"{name}-{time.time_ns()}.log")

@@ -53,7 +53,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._lock = threading.Lock()
         self._spans: list[SpanRecord] = []
 
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any) -> Any:  # noqa: N802
+    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any) -> Any:
         got = []
         for rs in request.resource_spans:
             resource = {a.key: _value(a.value) for a in rs.resource.attributes}

@@ -35,7 +35,7 @@ def make_worker(fake: FakeCoordinator, **kwargs: object) -> Worker:
 async def eventually(predicate: Callable[[], object], timeout: float = WAIT_TIMEOUT_S) -> None:
     """Poll a local condition that no frame signals (e.g. the worker's own state)."""
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polls worker state that no event signals
             await asyncio.sleep(0.005)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from datetime import timedelta
 
@@ -46,11 +47,11 @@ async def test_crashed_actor_restarts_with_growing_delay_and_sibling_untouched()
     steady_starts: list[int] = []
     done = asyncio.Event()
     restarts: list[str] = []
-    sup = Supervisor([ChildSpec("crashy", lambda: Crashy(log, 3, done)), ChildSpec("steady", lambda: Steady(steady_starts))],
-                     config=FAST, on_restart=restarts.append)
+    children = [ChildSpec("crashy", lambda: Crashy(log, 3, done)), ChildSpec("steady", lambda: Steady(steady_starts))]
+    sup = Supervisor(children, config=FAST, on_restart=restarts.append)
     task = asyncio.create_task(sup.run())
     await asyncio.wait_for(done.wait(), 5)
-    gaps = [b - a for a, b in zip(log, log[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(log)]
     assert len(log) == 4 and restarts == ["crashy"] * 3
     assert gaps[2] > gaps[0], f"delays must grow: {gaps}"
     assert steady_starts == [1], "one-for-one: the healthy sibling was never restarted"
