@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator import backoff, embedded, metrics, tracing
@@ -40,7 +39,12 @@ from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.supervisor import ChildSpec, Supervisor
 from coordinator.throughput import Throughput
 from coordinator.tracing import JobTracer
-from worker_sdk._proto.faultline.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
+from worker_sdk._proto.faultline.v1 import (
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +171,9 @@ class Coordinator:
 
     async def _migrate_with_retry(self) -> None:
         assert self.store is not None
+        retry_on: tuple[type[BaseException], ...] = (
+            OSError, TimeoutError, DatabaseUnavailableError, *_pg_unavailable()
+        )
         attempt = 0
         while True:
             try:
@@ -175,9 +182,11 @@ class Coordinator:
                 if applied:
                     logger.info("migrations applied", extra={"versions": ",".join(applied)})
                 return
-            except (OSError, TimeoutError, DatabaseUnavailableError) + _pg_unavailable() as exc:
+            except retry_on as exc:
                 attempt += 1
-                delay = backoff.exponential(min(attempt, 20), base=_s(MIGRATE_RETRY_BASE_S), cap=_s(MIGRATE_RETRY_MAX_S))
+                delay = backoff.exponential(
+                    min(attempt, 20), base=_s(MIGRATE_RETRY_BASE_S), cap=_s(MIGRATE_RETRY_MAX_S)
+                )
                 logger.warning("waiting for Postgres to migrate", extra={"error": str(exc), "retry_in_s":
                                                                          round(delay.total_seconds(), 2)})
                 await asyncio.sleep(delay.total_seconds())

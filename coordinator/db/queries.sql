@@ -411,3 +411,100 @@ SELECT queue, min(run_at) AS oldest_run_at, now() AS now
 FROM faultline_jobs
 WHERE state = 'queued'
 GROUP BY queue;
+
+-- Checker queries: read-only audits that coordinator/drills/checker.py runs after a failure drill.
+-- They state the invariants of docs/invariants.md in SQL; each returns the rows that break one.
+
+-- name: check_state_counts :many
+-- Checker: jobs per state.
+SELECT state::text AS state, count(*) AS n FROM faultline_jobs GROUP BY state;
+
+-- name: check_kind_states :many
+-- Checker: jobs per (kind, state), to compare with the final state each drill expects per kind.
+SELECT kind, state::text AS state, count(*) AS n FROM faultline_jobs GROUP BY kind, state;
+
+-- name: check_missing_jobs :many
+-- Checker: job ids that producers were acknowledged with ($1) but that have no row (lost jobs).
+SELECT t.id FROM unnest($1::bigint[]) AS t(id)
+WHERE NOT EXISTS (SELECT 1 FROM faultline_jobs j WHERE j.id = t.id)
+ORDER BY t.id LIMIT 50;
+
+-- name: check_unacknowledged_jobs :many
+-- Checker: jobs that no producer was acknowledged with ($1): a submit that was stored but whose retry made another job.
+SELECT j.id, j.idempotency_key FROM faultline_jobs j
+WHERE NOT EXISTS (SELECT 1 FROM unnest($1::bigint[]) AS t(id) WHERE t.id = j.id)
+ORDER BY j.id LIMIT 50;
+
+-- name: check_not_terminal :many
+-- Checker: jobs not in a terminal state (succeeded, dead_lettered, cancelled).
+SELECT id, kind, state::text AS state, attempts, worker_id, lease_expires_at FROM faultline_jobs
+WHERE state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
+ORDER BY id LIMIT 50;
+
+-- name: check_running_without_live_lease :many
+-- Checker: running jobs with no holder, no lease, or a lease that expired more than $1 ms ago by Postgres' clock (the reaper's slack).
+SELECT id, lease_token, worker_id, lease_expires_at FROM faultline_jobs
+WHERE state = 'running'
+  AND (worker_id IS NULL OR lease_expires_at IS NULL OR lease_expires_at < now() - $1 * interval '1 millisecond')
+ORDER BY id LIMIT 50;
+
+-- name: check_attempts_over_max :many
+-- Checker: jobs that ran more attempts than they allow.
+SELECT id, attempts, max_attempts FROM faultline_jobs WHERE attempts > max_attempts ORDER BY id LIMIT 50;
+
+-- name: check_succeeded_completions :many
+-- Checker: succeeded jobs without exactly one succeeded attempt under the job's current token, and other jobs with any.
+SELECT j.id, j.state::text AS state, j.lease_token,
+       count(a.job_id) FILTER (WHERE a.outcome = 'succeeded') AS accepted,
+       max(a.lease_token) FILTER (WHERE a.outcome = 'succeeded') AS accepted_token
+FROM faultline_jobs j
+LEFT JOIN faultline_attempts a ON a.job_id = j.id
+GROUP BY j.id
+HAVING count(a.job_id) FILTER (WHERE a.outcome = 'succeeded') <> (CASE WHEN j.state = 'succeeded' THEN 1 ELSE 0 END)
+    OR (j.state = 'succeeded' AND max(a.lease_token) FILTER (WHERE a.outcome = 'succeeded') <> j.lease_token)
+ORDER BY j.id LIMIT 50;
+
+-- name: check_attempt_history :many
+-- Checker: jobs whose attempt rows disagree with the job row: row count vs attempts, numbering 1..n, tokens strictly increasing and never above the job's, one open attempt exactly when running.
+WITH a AS (
+    SELECT job_id, attempt, lease_token, outcome,
+           lag(lease_token) OVER (PARTITION BY job_id ORDER BY attempt) AS prev_token,
+           row_number() OVER (PARTITION BY job_id ORDER BY attempt) AS rn
+    FROM faultline_attempts
+),
+per_job AS (
+    SELECT job_id, count(*) AS n,
+           bool_and(attempt = rn) AS numbered,
+           bool_and(prev_token IS NULL OR lease_token > prev_token) AS increasing,
+           max(lease_token) AS max_token,
+           count(*) FILTER (WHERE outcome IS NULL) AS open
+    FROM a GROUP BY job_id
+)
+SELECT j.id, j.state::text AS state, j.attempts, j.lease_token,
+       COALESCE(p.n, 0) AS attempt_rows, COALESCE(p.numbered, true) AS numbered,
+       COALESCE(p.increasing, true) AS increasing, p.max_token, COALESCE(p.open, 0) AS open_attempts
+FROM faultline_jobs j
+LEFT JOIN per_job p ON p.job_id = j.id
+WHERE COALESCE(p.n, 0) <> j.attempts
+   OR NOT COALESCE(p.numbered, true)
+   OR NOT COALESCE(p.increasing, true)
+   OR p.max_token > j.lease_token
+   OR COALESCE(p.open, 0) <> (CASE WHEN j.state = 'running' THEN 1 ELSE 0 END)
+ORDER BY j.id LIMIT 50;
+
+-- name: check_attempt_outcomes :many
+-- Checker: attempts per outcome (NULL while running), for the drill's figures.
+SELECT COALESCE(outcome, 'open') AS outcome, count(*) AS n FROM faultline_attempts GROUP BY outcome;
+
+-- name: check_results :many
+-- Checker: id, current token and stored result of the succeeded jobs of the kinds in $1.
+SELECT id, lease_token, result FROM faultline_jobs WHERE state = 'succeeded' AND kind = ANY($1::text[]);
+
+-- name: check_held_by :many
+-- Checker: the running leases (job, token) that worker $1 holds, as a drill records them before it kills the worker.
+SELECT id, lease_token FROM faultline_jobs WHERE state = 'running' AND worker_id = $1;
+
+-- name: check_attempts_of :many
+-- Checker: every attempt of the jobs in $1, in order, to time how long recovery of a fault took.
+SELECT job_id, attempt, lease_token, worker_id, started_at, finished_at, outcome
+FROM faultline_attempts WHERE job_id = ANY($1::bigint[]) ORDER BY job_id, attempt;
