@@ -204,31 +204,56 @@ class Coordinator:
         self._stopped.set()
 
     async def stop(self) -> None:
-        """Drain workers, stop serving, stop the actors, close the pool."""
+        """Drain workers, stop serving, stop the actors, close the pool; every phase is bounded and timed."""
         cfg = self.config
+        phases: dict[str, float] = {}
+        clock = asyncio.get_running_loop().time
+        t = clock()
+
+        def mark(name: str) -> None:
+            nonlocal t
+            now = clock()
+            phases[name] = round(now - t, 3)
+            t = now
+
         if self._health is not None:
-            await asyncio.wait_for(self._health.enter_graceful_shutdown(), SERVER_STOP_GRACE_S)
+            try:
+                async with asyncio.timeout(SERVER_STOP_GRACE_S):
+                    await self._health.enter_graceful_shutdown()
+            except TimeoutError:
+                logger.warning("health shutdown timed out")
+        mark("health")
         if self._worker_servicer is not None:
             await self._worker_servicer.drain(cfg.drain_grace)
+        mark("drain")
         if self.server is not None:
-            await self.server.stop(SERVER_STOP_GRACE_S)
+            try:
+                async with asyncio.timeout(SERVER_STOP_GRACE_S + ACTOR_STOP_TIMEOUT_S):
+                    await self.server.stop(SERVER_STOP_GRACE_S)
+            except TimeoutError:
+                logger.warning("grpc server stop timed out")
+        mark("server")
         if self._supervisor_task is not None:
             self._supervisor_task.cancel()
             try:
-                await asyncio.wait_for(self._supervisor_task, ACTOR_STOP_TIMEOUT_S)
+                async with asyncio.timeout(ACTOR_STOP_TIMEOUT_S):
+                    await self._supervisor_task
             except (asyncio.CancelledError, Exception):
                 pass
+        mark("actors")
         if self._metrics_server is not None:
             server, _thread = self._metrics_server
             server.shutdown()
         if self.store is not None:
             try:
-                await asyncio.wait_for(self.store.pool.close(), POOL_CLOSE_TIMEOUT_S)
+                async with asyncio.timeout(POOL_CLOSE_TIMEOUT_S):
+                    await self.store.pool.close()
             except TimeoutError:
                 logger.warning("pool close timed out; terminating connections")
                 self.store.pool.terminate()
+        mark("pool")
         tracing.shutdown()
-        logger.info("coordinator stopped")
+        logger.info("coordinator stopped", extra={f"{k}_s": v for k, v in phases.items()})
 
 
 def _s(seconds: float) -> Any:

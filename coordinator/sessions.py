@@ -64,8 +64,12 @@ class DispatchSignal:
         self._event.set()
 
     async def wait(self, timeout: float) -> None:
+        # asyncio.timeout, never wait_for: on Python 3.11 wait_for swallows the caller's cancellation
+        # when the awaited thing completes at the same moment, and an actor that loses its
+        # cancellation keeps running through shutdown.
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         except TimeoutError:
             self._all = True
 

@@ -293,7 +293,9 @@ class LeaseStream:
                 },
             )
             try:
-                await asyncio.wait_for(self._closing.wait(), delay.total_seconds())
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow our own cancellation.
+                async with asyncio.timeout(delay.total_seconds()):
+                    await self._closing.wait()
             except TimeoutError:
                 continue
             raise UnavailableError("worker stream closed")
@@ -330,7 +332,8 @@ class LeaseStream:
                     extra={"attempt": attempt, "delay_s": round(delay.total_seconds(), 3), "end": end.value},
                 )
                 try:
-                    await asyncio.wait_for(self._closing.wait(), delay.total_seconds())
+                    async with asyncio.timeout(delay.total_seconds()):
+                        await self._closing.wait()
                 except TimeoutError:
                     pass
         finally:
@@ -401,7 +404,8 @@ class LeaseStream:
         hello = replace(self._hello, held_leases=self._listener.held_leases())
         await call.write(worker_service_pb2.ConnectRequest(frames=[_convert.hello_to_pb(hello)]))
         try:
-            first = await asyncio.wait_for(call.read(), self._handshake_timeout)
+            async with asyncio.timeout(self._handshake_timeout):
+                first = await call.read()
         except TimeoutError:
             raise UnavailableError("no welcome from the coordinator") from None
         if not isinstance(first, worker_service_pb2.ConnectResponse):  # grpc.aio.EOF

@@ -757,7 +757,9 @@ class Worker:
             wake_at = min([next_due, *(r.last_ack + r.trust_timeout for r in self._active())])
             if wake_at > now:
                 try:
-                    await asyncio.wait_for(self._heartbeat_wake.wait(), wake_at - now)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow our own cancellation.
+                    async with asyncio.timeout(wake_at - now):
+                        await self._heartbeat_wake.wait()
                     next_due = time.monotonic()  # woken: a new session, or stopping
                 except TimeoutError:
                     pass
@@ -791,9 +793,8 @@ class Worker:
         held = {run.ref.lease_id: run for run in self._leases.values() if run.state is not LeaseState.LOST}
         sent_at = time.monotonic()
         try:
-            reply = await asyncio.wait_for(
-                stream.call(Heartbeat(tuple(run.ref for run in held.values()))), self._heartbeat_interval
-            )
+            async with asyncio.timeout(self._heartbeat_interval):
+                reply = await stream.call(Heartbeat(tuple(run.ref for run in held.values())))
         except TimeoutError:
             logger.warning("heartbeat reply timed out", extra={"held": len(held)})
             return False

@@ -40,7 +40,8 @@ class HealthMonitor:
 
     async def run_once(self) -> bool:
         try:
-            await asyncio.wait_for(self._store.ping(), PROBE_TIMEOUT_S)
+            async with asyncio.timeout(PROBE_TIMEOUT_S):  # not wait_for: see sessions.DispatchSignal.wait
+                await self._store.ping()
             up = True
         except (DatabaseUnavailableError, TimeoutError, FaultlineError) as exc:
             up = False

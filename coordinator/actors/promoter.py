@@ -54,7 +54,8 @@ class Promoter:
                 sleep_s = UNAVAILABLE_PAUSE_S
             if sleep_s > 0:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), sleep_s)
+                    async with asyncio.timeout(sleep_s):  # not wait_for: see sessions.DispatchSignal.wait
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
 
