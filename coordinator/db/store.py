@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 # (back-pressure instead of an unbounded queue of waiters when Postgres refuses connections).
 POOL_ACQUIRE_TIMEOUT_S = 5.0
 
+# How often a statement that Postgres chose as a deadlock victim is run again before it is an error.
+DEADLOCK_RETRIES = 3
+
 # Errors that mean "Postgres is not reachable right now", as opposed to a bug in a statement.
 _UNAVAILABLE = (
     OSError,
@@ -79,6 +82,12 @@ class Verdict:
     state: JobState | None = None
 
 
+def _job_of(item: LeaseKey | Completion | Failure | ProgressUpdate) -> int:
+    """Sort key of batched lease writes: every batch locks its job rows in id order, so two batches over the
+    same leases (a heartbeat and a completion of one worker, say) cannot deadlock each other."""
+    return item.job_id if isinstance(item, LeaseKey) else item.key.job_id
+
+
 class Store:
     """The coordinator's only door to Postgres."""
 
@@ -91,21 +100,31 @@ class Store:
 
     async def _run(self, name: str, *args: Any) -> Any:
         q = QUERIES[name]
-        try:
-            async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as con:
-                match q.cardinality:
-                    case Cardinality.MANY:
-                        return await con.fetch(q.sql, *args)
-                    case Cardinality.ONE:
-                        return await con.fetchrow(q.sql, *args)
-                    case Cardinality.VAL:
-                        return await con.fetchval(q.sql, *args)
-                    case Cardinality.EXEC:
-                        return await con.execute(q.sql, *args)
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailableError(f"{name}: {type(exc).__name__}: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreError(f"{name} failed: {exc}") from exc
+        attempt = 0
+        while True:
+            try:
+                async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as con:
+                    match q.cardinality:
+                        case Cardinality.MANY:
+                            return await con.fetch(q.sql, *args)
+                        case Cardinality.ONE:
+                            return await con.fetchrow(q.sql, *args)
+                        case Cardinality.VAL:
+                            return await con.fetchval(q.sql, *args)
+                        case Cardinality.EXEC:
+                            return await con.execute(q.sql, *args)
+            except asyncpg.DeadlockDetectedError as exc:
+                # Every statement is one autocommit transaction, so the victim of a deadlock had no
+                # effect and is safe to run again; batches lock in job-id order (_by_job), so this is
+                # the fallback for plans that do not, not the common path.
+                attempt += 1
+                if attempt > DEADLOCK_RETRIES:
+                    raise StoreError(f"{name} failed: {exc}") from exc
+                logger.warning("statement retried after a deadlock", extra={"query": name, "attempt": attempt})
+            except _UNAVAILABLE as exc:
+                raise DatabaseUnavailableError(f"{name}: {type(exc).__name__}: {exc}") from exc
+            except asyncpg.PostgresError as exc:
+                raise StoreError(f"{name} failed: {exc}") from exc
 
     async def ping(self) -> None:
         await self._run("ping")
@@ -174,12 +193,14 @@ class Store:
         return [(Job.from_record(r), r["slot"] - 1) for r in rows]
 
     async def release_leases(self, keys: Sequence[LeaseKey]) -> int:
+        keys = sorted(keys, key=_job_of)
         rows = await self._run("release_leases", [k.job_id for k in keys], [k.token for k in keys])
         return len(rows)
 
     async def resume_leases(
         self, keys: Sequence[LeaseKey], *, worker_id: str, lease_ttl_ms: int
     ) -> list[Any]:
+        keys = sorted(keys, key=_job_of)
         return list(await self._run(
             "resume_leases", [k.job_id for k in keys], [k.token for k in keys], worker_id, lease_ttl_ms
         ))
@@ -188,6 +209,7 @@ class Store:
         self, keys: Sequence[tuple[LeaseKey, str]], *, lease_ttl_ms: int
     ) -> dict[LeaseKey, Any]:
         """Extend (lease, holder) pairs; returns the rows of those still current."""
+        keys = sorted(keys, key=lambda kw: kw[0].job_id)
         rows = await self._run(
             "extend_leases", [k.job_id for k, _ in keys], [k.token for k, _ in keys], [w for _, w in keys],
             lease_ttl_ms,
@@ -195,6 +217,7 @@ class Store:
         return {LeaseKey(r["id"], r["lease_token"]): r for r in rows}
 
     async def record_progress(self, items: Sequence[ProgressUpdate], *, lease_ttl_ms: int) -> dict[LeaseKey, Any]:
+        items = sorted(items, key=_job_of)
         rows = await self._run(
             "record_progress",
             [p.key.job_id for p in items], [p.key.token for p in items], [p.worker_id for p in items],
@@ -204,12 +227,14 @@ class Store:
         return {LeaseKey(r["id"], r["lease_token"]): r for r in rows}
 
     async def complete_jobs(self, items: Sequence[Completion]) -> list[Any]:
+        items = sorted(items, key=_job_of)
         return list(await self._run(
             "complete_jobs", [c.key.job_id for c in items], [c.key.token for c in items],
             [c.worker_id for c in items], [c.result for c in items],
         ))
 
     async def fail_jobs(self, items: Sequence[Failure], retry: RetryDefaults) -> list[Any]:
+        items = sorted(items, key=_job_of)
         return list(await self._run(
             "fail_jobs",
             [f.key.job_id for f in items], [f.key.token for f in items], [f.worker_id for f in items],
