@@ -277,7 +277,11 @@ async def zombie_worker(stack: Stack, short: bool) -> CheckReport:
 
         await wait_for(sdk_stood_down, timeout=30, what="the SDK zombie to drop every lease it held")
         await stack.wait_exit(p, timeout=30, what="bait producer")
-    await wait_terminal(stack, con, total)
+        # Idle healthy workers would take the next round's bait before the zombies could.
+        await wait_terminal(stack, con, total)
+        for h in helpers:
+            await asyncio.to_thread(h.stop)
+        helpers = []
 
     def extra(report: CheckReport) -> None:
         raw_hb, raw_effects, raw_completes, sdk_lost, sdk_sent = [], [], [], 0, []
@@ -536,7 +540,12 @@ async def partition(stack: Stack, short: bool) -> CheckReport:
             await wait_for(lambda w=w, held=held: set(held) <= _fenced(stack, w), timeout=60,
                            what="the healed worker's completions refused (or its leases dropped)")
             await stack.wait_exit(p, timeout=30, what="held producer")
-        await wait_terminal(stack, con, total)
+            # Idle workers (the healthy ones, and this round's healed one) would take the next round's jobs
+            # before the next cut-off worker could.
+            await wait_terminal(stack, con, total)
+            for h in [*healthy, w]:
+                await asyncio.to_thread(h.stop)
+            healthy = []
 
         def extra(report: CheckReport) -> None:
             n = held_n * rounds
