@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import tempfile
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 EXIT_VIOLATION = 1
 EXIT_DRILL_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,19 +37,41 @@ def run_drill_cli(args: argparse.Namespace) -> int:
     names = list(DRILLS) if args.name == "all" else [args.name]
     worst = 0
     for name in names:
-        outcome_code = _run_one(name, short=args.short, workdir=args.workdir, keep_db=args.keep_db)
-        worst = max(worst, outcome_code)
+        code = _run_one(name, short=args.short, workdir=args.workdir, keep_db=args.keep_db)
+        worst = max(worst, code)
+        if code == EXIT_INTERRUPTED:
+            break
     return worst
 
 
 def _run_one(name: str, *, short: bool, workdir: Path | None, keep_db: bool) -> int:
+    from coordinator.drills.drills import DrillOutcome
     from coordinator.drills.runner import run_drill
     from coordinator.drills.stack import DrillError
 
-    wd = (workdir / name) if workdir else Path(tempfile.mkdtemp(prefix=f"faultline-drill-{name}-"))
+    if workdir is None:
+        wd = Path(tempfile.mkdtemp(prefix=f"faultline-drill-{name}-"))
+    else:
+        # Never mix with an earlier run's logs, events and acknowledgements.
+        wd = workdir / name
+        if wd.exists() and any(wd.iterdir()):
+            wd = workdir / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
     t0 = time.monotonic()
+
+    async def interruptible() -> DrillOutcome:
+        # SIGINT/SIGTERM cancel the drill, so that its stack stops every child and drops its database.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await run_drill(name, short=short, workdir=wd, keep_db=keep_db)
+
     try:
-        outcome = asyncio.run(run_drill(name, short=short, workdir=wd, keep_db=keep_db))
+        outcome = asyncio.run(interruptible())
+    except asyncio.CancelledError:
+        print(f"verdict {name}: INTERRUPTED after {time.monotonic() - t0:.1f}s; logs in {wd}", flush=True)
+        return EXIT_INTERRUPTED
     except DrillError as exc:
         print(f"verdict {name}{' --short' if short else ''}: ERROR after {time.monotonic() - t0:.1f}s: {exc}",
               flush=True)
