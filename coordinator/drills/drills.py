@@ -570,6 +570,84 @@ async def partition(stack: Stack, short: bool) -> CheckReport:
             await proxy.close()
 
 
+async def partition_netns(stack: Stack, short: bool) -> CheckReport:
+    from urllib.parse import urlsplit
+
+    from coordinator.drills import netns
+    from coordinator.drills.proxy import BlackholeProxy
+
+    name = "partition-netns"
+    why = netns.available()
+    if why is not None:
+        raise DrillError(f"the network-namespace variant {why}")
+    held_n, normal = (6, 200) if short else (8, 2_000)
+    work_ms = 1_000
+    link = netns.NetnsLink()
+    say(name, f"a worker in network namespace {link.ns} takes {held_n} leases; blackhole routes drop every packet "
+              "on its veth past the lease TTL; the jobs run elsewhere; then the link heals")
+    relay: BlackholeProxy | None = None
+    try:
+        await asyncio.to_thread(link.up)
+        await stack.create_database()
+        con = await stack.connect()
+        coord = await stack.start_coordinator(host=link.host_ip)
+        addr = coord.extra["addr"]
+        # The namespace reaches the ledger's Postgres only over the veth: a relay on the host side of it.
+        db = urlsplit(stack.dsn)
+        relay = BlackholeProxy(db.hostname or "127.0.0.1", db.port or 5432, listen_host=link.host_ip)
+        rport = await relay.start()
+        ns_dsn = stack.dsn.replace(f"@{db.hostname}:{db.port or 5432}/", f"@{link.host_ip}:{rport}/", 1)
+        w = stack.start_worker("in-netns", addr, concurrency=held_n, dsn=ns_dsn, prefix=link.exec_prefix)
+        from worker_sdk import Client
+
+        async with Client(addr) as client:
+            async def listed() -> bool:
+                return "in-netns" in {x.worker_id for x in await client.list_workers()}
+            await wait_for(listed, timeout=30, what="the namespaced worker connected over the veth")
+        p = stack.start_producer("held", addr, count=held_n, payload={"ms": work_ms}, extra=["--max-attempts", "10"])
+        await wait_for(lambda: len(_events(stack, w, "started")) >= held_n, timeout=30,
+                       what="the namespaced worker running its jobs")
+        t_cut = time.time()
+        await asyncio.to_thread(link.partition)
+        held = [(e["job_id"], e["token"]) for e in _events(stack, w, "started")]
+        say(name, f"link black-holed while the worker runs {len(held)} jobs of {work_ms} ms")
+        for i in range(2):
+            stack.start_worker(f"healthy-{i}", addr, concurrency=8)
+        stack.start_producer("normal", addr, count=normal, payload={"ms": 10})
+        await wait_for(lambda: _succeeded_elsewhere(con, dict(held)), timeout=60,
+                       what="the namespaced worker's jobs succeeded elsewhere")
+        say(name, f"its jobs succeeded elsewhere {time.time() - t_cut:.1f}s after the cut; healing")
+        await asyncio.to_thread(link.heal)
+        await wait_for(lambda: set(held) <= _fenced(stack, w), timeout=90,
+                       what="the healed worker's late writes refused (or its leases dropped)")
+        await stack.wait_exit(p, timeout=30, what="held producer")
+        await wait_terminal(stack, con, held_n + normal)
+        attempts = await checker.attempts_of(con, [j for j, _ in held])
+
+        def extra(report: CheckReport) -> None:
+            rejected = len(_events(stack, w, "completion rejected, lease lost"))
+            dropped = len(_events(stack, w, "lease lost"))
+            stale_effects = len([e for e in _events(stack, w, "effect") if e["verdict"] == "stale"])
+            report.figures.update(partitioned_leases=len(held), healed_completions_refused=rejected,
+                                  leases_dropped_by_trust_window=dropped, stale_ledger_writes=stale_effects)
+            report.figures.update({f"ran_elsewhere_{k}_s": v for k, v in percentiles(
+                recovery_times([(t_cut, held)], attempts)).items()})
+            report.invariant("DRILL", "every partitioned lease was fenced after the heal",
+                             sorted(set(held) - _fenced(stack, w)),
+                             detail=f"{rejected} completions refused, {dropped} leases dropped locally, "
+                                    f"{stale_effects} ledger writes refused as stale")
+
+        report = await finish(stack, con, Expectations(acknowledged=stack.acknowledged(), final_states=EFFECT_OK),
+                              extra)
+        await con.close()
+        return report
+    finally:
+        if relay is not None:
+            await relay.close()
+        await stack.close()
+        await asyncio.to_thread(link.down)
+
+
 # -- poison-job ------------------------------------------------------------------------------------
 
 
@@ -854,6 +932,9 @@ DRILLS: dict[str, DrillSpec] = {
                   "stop and start a private Postgres under load; NOT_SERVING, UNAVAILABLE, then recovery"),
         DrillSpec("partition", partition,
                   "black-hole a worker's link past its lease; the job runs elsewhere, the healed completion is fenced"),
+        DrillSpec("partition-netns", partition_netns,
+                  "the partition drill with a real black hole: a network namespace and blackhole routes (root only)",
+                  needs_root=True),
         DrillSpec("poison-job", poison_job,
                   "jobs that always fail or crash their worker are dead-lettered; the queue keeps moving"),
         DrillSpec("hung-handler", hung_handler,

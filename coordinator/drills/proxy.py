@@ -16,8 +16,9 @@ CHUNK_BYTES = 65_536
 class BlackholeProxy:
     """127.0.0.1:port -> target. Owner of its connections: its own event loop."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1") -> None:
         self._target = (target_host, target_port)
+        self._listen_host = listen_host
         self._open = asyncio.Event()
         self._open.set()
         self._server: asyncio.Server | None = None
@@ -26,7 +27,7 @@ class BlackholeProxy:
         self.connections = 0
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, self._listen_host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

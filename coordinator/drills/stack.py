@@ -235,26 +235,28 @@ class Stack:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def _proc(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+    def _proc(self, name: str, args: list[str], env: dict[str, str] | None = None,
+              prefix: list[str] | None = None) -> Proc:
         self._seq += 1
         e = dict(os.environ)
         e.update(env or {})
-        p = Proc(name, [sys.executable, *args], e, self.workdir / f"{self._seq:03d}-{name}.log")
+        p = Proc(name, [*(prefix or []), sys.executable, *args], e, self.workdir / f"{self._seq:03d}-{name}.log")
         self.procs.append(p)
         return p.start()
 
     async def start_coordinator(self, *, port: int | None = None, dsn: str | None = None,
-                                env: dict[str, str] | None = None, wait: bool = True) -> Proc:
+                                env: dict[str, str] | None = None, wait: bool = True,
+                                host: str = "127.0.0.1") -> Proc:
         port = port or free_port()
         metrics_port = free_port()
         p = self._proc(f"coordinator-{port}", ["-m", "coordinator"], {
             **DRILL_COORDINATOR_ENV,
             "DATABASE_URL": dsn or self.dsn,
-            "FAULTLINE_GRPC_ADDR": f"127.0.0.1:{port}",
+            "FAULTLINE_GRPC_ADDR": f"{host}:{port}",
             "FAULTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
             **(env or {}),
         })
-        p.extra.update(addr=f"127.0.0.1:{port}", port=port, metrics=f"127.0.0.1:{metrics_port}")
+        p.extra.update(addr=f"{host}:{port}", port=port, metrics=f"127.0.0.1:{metrics_port}")
         self.coordinators.append(p)
         if self._watch is None:
             self._watch = asyncio.create_task(self._watch_metrics(), name="drill-metrics")
@@ -274,11 +276,12 @@ class Stack:
         await wait_for(serving, timeout=timeout, what=f"{coord.name} SERVING")
         return time.monotonic() - t0
 
-    def start_worker(self, name: str, target: str, *, concurrency: int = 8, extra: list[str] | None = None) -> Proc:
+    def start_worker(self, name: str, target: str, *, concurrency: int = 8, extra: list[str] | None = None,
+                     dsn: str | None = None, prefix: list[str] | None = None) -> Proc:
         events = self.workdir / f"{name}.events.jsonl"
-        p = self._proc(name, ["-m", "coordinator.drills.worker", "--target", target, "--dsn", self.dsn,
+        p = self._proc(name, ["-m", "coordinator.drills.worker", "--target", target, "--dsn", dsn or self.dsn,
                               "--worker-id", name, "--concurrency", str(concurrency), "--events", str(events),
-                              *(extra or [])])
+                              *(extra or [])], prefix=prefix)
         p.extra["events"] = events
         return p
 
