@@ -72,7 +72,7 @@ class LeaseKeeper(BatchingActor[KeeperItem, KeeperAnswer]):
         explained = await self._store.classify(misses, closing_outcome=None) if misses else {}
         for key in misses:
             verdict = explained.get(key)
-            if verdict is not None and verdict.outcome is Outcome.STALE_LEASE:
+            if verdict is not None and verdict.superseded:  # not the race with the lease's own completion
                 metrics.STALE_REJECTED.labels("heartbeat").inc()
 
         def verdict_for(key: LeaseKey) -> Verdict:

@@ -26,6 +26,7 @@ DEADLOCK_RETRIES = 3
 # Errors that mean "Postgres is not reachable right now", as opposed to a bug in a statement.
 _UNAVAILABLE = (
     OSError,
+    asyncpg.InternalClientError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
@@ -80,6 +81,9 @@ class Verdict:
     message: str = ""
     result: bytes | None = None
     state: JobState | None = None
+    # True when another lease took the job over (a newer token, or another holder): the frame came from
+    # a zombie. False for the benign race of a heartbeat naming a lease whose own completion just landed.
+    superseded: bool = False
 
 
 def _job_of(item: LeaseKey | Completion | Failure | ProgressUpdate) -> int:
@@ -104,15 +108,21 @@ class Store:
         while True:
             try:
                 async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as con:
-                    match q.cardinality:
-                        case Cardinality.MANY:
-                            return await con.fetch(q.sql, *args)
-                        case Cardinality.ONE:
-                            return await con.fetchrow(q.sql, *args)
-                        case Cardinality.VAL:
-                            return await con.fetchval(q.sql, *args)
-                        case Cardinality.EXEC:
-                            return await con.execute(q.sql, *args)
+                    try:
+                        match q.cardinality:
+                            case Cardinality.MANY:
+                                return await con.fetch(q.sql, *args)
+                            case Cardinality.ONE:
+                                return await con.fetchrow(q.sql, *args)
+                            case Cardinality.VAL:
+                                return await con.fetchval(q.sql, *args)
+                            case Cardinality.EXEC:
+                                return await con.execute(q.sql, *args)
+                    except (asyncpg.InternalClientError, asyncpg.InterfaceError):
+                        # The connection's protocol state is broken (a query cancelled mid-flight while
+                        # Postgres went away, say): never hand it out again; the pool opens a new one.
+                        con.terminate()
+                        raise
             except asyncpg.DeadlockDetectedError as exc:
                 # Every statement is one autocommit transaction, so the victim of a deadlock had no
                 # effect and is safe to run again; batches lock in job-id order (_by_job), so this is
@@ -262,7 +272,8 @@ class Store:
                 verdicts[key] = Verdict(Outcome.CANCELLED, f"job {key.job_id} was cancelled", state=state)
             elif r["current_token"] == key.token and state is JobState.RUNNING:
                 verdicts[key] = Verdict(
-                    Outcome.STALE_LEASE, f"lease {key.lease_id} is held by another worker", state=state
+                    Outcome.STALE_LEASE, f"lease {key.lease_id} is held by another worker", state=state,
+                    superseded=True,
                 )
             elif r["current_token"] != key.token:
                 verdicts[key] = Verdict(
@@ -270,6 +281,7 @@ class Store:
                     f"stale lease: token {key.token} is not the job's current token {r['current_token']}"
                     + (f"; that attempt ended {r['outcome']}" if r["outcome"] else ""),
                     state=state,
+                    superseded=True,
                 )
             else:
                 verdicts[key] = Verdict(

@@ -176,3 +176,44 @@ async def test_schedule_to_start_timeout_dead_letters(coordinator: Coordinator, 
     assert got.last_error == "schedule_to_start_timeout"
     assert await db.fetchval("SELECT outcome FROM faultline_attempts WHERE job_id = $1", int(job.id)) == \
         "schedule_to_start_timeout"
+
+
+def _stale(frame: str) -> float:
+    from coordinator import metrics
+
+    return sum(s.value for m in metrics.STALE_REJECTED.collect() for s in m.samples
+               if s.name.endswith("_total") and s.labels.get("frame") == frame)
+
+
+async def test_heartbeat_after_own_completion_is_not_counted_as_a_zombie(
+    coordinator: Coordinator, addr: str
+) -> None:
+    async with Client(addr) as client:
+        await client.submit("echo", b"x")
+    w = await RawWorker(addr, "w").connect()
+    w.credit(1)
+    g = await w.next_grant()
+    assert (await w.complete(g, b"ok")).status == wpb.REPLY_STATUS_ACCEPTED
+    before = _stale("heartbeat")
+    # A heartbeat that raced the lease's own completion: refused (the lease is closed), not a zombie.
+    beat = await w.heartbeat(g)
+    assert beat.leases[0].status == wpb.REPLY_STATUS_STALE_LEASE
+    assert _stale("heartbeat") == before
+    await w.close()
+
+
+async def test_heartbeat_from_superseded_lease_is_counted(coordinator: Coordinator, addr: str) -> None:
+    async with Client(addr) as client:
+        await client.submit("echo", b"x")
+    old_holder = await RawWorker(addr, "old").connect()
+    old_holder.credit(1)
+    old = await old_holder.next_grant()
+    new_holder = await RawWorker(addr, "new").connect()
+    new_holder.credit(1)
+    await new_holder.next_grant(timeout=20)  # the reaper re-leased it after the 2 s TTL
+    before = _stale("heartbeat")
+    beat = await old_holder.heartbeat(old)
+    assert beat.leases[0].status == wpb.REPLY_STATUS_STALE_LEASE
+    assert _stale("heartbeat") == before + 1
+    await old_holder.close()
+    await new_holder.close()
