@@ -116,6 +116,89 @@ class Job:
     updated_at: datetime
 
     @classmethod
+    def inserted(cls, spec: JobSpec, r: Any) -> Job:
+        """The job just inserted from `spec`, with the columns Postgres chose (id, state, run_at, timestamps).
+
+        Every other column holds its insert default (see insert_jobs and the table's defaults), so
+        reading the whole row back would only send the payload round again.
+        """
+        return cls(
+            id=r["id"],
+            queue=spec.queue,
+            kind=spec.kind,
+            state=JobState(r["state"]),
+            priority=spec.priority,
+            payload=spec.payload,
+            result=None,
+            last_error=None,
+            attempts=0,
+            max_attempts=spec.max_attempts,
+            idempotency_key=spec.idempotency_key,
+            labels=spec.labels,
+            backoff_initial_ms=spec.backoff_initial_ms,
+            backoff_max_ms=spec.backoff_max_ms,
+            backoff_multiplier=spec.backoff_multiplier,
+            backoff_jitter=spec.backoff_jitter,
+            execution_timeout_ms=spec.execution_timeout_ms,
+            heartbeat_timeout_ms=spec.heartbeat_timeout_ms,
+            schedule_to_start_ms=spec.schedule_to_start_ms,
+            trace_context=spec.trace_context,
+            lease_token=0,
+            worker_id=None,
+            lease_expires_at=None,
+            cancel_requested=False,
+            progress_fraction=None,
+            progress_message=None,
+            progress_details=None,
+            created_at=r["created_at"],
+            run_at=r["run_at"],
+            started_at=None,
+            finished_at=None,
+            updated_at=r["updated_at"],
+        )
+
+    @classmethod
+    def claimed(cls, r: Any) -> Job:
+        """A job as claim_jobs returns it: running, and the columns that the claim itself resets are not read back."""
+        labels = r["labels"]
+        trace_context = r["trace_context"]
+        return cls(
+            id=r["id"],
+            queue=r["queue"],
+            kind=r["kind"],
+            state=JobState.RUNNING,
+            priority=r["priority"],
+            payload=r["payload"],
+            result=r["result"],
+            last_error=r["last_error"],
+            attempts=r["attempts"],
+            max_attempts=r["max_attempts"],
+            idempotency_key=r["idempotency_key"],
+            labels=labels if type(labels) is dict else (_json_obj(labels) or {}),
+            backoff_initial_ms=r["backoff_initial_ms"],
+            backoff_max_ms=r["backoff_max_ms"],
+            backoff_multiplier=r["backoff_multiplier"],
+            backoff_jitter=r["backoff_jitter"],
+            execution_timeout_ms=r["execution_timeout_ms"],
+            heartbeat_timeout_ms=r["heartbeat_timeout_ms"],
+            schedule_to_start_ms=r["schedule_to_start_ms"],
+            trace_context=trace_context if trace_context is None or type(trace_context) is dict
+            else _json_obj(trace_context),
+            lease_token=r["lease_token"],
+            worker_id=r["worker_id"],
+            lease_expires_at=r["lease_expires_at"],
+            cancel_requested=False,
+            progress_fraction=None,
+            progress_message=None,
+            progress_details=None,
+            created_at=r["created_at"],
+            run_at=r["run_at"],
+            started_at=r["started_at"],
+            finished_at=None,
+            updated_at=r["updated_at"],
+        )
+
+    @classmethod
     def from_record(cls, r: Any) -> Job:
         return cls(
             id=r["id"],

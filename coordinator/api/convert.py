@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -38,9 +39,10 @@ def timestamp(dt: datetime | None) -> Timestamp | None:
 def duration_ms(ms: int | None) -> Duration | None:
     if ms is None:
         return None
-    d = Duration()
-    d.FromTimedelta(timedelta(milliseconds=ms))
-    return d
+    # Whole seconds plus the rest in nanos, as Duration.FromTimedelta would give (ms is never negative
+    # here), without building a timedelta first.
+    seconds, rest = divmod(ms, 1000)
+    return Duration(seconds=seconds, nanos=rest * 1_000_000)
 
 
 def from_timestamp(ts: Timestamp) -> datetime:
@@ -48,43 +50,48 @@ def from_timestamp(ts: Timestamp) -> datetime:
 
 
 def job_to_pb(job: Job) -> job_pb2.Job:
-    pb = job_pb2.Job(
-        id=str(job.id),
-        kind=job.kind,
-        queue=job.queue,
-        state=STATE_TO_PB[job.state],  # type: ignore[arg-type]
-        payload=job.payload,
-        result=job.result or b"",
-        last_error=job.last_error or "",
-        attempts=job.attempts,
-        max_attempts=job.max_attempts,
-        priority=job.priority,
-        idempotency_key=job.idempotency_key or "",
-        labels=job.labels,
-        cancel_requested=job.cancel_requested,
-        created_at=timestamp(job.created_at),
-        run_at=timestamp(job.run_at),
-        started_at=timestamp(job.started_at),
-        finished_at=timestamp(job.finished_at),
-        updated_at=timestamp(job.updated_at),
-    )
+    # Only fields that hold something are passed: an unset field reads the same on the wire (proto3
+    # defaults), and every keyword costs a conversion (this runs for every grant and Submit response).
+    fields: dict[str, Any] = {
+        "id": str(job.id), "kind": job.kind, "queue": job.queue, "state": STATE_TO_PB[job.state],
+        "payload": job.payload, "attempts": job.attempts, "max_attempts": job.max_attempts,
+        "created_at": timestamp(job.created_at), "run_at": timestamp(job.run_at),
+        "updated_at": timestamp(job.updated_at),
+    }
+    if job.priority:
+        fields["priority"] = job.priority
+    if job.result:
+        fields["result"] = job.result
+    if job.last_error:
+        fields["last_error"] = job.last_error
+    if job.idempotency_key:
+        fields["idempotency_key"] = job.idempotency_key
+    if job.labels:
+        fields["labels"] = job.labels
+    if job.cancel_requested:
+        fields["cancel_requested"] = True
+    if job.started_at is not None:
+        fields["started_at"] = timestamp(job.started_at)
+    if job.finished_at is not None:
+        fields["finished_at"] = timestamp(job.finished_at)
     if job.progress_fraction is not None or job.progress_message:
-        pb.progress.CopyFrom(job_pb2.JobProgress(
+        fields["progress"] = job_pb2.JobProgress(
             fraction=job.progress_fraction or 0.0, message=job.progress_message or "",
             details=job.progress_details or b"",
-        ))
-    if any(v is not None for v in (job.backoff_initial_ms, job.backoff_max_ms, job.backoff_multiplier,
-                                   job.backoff_jitter)):
-        pb.retry_policy.CopyFrom(job_pb2.RetryPolicy(
+        )
+    if (job.backoff_initial_ms is not None or job.backoff_max_ms is not None or job.backoff_multiplier is not None
+            or job.backoff_jitter is not None):
+        fields["retry_policy"] = job_pb2.RetryPolicy(
             initial_backoff=duration_ms(job.backoff_initial_ms),
             max_backoff=duration_ms(job.backoff_max_ms),
             multiplier=job.backoff_multiplier or 0.0,
             jitter=job.backoff_jitter or 0.0,
-        ))
-    if any(v is not None for v in (job.execution_timeout_ms, job.heartbeat_timeout_ms, job.schedule_to_start_ms)):
-        pb.timeouts.CopyFrom(job_pb2.JobTimeouts(
+        )
+    if (job.execution_timeout_ms is not None or job.heartbeat_timeout_ms is not None
+            or job.schedule_to_start_ms is not None):
+        fields["timeouts"] = job_pb2.JobTimeouts(
             execution=duration_ms(job.execution_timeout_ms),
             heartbeat=duration_ms(job.heartbeat_timeout_ms),
             schedule_to_start=duration_ms(job.schedule_to_start_ms),
-        ))
-    return pb
+        )
+    return job_pb2.Job(**fields)

@@ -157,6 +157,7 @@ class WorkerSession:
         if self.state is not SessionState.OPEN:
             return False
         frames = []
+        debug = logger.isEnabledFor(logging.DEBUG)
         for job in jobs:
             key = LeaseKey(job.id, job.lease_token)
             ctx = self._tracer.attempt_started(job, worker_id=self.worker_id)
@@ -174,8 +175,9 @@ class WorkerSession:
             frames.append(wpb.CoordinatorFrame(lease=grant))
             self._leases[job.id] = key
             self._closing.discard(job.id)
-            logger.debug("lease granted", extra={"job_id": job.id, "lease_token": job.lease_token,
-                                                 "worker_id": self.worker_id})
+            if debug:
+                logger.debug("lease granted", extra={"job_id": job.id, "lease_token": job.lease_token,
+                                                     "worker_id": self.worker_id})
         return all(self._send(f) for f in frames)
 
     def push_cancel(self, key: LeaseKey, reason: str) -> None:

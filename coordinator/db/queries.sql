@@ -35,7 +35,7 @@ INSERT INTO faultline_schema_migrations (version) VALUES ($1);
 SELECT 1;
 
 -- name: insert_jobs :many
--- Insert a batch in one statement; a row whose idempotency key exists is skipped (id IS NULL in the output).
+-- Insert a batch in one statement; returns only what the caller does not know; a row whose idempotency key exists is skipped (id IS NULL).
 WITH input AS MATERIALIZED (
     SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*
     FROM unnest(
@@ -66,9 +66,9 @@ ins AS (
     FROM input
     ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING *
+    RETURNING id, state, run_at, created_at, updated_at
 )
-SELECT input.ord, ins.*
+SELECT input.ord, ins.id, ins.state, ins.run_at, ins.created_at, ins.updated_at
 FROM input LEFT JOIN ins ON ins.id = input.new_id
 ORDER BY input.ord;
 
@@ -115,7 +115,7 @@ WHERE id = $1 AND state IN ('dead_lettered', 'cancelled')
 RETURNING *;
 
 -- name: claim_jobs :many
--- Lease up to $3 ready jobs of queue $1 with a kind in $2; job n goes to worker slot n of $4; bumps the fencing token and opens the attempt row.
+-- Lease up to $3 ready jobs of queue $1 with a kind in $2; job n goes to worker slot n of $4; bumps the fencing token and opens the attempt row. Returns the columns a grant needs (state, cancel_requested, progress and finished_at are set here or NULL).
 WITH locked AS (
     SELECT id FROM faultline_jobs
     WHERE state = 'queued' AND queue = $1 AND kind = ANY($2::text[])
@@ -143,7 +143,11 @@ leased AS (
         updated_at = now()
     FROM slotted s
     WHERE j.id = s.id
-    RETURNING j.*, s.slot
+    RETURNING j.id, j.queue, j.kind, j.priority, j.payload, j.result, j.last_error, j.attempts, j.max_attempts,
+        j.idempotency_key, j.labels, j.backoff_initial_ms, j.backoff_max_ms, j.backoff_multiplier,
+        j.backoff_jitter, j.execution_timeout_ms, j.heartbeat_timeout_ms, j.schedule_to_start_ms,
+        j.trace_context, j.lease_token, j.worker_id, j.lease_expires_at, j.created_at, j.run_at,
+        j.started_at, j.updated_at, s.slot
 ),
 opened AS (
     INSERT INTO faultline_attempts (job_id, attempt, lease_token, worker_id, started_at)

@@ -161,7 +161,7 @@ class Store:
                 assert key is not None, "only keyed rows can conflict"
                 missing.setdefault(key, []).append(idx)
             else:
-                out[idx] = (Job.from_record(row), True)
+                out[idx] = (Job.inserted(specs[idx], row), True)
         if missing:
             # Rows that lost the race to an earlier submit (or to an earlier row of this batch).
             existing = {r["idempotency_key"]: Job.from_record(r)
@@ -200,7 +200,7 @@ class Store:
     ) -> list[tuple[Job, int]]:
         """Lease up to len(slots) jobs; returns each job with its 0-based slot index."""
         rows = await self._run("claim_jobs", queue, list(kinds), len(slots), list(slots), lease_ttl_ms)
-        return [(Job.from_record(r), r["slot"] - 1) for r in rows]
+        return [(Job.claimed(r), r["slot"] - 1) for r in rows]
 
     async def release_leases(self, keys: Sequence[LeaseKey]) -> int:
         keys = sorted(keys, key=_job_of)
