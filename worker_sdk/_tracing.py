@@ -15,6 +15,11 @@ from worker_sdk._version import SDK_VERSION
 _tracer = trace.get_tracer("faultline.worker_sdk", SDK_VERSION)
 
 
+def _recording() -> bool:
+    """Whether a tracer provider is installed (checked per call: one may be installed after import)."""
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 def outgoing_metadata() -> tuple[tuple[str, str], ...]:
     """The current trace context as gRPC metadata (W3C traceparent / tracestate)."""
     carrier: dict[str, str] = {}
@@ -37,6 +42,11 @@ def handler_span(
     Exceptions are recorded by the caller (the handler runs in its own task, so they never
     cross this block).
     """
+    if not trace_context and not _recording():
+        # Nothing to join and nothing to record: the span would be the invalid one either way, and
+        # making it current costs a context extract and attach per job.
+        yield trace.INVALID_SPAN
+        return
     parent = propagate.extract(dict(trace_context))
     with _tracer.start_as_current_span(
         f"faultline.handle {kind}",
