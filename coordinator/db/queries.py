@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import LiteralString, cast
+from typing import Any, LiteralString, cast
 
 QUERIES_PATH = Path(__file__).with_name("queries.sql")
 _HEADER = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*) :(?P<kind>one|many|exec|val)\s*$")
@@ -72,3 +72,16 @@ def parse(text: str) -> dict[str, Query]:
 
 
 QUERIES: dict[str, Query] = parse(QUERIES_PATH.read_text())
+
+
+async def run(con: Any, q: Query, *args: Any) -> Any:
+    """Run one named query on an asyncpg connection or pool, by its cardinality."""
+    match q.cardinality:
+        case Cardinality.MANY:
+            return await con.fetch(q.sql, *args)
+        case Cardinality.ONE:
+            return await con.fetchrow(q.sql, *args)
+        case Cardinality.VAL:
+            return await con.fetchval(q.sql, *args)
+        case Cardinality.EXEC:
+            return await con.execute(q.sql, *args)

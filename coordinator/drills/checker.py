@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.db.queries import QUERIES, Cardinality
+from coordinator.db.queries import QUERIES, run
 from coordinator.drills import ledger
 
 TERMINAL_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
@@ -66,16 +66,7 @@ def _row(r: Any) -> str:
 
 
 async def _q(con: Any, name: str, *args: Any) -> Any:
-    q = QUERIES[name]
-    match q.cardinality:
-        case Cardinality.MANY:
-            return await con.fetch(q.sql, *args)
-        case Cardinality.ONE:
-            return await con.fetchrow(q.sql, *args)
-        case Cardinality.VAL:
-            return await con.fetchval(q.sql, *args)
-        case Cardinality.EXEC:
-            return await con.execute(q.sql, *args)
+    return await run(con, QUERIES[name], *args)
 
 
 async def check(con: Any, expect: Expectations) -> CheckReport:

@@ -12,7 +12,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from coordinator.db.queries import Cardinality, Query, parse
+from coordinator.db import queries
+from coordinator.db.queries import Query, parse
 
 LEDGER_PATH = Path(__file__).with_name("ledger.sql")
 LEDGER: dict[str, Query] = parse(LEDGER_PATH.read_text())
@@ -37,16 +38,7 @@ class LedgerAnswer:
 
 async def run(con: Any, name: str, *args: Any) -> Any:
     """Run one ledger statement on an asyncpg connection or pool."""
-    q = LEDGER[name]
-    match q.cardinality:
-        case Cardinality.MANY:
-            return await con.fetch(q.sql, *args)
-        case Cardinality.ONE:
-            return await con.fetchrow(q.sql, *args)
-        case Cardinality.VAL:
-            return await con.fetchval(q.sql, *args)
-        case Cardinality.EXEC:
-            return await con.execute(q.sql, *args)
+    return await queries.run(con, LEDGER[name], *args)
 
 
 async def install(con: Any) -> None:

@@ -125,16 +125,24 @@ class Proc:
             assert self.popen is not None
             self.popen.wait(PROC_STOP_TIMEOUT_S)
 
-    def stop(self) -> None:
-        if self.popen is not None and self.alive():
+    def terminate(self, timeout: float = PROC_STOP_TIMEOUT_S) -> int:
+        """SIGCONT (a frozen process cannot act on SIGTERM), SIGTERM, wait; SIGKILL past the timeout. The exit code."""
+        assert self.popen is not None
+        if self.alive():
             try:
                 os.kill(self.pid, signal.SIGCONT)
                 os.kill(self.pid, signal.SIGTERM)
-                self.popen.wait(PROC_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
             except ProcessLookupError:
                 pass
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -signal.SIGKILL
+
+    def stop(self) -> None:
+        if self.popen is not None and self.alive():
+            self.terminate()
         if hasattr(self, "_log"):
             self._log.close()
 
