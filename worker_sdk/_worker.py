@@ -21,13 +21,25 @@ mutated only by the Worker's own callbacks and each lease's task)::
     CANCELLING, TIMING_OUT and SHUTTING_DOWN can still become LOST; COMPLETING never changes again:
     its completion frame is fenced, and its reply (DUPLICATE / STALE_LEASE) settles it.
 
-Slots and credit: a lease holds a handler slot from its grant until its handler has ended and its
-completion frame is queued (or, for a lost lease, until the handler has ended). The slot's Credit(1)
-is queued right behind the completion frame, so both usually travel in one message and the
-coordinator can grant the next job without waiting for the completion's verdict; the coordinator
-stops counting a lease against capacity once its Complete/Fail arrives. The lease itself stays in
-_leases (for heartbeats and the reconnect hello) until the verdict. Each welcome announces
-concurrency - busy slots as credit. Stopping sends no more credit.
+Slots and credit: the worker holds up to capacity = concurrency + prefetch leases; at most
+`concurrency` of them run a handler, the rest wait in a FIFO buffer for a handler slot (prefetch), so
+that a freed handler slot starts its next job at once instead of after a claim round trip. A lease
+holds a capacity slot from its grant until its handler has ended and its completion frame is queued
+(or, for a lost lease, until the handler has ended). The slot's Credit(1) is queued right behind the
+completion frame, so both usually travel in one message and the coordinator can grant the next job
+without waiting for the completion's verdict; the coordinator stops counting a lease against
+capacity once its Complete/Fail arrives. The lease itself stays in _leases (for heartbeats and the
+reconnect hello) until the verdict. Each welcome announces capacity - busy slots as credit.
+Stopping sends no more credit.
+
+Buffered leases are held leases like the others: they are heartbeated, their trust window runs, and
+their execution timeout is measured from the grant (as the coordinator measures it from the claim),
+so time spent buffered counts against it. A buffered lease that is cancelled, times out or is lost
+before it starts is reported (or dropped, if lost) without running its handler. On stop() the
+buffered leases are in-flight work: they run during the drain grace as handler slots free up; those
+still unstarted when the grace is over are failed retryable with a zero retry delay, so they re-queue
+at once. That Fail closes the attempt the claim opened (attempts are counted per lease), as for a
+running job interrupted by the shutdown.
 
 Cancelling a handler: async handlers get asyncio cancellation; sync handlers (threads) cannot be
 interrupted, so they only see ctx.cancelled and the worker waits for them, except at shutdown,
@@ -51,6 +63,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -96,6 +109,8 @@ logger = logging.getLogger(__name__)
 
 #: Leases run at once, and the size of the sync-handler thread pool.
 CONCURRENCY_DEFAULT = 16
+#: Leases buffered beyond concurrency when prefetch is not given, as a fraction of concurrency.
+PREFETCH_FRACTION_DEFAULT = 0.5
 #: Largest concurrency the coordinator accepts in hello.
 CONCURRENCY_MAX = 10_000
 #: How long stop() lets in-flight jobs finish before cancelling them.
@@ -114,6 +129,8 @@ FAIL_ERROR_MAX_BYTES = 8 * 1024
 CANCELLED_ERROR = "cancelled"
 #: Error text of a Fail sent for a job interrupted by the worker's shutdown.
 SHUTDOWN_ERROR = "worker shutdown"
+#: Error text of a Fail sent for a buffered job that the worker's shutdown handed back unstarted.
+SHUTDOWN_UNSTARTED_ERROR = "worker shutdown before start"
 
 SyncHandler: TypeAlias = Callable[[JobContext], HandlerResult]
 AsyncHandler: TypeAlias = Callable[[JobContext], Awaitable[HandlerResult]]
@@ -188,6 +205,9 @@ class _RunningLease:
     handler_task: asyncio.Task[HandlerResult] | None = None
     outcome: str = field(default="")
     slot_freed: bool = False
+    # Set while the lease waits in the prefetch buffer: True hands it a handler slot, False wakes it
+    # unstarted (it was interrupted or lost).
+    slot_wait: asyncio.Future[bool] | None = None
 
     @property
     def ref(self) -> LeaseRef:
@@ -241,6 +261,7 @@ class Worker:
         *,
         queues: Sequence[str] = ("default",),
         concurrency: int = CONCURRENCY_DEFAULT,
+        prefetch: int | None = None,
         worker_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         drain_grace: timedelta = DRAIN_GRACE_DEFAULT,
@@ -256,6 +277,13 @@ class Worker:
             raise InvalidArgumentError("queues must name at least one non-empty queue")
         if not 1 <= concurrency <= CONCURRENCY_MAX:
             raise InvalidArgumentError(f"concurrency must be in [1, {CONCURRENCY_MAX}], got {concurrency}")
+        if prefetch is None:
+            prefetch = min(int(concurrency * PREFETCH_FRACTION_DEFAULT), CONCURRENCY_MAX - concurrency)
+        if not 0 <= prefetch <= CONCURRENCY_MAX - concurrency:
+            raise InvalidArgumentError(
+                f"prefetch must be in [0, {CONCURRENCY_MAX - concurrency}] (concurrency + prefetch <= "
+                f"{CONCURRENCY_MAX}), got {prefetch}"
+            )
         if drain_grace < timedelta(0):
             raise InvalidArgumentError("drain_grace must not be negative")
         worker_id = worker_id or _default_worker_id()
@@ -264,6 +292,7 @@ class Worker:
         self._target = target
         self._queues = tuple(dict.fromkeys(queues))
         self._concurrency = concurrency
+        self._capacity = concurrency + prefetch
         self._worker_id = worker_id
         self._labels = dict(labels or {})
         self._drain_grace = drain_grace
@@ -281,8 +310,11 @@ class Worker:
         # Everything below is owned by the event loop running run().
         self._state = WorkerState.CREATED
         self._leases: dict[str, _RunningLease] = {}
-        # Leases whose handler slot is taken (granted, completion not yet queued); see the module docstring.
+        # Leases whose capacity slot is taken (granted, completion not yet queued); see the module docstring.
         self._busy_slots = 0
+        # Handlers running (at most concurrency), and buffered leases waiting for a handler slot, in grant order.
+        self._handlers_running = 0
+        self._slot_waiters: deque[_RunningLease] = deque()
         self._stream: LeaseStream | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -360,7 +392,7 @@ class Worker:
                 worker_id=self._worker_id,
                 queues=self._queues,
                 kinds=self.kinds,
-                capacity=self._concurrency,
+                capacity=self._capacity,
                 labels=self._labels,
                 sdk_name=SDK_NAME,
                 sdk_version=SDK_VERSION,
@@ -508,7 +540,7 @@ class Worker:
         self._observer.connection_changed(ConnState.READY)
         if self._state is not WorkerState.RUNNING:
             return 0
-        return max(0, self._concurrency - self._busy_slots)
+        return max(0, self._capacity - self._busy_slots)
 
     def _on_grant(self, grant: LeaseGrant) -> None:
         lease_id = grant.lease.lease_id
@@ -521,7 +553,7 @@ class Worker:
                 "lease grant while closing left to expire", extra={"lease_id": lease_id, "job_id": grant.job.id}
             )
             return
-        if self._busy_slots >= self._concurrency:
+        if self._busy_slots >= self._capacity:
             logger.warning("lease granted beyond capacity", extra={"lease_id": lease_id, "held": len(self._leases)})
         registered = self._handlers.get(grant.job.kind)
         now = time.monotonic()
@@ -562,6 +594,8 @@ class Worker:
         else:
             return
         run.ctx._mark_cancelled(reason)
+        if run.slot_wait is not None and not run.slot_wait.done():
+            run.slot_wait.set_result(False)  # still buffered: wake it to be reported unstarted
         task = run.handler_task
         if task is not None and not task.done() and (run.is_async or reason is CancelReason.SHUTDOWN):
             task.cancel()
@@ -596,6 +630,70 @@ class Worker:
                 error=f"NoHandler: worker {self._worker_id} has no handler for kind {grant.job.kind!r}",
                 retryable=True,
             )
+        if not await self._take_handler_slot(run):
+            return self._unstarted_outcome(run)
+        try:
+            return await self._execute_in_slot(run)
+        finally:
+            self._give_handler_slot()
+
+    async def _take_handler_slot(self, run: _RunningLease) -> bool:
+        """Wait (FIFO) for a handler slot; False, holding none, if the lease should not run its handler."""
+        if run.state is not LeaseState.RUNNING:
+            return False
+        if self._handlers_running < self._concurrency and not self._slot_waiters:
+            self._handlers_running += 1
+        else:
+            wait: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            run.slot_wait = wait
+            self._slot_waiters.append(run)
+            try:
+                got = await wait
+            except asyncio.CancelledError:
+                if wait.done() and not wait.cancelled() and wait.result():
+                    self._give_handler_slot()  # handed a slot in the same step as our cancellation
+                raise
+            finally:
+                run.slot_wait = None
+            if not got:
+                return False
+        timeout = run.grant.execution_timeout
+        if run.state is LeaseState.RUNNING and timeout and time.monotonic() - run.started >= timeout.total_seconds():
+            logger.warning("execution timeout exceeded before start", extra=run.log_extra())
+            self._interrupt(run, CancelReason.TIMEOUT)
+        if run.state is not LeaseState.RUNNING:
+            self._give_handler_slot()
+            return False
+        return True
+
+    def _give_handler_slot(self) -> None:
+        """Hand the freed handler slot to the oldest buffered lease still waiting, else free it."""
+        while self._slot_waiters:
+            nxt = self._slot_waiters.popleft()
+            if nxt.slot_wait is not None and not nxt.slot_wait.done():
+                nxt.slot_wait.set_result(True)
+                return
+        self._handlers_running -= 1
+
+    def _unstarted_outcome(self, run: _RunningLease) -> CompletionFrame | None:
+        """The report for a lease whose handler never ran (interrupted or lost while buffered)."""
+        lease = run.ref
+        match run.state:
+            case LeaseState.CANCELLING:
+                return Fail(lease=lease, error=CANCELLED_ERROR, retryable=False)
+            case LeaseState.SHUTTING_DOWN:
+                return Fail(lease=lease, error=SHUTDOWN_UNSTARTED_ERROR, retryable=True, retry_delay=timedelta(0))
+            case LeaseState.TIMING_OUT:
+                timeout = run.grant.execution_timeout.total_seconds() if run.grant.execution_timeout else 0
+                return Fail(
+                    lease=lease,
+                    error=f"TimeoutError: execution timeout of {timeout:g}s exceeded before start",
+                    retryable=True,
+                )
+        return None  # LOST: nothing is ever reported
+
+    async def _execute_in_slot(self, run: _RunningLease) -> CompletionFrame | None:
+        grant = run.grant
         with handler_span(
             kind=grant.job.kind,
             trace_context=grant.trace_context,
@@ -608,7 +706,11 @@ class Worker:
             handler_task = asyncio.create_task(self._invoke(run), name=f"faultline-handler-{grant.lease.lease_id}")
             run.handler_task = handler_task
             try:
-                timeout = grant.execution_timeout.total_seconds() if grant.execution_timeout else None
+                # Measured from the grant, as the coordinator measures it from the claim.
+                timeout = (
+                    max(grant.execution_timeout.total_seconds() - (time.monotonic() - run.started), 0.0)
+                    if grant.execution_timeout else None
+                )
                 done, _ = await asyncio.wait([handler_task], timeout=timeout)
                 if not done:
                     logger.warning("execution timeout exceeded", extra=run.log_extra(timeout_s=timeout))

@@ -66,6 +66,8 @@ class BenchConfig:
     producers: int = 4
     workers: int = 1
     concurrency: int = 20
+    # Leases each worker buffers beyond concurrency; None takes the SDK's default.
+    prefetch: int | None = None
     batch: int = 10
     sleep_ms: float = 0.0
     idle_jobs: int = IDLE_JOBS_DEFAULT
@@ -421,8 +423,9 @@ class FaultlineHarness(Harness):
                     await asyncio.sleep(0.1)
 
     def consumer_commands(self) -> list[list[str]]:
+        extra = ["--prefetch", str(self.cfg.prefetch)] if self.cfg.prefetch is not None else []
         return [[sys.executable, "-m", "coordinator.bench.worker", "--addr", self.addr,
-                 "--concurrency", str(self.cfg.concurrency), "--sleep-ms", str(self.cfg.sleep_ms)]
+                 "--concurrency", str(self.cfg.concurrency), "--sleep-ms", str(self.cfg.sleep_ms), *extra]
                 for _ in range(self.cfg.workers)]
 
     async def open_producer(self) -> Callable[[list[bytes]], object]:

@@ -76,7 +76,7 @@ async def main(args: argparse.Namespace) -> None:
     obs = _Observer()
     latencies: dict[int, array[float]] = {0: array("d"), 1: array("d"), 2: array("d")}
     sleep_s = args.sleep_ms / 1000.0
-    worker = Worker(args.addr, queues=[QUEUE], concurrency=args.concurrency, observer=obs,
+    worker = Worker(args.addr, queues=[QUEUE], concurrency=args.concurrency, prefetch=args.prefetch, observer=obs,
                     drain_grace=timedelta(seconds=5))
 
     @worker.handler(KIND)
@@ -103,6 +103,7 @@ def cli() -> None:
     p = argparse.ArgumentParser(prog="python -m coordinator.bench.worker")
     p.add_argument("--addr", required=True)
     p.add_argument("--concurrency", type=int, default=20)
+    p.add_argument("--prefetch", type=int, default=None, help="leases buffered beyond concurrency (SDK default)")
     p.add_argument("--sleep-ms", type=float, default=0.0)
     p.add_argument("--out", required=True)
     args = p.parse_args()

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "(median end-to-end jobs/s, median idle submit-to-start p50/p99).")
     p.add_argument("--jobs", type=int, default=20_000, help="jobs in the load phase (default 20000)")
     p.add_argument("--concurrency", type=int, default=20, help="handler slots per worker process (default 20)")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="leases each worker buffers beyond --concurrency (default: the SDK's, half of it)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--producers", type=int, default=4, help="producer tasks (default 4)")
     p.add_argument("--batch", type=int, default=10,
@@ -53,6 +55,7 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         cfg = BenchConfig(
             jobs=args.jobs, producers=args.producers, workers=args.workers, concurrency=args.concurrency,
+            prefetch=args.prefetch,
             batch=args.batch, sleep_ms=args.sleep_ms, idle_jobs=args.idle_jobs, runs=args.runs,
             database_url=os.environ.get("DATABASE_URL") or DATABASE_URL_DEFAULT, addr=args.addr,
             drain=args.drain or args.backlog > 0, backlog=args.backlog, profile=args.profile,

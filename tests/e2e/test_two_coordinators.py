@@ -14,11 +14,19 @@ async def test_two_coordinators_share_one_queue_without_double_leases(coordinato
     b = await coordinator_factory()
     addrs = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
     workers = []
+    # Handlers hold their job until both workers have run one: otherwise A's worker can finish the
+    # whole batch before B's fallback poll (1 s) looks at the queue, and the test would only time that.
+    seen: set[int] = set()
+    both_seen = asyncio.Event()
     for i, addr in enumerate(addrs):
         w = Worker(addr, concurrency=8, worker_id=f"w-{i}", handle_signals=False)
 
         @w.handler("echo")
-        async def echo(ctx: JobContext) -> bytes:
+        async def echo(ctx: JobContext, i: int = i) -> bytes:
+            seen.add(i)
+            if len(seen) == len(addrs):
+                both_seen.set()
+            await both_seen.wait()
             return ctx.payload
 
         workers.append((w, asyncio.create_task(w.run())))

@@ -28,6 +28,8 @@ StartWorker = Callable[[Worker], "asyncio.Task[None]"]
 
 def make_worker(fake: FakeCoordinator, **kwargs: object) -> Worker:
     kwargs.setdefault("concurrency", 2)
+    # The credit arithmetic below is about handler slots; prefetch has its own tests at the end.
+    kwargs.setdefault("prefetch", 0)
     kwargs.setdefault("handle_signals", False)
     return Worker(fake.target, **kwargs)  # type: ignore[arg-type]
 
@@ -609,3 +611,85 @@ async def test_progress_after_cancel_reply_marks_the_context_cancelled(
     await fake.wait_for(lambda: fake.frames("fail"))
     assert states == [True]
     assert fake.frames("fail")[0].frame.fail.error == "cancelled"
+
+
+# ---- prefetch ----------------------------------------------------------------------------------
+
+
+async def test_prefetch_buffers_leases_beyond_concurrency_and_runs_them_in_grant_order(
+    fake: FakeCoordinator, start_worker: StartWorker
+) -> None:
+    release = asyncio.Event()
+    running: list[str] = []
+    now = peak = 0
+    worker = make_worker(fake, concurrency=1, prefetch=2)
+
+    @worker.handler("block")
+    async def block(ctx: JobContext) -> None:
+        nonlocal now, peak
+        running.append(ctx.job.id)
+        now += 1
+        peak = max(peak, now)
+        await release.wait()
+        now -= 1
+
+    start_worker(worker)
+    ids = [fake.add_job("block") for _ in range(4)]
+    await fake.wait_for(lambda: len(fake.granted) == 3)
+    await heartbeat_barrier(fake)
+    assert fake.sessions[0].hello.capacity == 3 and fake.credit_total() == 3
+    assert running == ids[:1], "one handler slot: the other two leases wait in the buffer"
+    beat = fake.frames("heartbeat")[-1].frame.heartbeat
+    assert {ref.lease_id for ref in beat.leases} == {g.lease_id for _, g in fake.granted}, "buffered leases beat too"
+    release.set()
+    await fake.wait_for(lambda: len(fake.frames("complete")) == 4)
+    assert running == ids and peak == 1
+
+
+async def test_buffered_lease_cancelled_before_start_fails_without_running_its_handler(
+    fake: FakeCoordinator, start_worker: StartWorker
+) -> None:
+    release = asyncio.Event()
+    ran: list[str] = []
+    worker = make_worker(fake, concurrency=1, prefetch=1)
+
+    @worker.handler("block")
+    async def block(ctx: JobContext) -> None:
+        ran.append(ctx.job.id)
+        await release.wait()
+
+    start_worker(worker)
+    first, second = fake.add_job("block"), fake.add_job("block")
+    await fake.wait_for(lambda: len(fake.granted) == 2)
+    lease_id = fake.lease_of(second)
+    fake.session.send(pb.CoordinatorFrame(cancel=pb.CancelLease(lease=fake.session.leases[lease_id], reason="x")))
+    await fake.wait_for(lambda: len(fake.frames("fail", lease_id=lease_id)) == 1)
+    fail = fake.frames("fail", lease_id=lease_id)[0].frame.fail
+    assert (fail.retryable, fail.error) == (False, "cancelled")
+    release.set()
+    await fake.wait_for(lambda: len(fake.frames("complete")) == 1)
+    assert ran == [first]
+
+
+async def test_stop_hands_back_unstarted_buffered_leases_retryable_with_no_delay(
+    fake: FakeCoordinator, start_worker: StartWorker
+) -> None:
+    started = asyncio.Event()
+    worker = make_worker(fake, concurrency=1, prefetch=1, drain_grace=timedelta(milliseconds=50))
+
+    @worker.handler("stuck")
+    async def stuck(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = start_worker(worker)
+    first, second = fake.add_job("stuck"), fake.add_job("stuck")
+    await asyncio.wait_for(started.wait(), WAIT_TIMEOUT_S)
+    await fake.wait_for(lambda: len(fake.granted) == 2)
+    await asyncio.wait_for(worker.stop(), WAIT_TIMEOUT_S)
+    await asyncio.wait_for(task, WAIT_TIMEOUT_S)
+    fails = {r.frame.fail.lease.lease_id: r.frame.fail for r in fake.frames("fail")}
+    running, buffered = fails[fake.lease_of(first)], fails[fake.lease_of(second)]
+    assert (running.retryable, running.error, running.HasField("retry_delay")) == (True, "worker shutdown", False)
+    assert (buffered.retryable, buffered.error) == (True, "worker shutdown before start")
+    assert buffered.HasField("retry_delay") and buffered.retry_delay.ToTimedelta() == timedelta(0)
