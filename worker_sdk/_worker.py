@@ -229,6 +229,23 @@ def _is_async_handler(fn: Handler) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
+async def _settled(task: asyncio.Task[HandlerResult]) -> None:
+    """Wait until `task` has ended, however it ended; the caller reads the outcome from the task.
+
+    Awaiting the task is cheaper than asyncio.wait (no waiter future, no callbacks), but it raises
+    what the task raised: that is swallowed here, except our own cancellation, which awaiting also
+    passes on to the task (as the caller's cleanup would).
+    """
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.done() or (current is not None and current.cancelling()):
+            raise
+    except Exception:  # the handler's exception: kept on the task for _outcome
+        pass
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -711,11 +728,14 @@ class Worker:
                     max(grant.execution_timeout.total_seconds() - (time.monotonic() - run.started), 0.0)
                     if grant.execution_timeout else None
                 )
-                done, _ = await asyncio.wait([handler_task], timeout=timeout)
-                if not done:
-                    logger.warning("execution timeout exceeded", extra=run.log_extra(timeout_s=timeout))
-                    self._interrupt(run, CancelReason.TIMEOUT)
-                    await asyncio.wait([handler_task])
+                if timeout is None:
+                    await _settled(handler_task)
+                else:
+                    done, _ = await asyncio.wait([handler_task], timeout=timeout)
+                    if not done:
+                        logger.warning("execution timeout exceeded", extra=run.log_extra(timeout_s=timeout))
+                        self._interrupt(run, CancelReason.TIMEOUT)
+                        await asyncio.wait([handler_task])
             finally:
                 if not handler_task.done():  # we are being cancelled ourselves
                     handler_task.cancel()
