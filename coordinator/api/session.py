@@ -26,7 +26,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -125,6 +125,10 @@ class WorkerSession:
         self._outbox: asyncio.Queue[Any] = asyncio.Queue(OUTBOX_MAX)
         self._tasks: set[asyncio.Task[None]] = set()
         self._drained = asyncio.Event()
+        # Frames handed to an actor or a task whose reply is not queued yet, and whether the worker
+        # has half-closed its side: the stream ends only once every frame it sent is answered.
+        self._unanswered = 0
+        self._reader_eof = False
 
     # -- what the dispatcher and operators see ---------------------------------------------
 
@@ -190,7 +194,7 @@ class WorkerSession:
             self.state = SessionState.DRAINING
             grace_ms = int(grace.total_seconds() * 1000)
             self._send(wpb.CoordinatorFrame(drain=wpb.Drain(grace=convert.duration_ms(grace_ms))))
-            self._check_drained()
+            self._maybe_close()
 
     async def wait_drained(self) -> None:
         await self._drained.wait()
@@ -219,17 +223,23 @@ class WorkerSession:
 
     async def _write_loop(self, context: grpc.aio.ServicerContext[Any, Any], reader: asyncio.Task[None]) -> None:
         get: asyncio.Task[Any] | None = None
+        reading = True
         try:
             while True:
+                if reading and reader.done():
+                    if not self._half_closed(reader):
+                        return  # the worker went away or broke the protocol
+                    reading = False
                 if self._outbox.empty():
                     get = asyncio.ensure_future(self._outbox.get())
-                    done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    if get not in done:
-                        return  # the reader ended: the worker went away or broke the protocol
-                    first = get.result()
+                    if reading:
+                        await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                        if not get.done():
+                            get.cancel()
+                            get = None
+                            continue
+                    first = await get
                     get = None
-                elif reader.done():
-                    return
                 else:
                     # Frames are waiting (the usual case under load): no waiter task to create.
                     first = self._outbox.get_nowait()
@@ -246,6 +256,16 @@ class WorkerSession:
         finally:
             if get is not None:
                 get.cancel()
+
+    def _half_closed(self, reader: asyncio.Task[None]) -> bool:
+        """The worker closed its side cleanly: grant nothing more, answer what it sent, then end the stream."""
+        if reader.cancelled() or reader.exception() is not None:
+            return False
+        self._reader_eof = True
+        if self.state is SessionState.OPEN:
+            self.state = SessionState.DRAINING
+        self._maybe_close()
+        return True
 
     async def _read_loop(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         while True:
@@ -282,8 +302,11 @@ class WorkerSession:
         except asyncio.QueueFull:
             pass
 
-    def _check_drained(self) -> None:
-        if self.state is SessionState.DRAINING and not self._leases:
+    def _maybe_close(self) -> None:
+        """End the stream once nothing is owed: every frame answered, and (draining) no lease held."""
+        if self._unanswered or self.state is SessionState.CLOSED:
+            return
+        if self._reader_eof or (self.state is SessionState.DRAINING and not self._leases):
             self._drained.set()
             try:
                 self._outbox.put_nowait(_CLOSE)
@@ -381,11 +404,9 @@ class WorkerSession:
         if not valid:
             self._reply_heartbeat(seq, refs, keys, ())
             return
-        fut = self._ask(self._keeper, HeartbeatItem(valid, self.worker_id))
-        if fut is None:
+        if not self._ask(self._keeper, HeartbeatItem(valid, self.worker_id),
+                         lambda answer: self._reply_heartbeat(seq, refs, keys, answer)):
             self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
-            return
-        fut.add_done_callback(lambda f: self._reply_heartbeat(seq, refs, keys, f.result()))
 
     def _reply_heartbeat(self, seq: int, refs: list[Any], keys: list[LeaseKey | None], answer: KeeperAnswer) -> None:
         if len(answer) != sum(k is not None for k in keys):  # the keeper could not reach Postgres
@@ -418,10 +439,10 @@ class WorkerSession:
             )
         if len(p.details) > PROGRESS_DETAILS_MAX:
             return self._reply_invalid(seq, f"progress.details must be at most {PROGRESS_DETAILS_MAX} bytes")
-        fut = self._ask(self._keeper, ProgressUpdate(key, self.worker_id, p.fraction, p.message, p.details))
-        if fut is None:
+        if not self._ask(self._keeper, ProgressUpdate(key, self.worker_id, p.fraction, p.message, p.details),
+                         lambda answer: self._reply_verdict(seq, key, answer[0], closing=False)):
             return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
-        fut.add_done_callback(lambda f: self._reply_verdict(seq, key, f.result()[0], closing=False))
+        return None
 
     def _on_complete(self, seq: int, c: Any) -> None:
         key = self._lease(c.lease)
@@ -449,10 +470,9 @@ class WorkerSession:
     def _close_lease(self, seq: int, key: LeaseKey, item: CloseItem) -> None:
         if self._leases.get(key.job_id) == key:
             self._closing.add(key.job_id)
-        fut = self._ask(self._completer, item)
-        if fut is None:
+        if not self._ask(self._completer, item, lambda answer: self._reply_verdict(seq, key, answer, closing=True)):
             return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
-        fut.add_done_callback(lambda f: self._reply_verdict(seq, key, f.result(), closing=True))
+        return None
 
     def _reply_verdict(self, seq: int, key: LeaseKey, v: Verdict, *, closing: bool) -> None:
         reply = wpb.Reply(seq=seq, status=_STATUS[v.outcome], message=v.message, result=v.result or b"")
@@ -498,24 +518,46 @@ class WorkerSession:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _ask(self, inbox: asyncio.Queue[Any], item: Any) -> asyncio.Future[Any] | None:
+    def _ask(self, inbox: asyncio.Queue[Any], item: Any, answer: Callable[[Any], None]) -> bool:
+        """Hand item to an actor; answer(result) queues the reply. False when the actor's inbox is full."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             inbox.put_nowait(Request(item, fut))
         except asyncio.QueueFull:
-            return None
-        return fut
+            return False
+        self._unanswered += 1
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+        def done(f: asyncio.Future[Any]) -> None:
+            try:
+                answer(f.result())
+            finally:
+                self._answered()
+
+        fut.add_done_callback(done)
+        return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._unanswered += 1
+
+        async def counted() -> None:
+            try:
+                await coro
+            finally:
+                self._answered()
+
+        task = asyncio.create_task(counted())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _answered(self) -> None:
+        self._unanswered -= 1
+        self._maybe_close()
 
     def _drop_lease(self, key: LeaseKey) -> None:
         if self._leases.get(key.job_id) == key:
             del self._leases[key.job_id]
             self._closing.discard(key.job_id)
-            self._check_drained()
+            self._maybe_close()
 
     def _reply(self, seq: int, reply: Any) -> None:
         if reply.status not in (wpb.REPLY_STATUS_ACCEPTED, wpb.REPLY_STATUS_DUPLICATE):

@@ -217,3 +217,24 @@ async def test_heartbeat_from_superseded_lease_is_counted(coordinator: Coordinat
     assert _stale("heartbeat") == before + 1
     await old_holder.close()
     await new_holder.close()
+
+
+async def test_half_closed_stream_still_gets_the_reply_to_its_last_completion(
+    coordinator: Coordinator, addr: str, db: Any
+) -> None:
+    """FM-012: a worker that ends its side right after a completion is still told the verdict."""
+    import asyncio
+
+    async with Client(addr) as client:
+        job = await client.submit("echo", b"x")
+        await client.submit("echo", b"y")  # waiting work: a half-closed session must not be granted it
+    w = await RawWorker(addr, "w").connect()
+    w.credit(1)
+    g = await w.next_grant()
+    pending = w.send_request(complete=wpb.Complete(lease=RawWorker.ref(g), result=b"last words"))
+    w.half_close()
+    reply = await asyncio.wait_for(pending, 15)
+    assert reply.status == wpb.REPLY_STATUS_ACCEPTED
+    assert await w.closed() == grpc.StatusCode.OK
+    assert w.grants.empty()
+    assert await db.fetchval("SELECT result FROM faultline_jobs WHERE id = $1", int(job.id)) == b"last words"

@@ -70,12 +70,16 @@ class RawWorker:
     def send(self, frame: Any) -> None:
         self._out.put_nowait(frame)
 
-    async def request(self, **frame: Any) -> Any:
+    def send_request(self, **frame: Any) -> asyncio.Future[Any]:
+        """Queue a frame that expects a reply, now; the future gets the reply."""
         seq = next(self._seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[seq] = fut
         self.send(wpb.WorkerFrame(seq=seq, **frame))
-        return await asyncio.wait_for(fut, FRAME_TIMEOUT_S)
+        return fut
+
+    async def request(self, **frame: Any) -> Any:
+        return await asyncio.wait_for(self.send_request(**frame), FRAME_TIMEOUT_S)
 
     def credit(self, n: int) -> None:
         self.send(wpb.WorkerFrame(credit=wpb.Credit(count=n)))
@@ -99,6 +103,10 @@ class RawWorker:
     async def closed(self, timeout: float = FRAME_TIMEOUT_S) -> grpc.StatusCode | None:
         await asyncio.wait_for(asyncio.shield(self._reader), timeout)
         return self.status
+
+    def half_close(self) -> None:
+        """End our side of the stream (no more frames) while still reading the coordinator's."""
+        self._out.put_nowait(None)
 
     async def close(self) -> None:
         self._out.put_nowait(None)
