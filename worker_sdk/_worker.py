@@ -270,6 +270,10 @@ class Worker:
     run() returns after stop() (or SIGTERM/SIGINT when run in the main thread) has drained the
     in-flight jobs: they get `drain_grace` to finish, then they are cancelled and reported as
     retryable failures ("worker shutdown").
+
+    `concurrency` handlers run at once; `prefetch` more leases (default: half of concurrency) wait
+    in a buffer for a free handler slot, so that a slot does not idle for a claim round trip. Use
+    prefetch=0 for long jobs that other workers should rather take.
     """
 
     def __init__(
