@@ -96,7 +96,8 @@ async def test_dlq_queues_and_workers_show_what_the_coordinator_holds(coordinato
     a = ["--addr", addr]
     queue = f"ops-{uuid.uuid4().hex[:8]}"
     release = asyncio.Event()
-    worker = Worker(addr, queues=[queue], concurrency=4, worker_id="cli-worker-1", handle_signals=False)
+    # prefetch=0: the LEASES column shows held/announced capacity, which prefetch would raise to 6.
+    worker = Worker(addr, queues=[queue], concurrency=4, prefetch=0, worker_id="cli-worker-1", handle_signals=False)
 
     @worker.handler("doomed")
     async def doomed(ctx: JobContext) -> bytes:
