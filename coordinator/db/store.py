@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from coordinator.config import RetryDefaults
-from coordinator.db.queries import QUERIES, Cardinality
+from coordinator.db.queries import QUERIES, run
 from coordinator.errors import DatabaseUnavailableError, FaultlineError
 from coordinator.model import Job, JobSpec, JobState, LeaseKey, Outcome
 
@@ -109,15 +109,7 @@ class Store:
             try:
                 async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as con:
                     try:
-                        match q.cardinality:
-                            case Cardinality.MANY:
-                                return await con.fetch(q.sql, *args)
-                            case Cardinality.ONE:
-                                return await con.fetchrow(q.sql, *args)
-                            case Cardinality.VAL:
-                                return await con.fetchval(q.sql, *args)
-                            case Cardinality.EXEC:
-                                return await con.execute(q.sql, *args)
+                        return await run(con, q, *args)
                     except (asyncpg.InternalClientError, asyncpg.InterfaceError):
                         # The connection's protocol state is broken (a query cancelled mid-flight while
                         # Postgres went away, say): never hand it out again; the pool opens a new one.
