@@ -20,6 +20,7 @@ from coordinator.actors.dispatcher import Dispatcher, DispatcherConfig
 from coordinator.actors.health import HealthMonitor
 from coordinator.actors.lease_keeper import LeaseKeeper
 from coordinator.actors.metrics_sampler import MetricsSampler
+from coordinator.actors.peers import Listener, Notifier
 from coordinator.actors.promoter import Promoter
 from coordinator.actors.reaper import LeaseReaper
 from coordinator.api.job_service import JobServicer
@@ -88,7 +89,8 @@ class Coordinator:
         pool = await create_pool(self.dsn, max_size=cfg.db_pool_max)
         self.store = store = Store(pool)
         await self._migrate_with_retry()
-        signal_ = DispatchSignal()
+        notifier = Notifier(store=store)
+        signal_ = DispatchSignal(announce=notifier.announce)
         self.registry = registry = SessionRegistry(signal_)
         tracer = JobTracer()
         throughput = Throughput()
@@ -107,7 +109,8 @@ class Coordinator:
 
         children = [
             ChildSpec("dispatcher", lambda: Dispatcher(
-                config=DispatcherConfig(lease_ttl_ms=cfg.lease_ttl_ms, claim_batch_max=cfg.claim_batch_max),
+                config=DispatcherConfig(lease_ttl_ms=cfg.lease_ttl_ms, claim_batch_max=cfg.claim_batch_max,
+                                        fallback_poll_s=cfg.dispatch_poll.total_seconds()),
                 store=store, registry=registry, signal=signal_)),
             ChildSpec("completer", lambda: Completer(
                 inbox=completer_inbox, store=store, retry=cfg.retry, max_items=FLUSH_MAX_ITEMS_DEFAULT,
@@ -118,6 +121,10 @@ class Coordinator:
                 store=store, retry=cfg.retry, interval_s=cfg.reaper_interval.total_seconds(),
                 on_requeued=promoter_wake.set, on_closed=tracer.attempt_closed)),
             ChildSpec("promoter", lambda: Promoter(store=store, signal=signal_, wake=promoter_wake)),
+            # The notifier's pending set must outlive a restart (the signal holds its announce), so the
+            # factory hands back the same instance; the listener keeps nothing and is rebuilt.
+            ChildSpec("notifier", lambda: notifier),
+            ChildSpec("listener", lambda: Listener(dsn=dsn, signal=signal_)),
             ChildSpec("health", lambda: HealthMonitor(
                 store=store, interval_s=HEALTH_PROBE_INTERVAL.total_seconds(), on_change=on_db_change,
                 initially_up=True)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,6 +77,7 @@ class Config:
     drain_grace: timedelta = DRAIN_GRACE_DEFAULT
     embedded_data_dir: Path = EMBEDDED_DATA_DIR_DEFAULT
     reaper_interval: timedelta = REAPER_INTERVAL
+    dispatch_poll: timedelta = DISPATCH_FALLBACK_POLL
     metrics_sample_interval: timedelta = METRICS_SAMPLE_INTERVAL
 
     @property
@@ -122,6 +123,9 @@ class Config:
                                   int(METRICS_SAMPLE_INTERVAL.total_seconds() * 1000), lo=10, hi=600_000)
             ),
         )
+        poll_ms = _int(env, "FAULTLINE_DISPATCH_POLL_MS", int(DISPATCH_FALLBACK_POLL.total_seconds() * 1000),
+                       lo=10, hi=600_000)
+        cfg = replace(cfg, dispatch_poll=timedelta(milliseconds=poll_ms))
         if cfg.db_pool_min > cfg.db_pool_max:
             raise ConfigError("FAULTLINE_DB_POOL_MIN must be <= FAULTLINE_DB_POOL_MAX")
         return cfg

@@ -7,7 +7,7 @@ reads credit and hands grants to sessions but keeps no copy, so a restarted disp
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from coordinator.model import Job, LeaseKey
@@ -45,18 +45,25 @@ class Session(Protocol):
 class DispatchSignal:
     """Wakes the dispatcher: a bounded set of dirty queue names (bounded by the number of queues) plus an event."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: Callable[[str], None] | None = None) -> None:
         self._event = asyncio.Event()
         # Only mutated from the event loop thread; read and cleared by the dispatcher.
         self._dirty: set[str] = set()
         self._all = False
+        # Tells other coordinators (the notifier actor); None when running alone.
+        self._announce = announce
 
-    def wake(self, queue: str | None = None) -> None:
-        """New work in `queue` (None: anything may have changed, e.g. new credit or a new session)."""
+    def wake(self, queue: str | None = None, *, announce: bool = True) -> None:
+        """New work in `queue` (None: anything may have changed, e.g. new credit or a new session).
+
+        Work that arose here is announced to other coordinators; work they announced (the listener
+        actor passes announce=False) is not sent back, or two coordinators would echo forever."""
         if queue is None:
             self._all = True
         else:
             self._dirty.add(queue)
+            if announce and self._announce is not None:
+                self._announce(queue)
         self._event.set()
 
     def credit(self) -> None:

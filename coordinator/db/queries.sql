@@ -402,6 +402,10 @@ SELECT EXISTS (SELECT 1 FROM fence) AS current, (SELECT result FROM ins) AS inse
 -- The stored result of one step (after a record_step lost the race).
 SELECT result FROM faultline_steps WHERE job_id = $1 AND step_key = $2;
 
+-- name: notify_ready :exec
+-- Tell other coordinators' listeners that the comma-separated queues in $1 have ready jobs.
+SELECT pg_notify('faultline_ready', $1);
+
 -- name: queue_depths :many
 -- Jobs per (queue, state) for the non-finished states and the dead-letter queue; each state has a partial index.
 SELECT queue, state::text AS state, count(*) AS depth

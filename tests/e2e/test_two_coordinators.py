@@ -15,7 +15,7 @@ async def test_two_coordinators_share_one_queue_without_double_leases(coordinato
     addrs = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
     workers = []
     # Handlers hold their job until both workers have run one: otherwise A's worker can finish the
-    # whole batch before B's fallback poll (1 s) looks at the queue, and the test would only time that.
+    # whole batch before B hears of it, and the test would only time that.
     seen: set[int] = set()
     both_seen = asyncio.Event()
     for i, addr in enumerate(addrs):
@@ -31,7 +31,7 @@ async def test_two_coordinators_share_one_queue_without_double_leases(coordinato
 
         workers.append((w, asyncio.create_task(w.run())))
     # Submit everything through coordinator A only: B's workers must still get work
-    # (B learns of it through its dispatcher's fallback poll).
+    # (B learns of it from A's NOTIFY, or at worst its dispatcher's fallback poll).
     async with Client(addrs[0]) as client:
         await client.submit_batch([JobSpec(kind="echo", payload=str(i).encode()) for i in range(2000)])
 
