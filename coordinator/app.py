@@ -36,6 +36,7 @@ from coordinator.db.migrate import migrate
 from coordinator.db.pool import create_pool
 from coordinator.db.store import Store
 from coordinator.errors import DatabaseUnavailableError
+from coordinator.grants import Handoff
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.supervisor import ChildSpec, Supervisor
 from coordinator.throughput import Throughput
@@ -154,6 +155,8 @@ class Coordinator:
         # The generated *_pb2_grpc modules have no annotations (gen_protos.py emits no .pyi for them).
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(  # type: ignore[no-untyped-call]
             store=store, signal=signal_, registry=registry, tracer=tracer, throughput=throughput,
+            handoff=Handoff(store=store, registry=registry, signal=signal_, lease_ttl_ms=cfg.lease_ttl_ms,
+                            enabled=cfg.handoff),
             promoter_wake=promoter_wake.set, max_payload=cfg.max_payload_bytes,
             max_attempts_default=cfg.max_attempts_default), server)
         self._worker_servicer = WorkerServicer(session)

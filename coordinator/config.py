@@ -79,6 +79,8 @@ class Config:
     reaper_interval: timedelta = REAPER_INTERVAL
     dispatch_poll: timedelta = DISPATCH_FALLBACK_POLL
     metrics_sample_interval: timedelta = METRICS_SAMPLE_INTERVAL
+    # Lease a job to a waiting worker in the statement that inserts it (coordinator/grants.py).
+    handoff: bool = True
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -123,12 +125,25 @@ class Config:
                                   int(METRICS_SAMPLE_INTERVAL.total_seconds() * 1000), lo=10, hi=600_000)
             ),
         )
+        cfg = replace(cfg, handoff=_switch(env, "FAULTLINE_HANDOFF", default=True))
         poll_ms = _int(env, "FAULTLINE_DISPATCH_POLL_MS", int(DISPATCH_FALLBACK_POLL.total_seconds() * 1000),
                        lo=10, hi=600_000)
         cfg = replace(cfg, dispatch_poll=timedelta(milliseconds=poll_ms))
         if cfg.db_pool_min > cfg.db_pool_max:
             raise ConfigError("FAULTLINE_DB_POOL_MIN must be <= FAULTLINE_DB_POOL_MAX")
         return cfg
+
+
+def _switch(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("on", "true", "1"):
+        return True
+    if value in ("off", "false", "0"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:

@@ -50,6 +50,10 @@ RECOVERIES = Counter(
 WORKERS_CONNECTED = Gauge(
     "faultline_workers_connected", "Open worker sessions.", registry=REGISTRY,
 )
+LEASES_GRANTED = Counter(
+    "faultline_leases_granted", "Leases sent to workers, by path: claimed by the dispatcher, or handed off at Submit.",
+    ["path"], registry=REGISTRY,
+)
 LEASES_ACTIVE = Gauge(
     "faultline_leases_active", "Leases held by connected workers.", registry=REGISTRY,
 )

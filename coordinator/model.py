@@ -120,18 +120,21 @@ class Job:
         """The job just inserted from `spec`, with the columns Postgres chose (id, state, run_at, timestamps).
 
         Every other column holds its insert default (see insert_jobs and the table's defaults), so
-        reading the whole row back would only send the payload round again.
+        reading the whole row back would only send the payload round again. A job handed off at insert
+        comes back running: attempt 1 under fencing token 1, held by r["worker_id"].
         """
+        state = JobState(r["state"])
+        leased = state is JobState.RUNNING
         return cls(
             id=r["id"],
             queue=spec.queue,
             kind=spec.kind,
-            state=JobState(r["state"]),
+            state=state,
             priority=spec.priority,
             payload=spec.payload,
             result=None,
             last_error=None,
-            attempts=0,
+            attempts=1 if leased else 0,
             max_attempts=spec.max_attempts,
             idempotency_key=spec.idempotency_key,
             labels=spec.labels,
@@ -143,16 +146,16 @@ class Job:
             heartbeat_timeout_ms=spec.heartbeat_timeout_ms,
             schedule_to_start_ms=spec.schedule_to_start_ms,
             trace_context=spec.trace_context,
-            lease_token=0,
-            worker_id=None,
-            lease_expires_at=None,
+            lease_token=1 if leased else 0,
+            worker_id=r["worker_id"] if leased else None,
+            lease_expires_at=r["lease_expires_at"] if leased else None,
             cancel_requested=False,
             progress_fraction=None,
             progress_message=None,
             progress_details=None,
             created_at=r["created_at"],
             run_at=r["run_at"],
-            started_at=None,
+            started_at=r["started_at"] if leased else None,
             finished_at=None,
             updated_at=r["updated_at"],
         )

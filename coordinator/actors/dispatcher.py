@@ -14,11 +14,11 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from coordinator import metrics
+from coordinator import grants, metrics
 from coordinator.config import DISPATCH_FALLBACK_POLL
 from coordinator.db.store import Store
 from coordinator.errors import DatabaseUnavailableError
-from coordinator.model import Job, LeaseKey
+from coordinator.model import Job
 from coordinator.sessions import DispatchSignal, Session, SessionRegistry
 
 logger = logging.getLogger(__name__)
@@ -170,19 +170,5 @@ class Dispatcher:
         return slots
 
     async def _deliver(self, jobs: list[tuple[Job, int]], slots: list[Session]) -> int:
-        by_session: dict[int, tuple[Session, list[Job]]] = {}
-        for job, slot in jobs:
-            session = slots[slot]
-            by_session.setdefault(id(session), (session, []))[1].append(job)
-        undeliverable: list[LeaseKey] = []
-        for session, batch in by_session.values():
-            if not session.deliver(batch):
-                undeliverable.extend(LeaseKey(j.id, j.lease_token) for j in batch)
-        if undeliverable:
-            released = await self._store.release_leases(undeliverable)
-            metrics.RECOVERIES.labels("released_undelivered").inc(released)
-            logger.info("released undeliverable leases", extra={
-                "count": released, "job_ids": ",".join(str(k.job_id) for k in undeliverable)})
-            self._signal.wake()
-            return released
-        return 0
+        return await grants.deliver(self._store, self._signal, [(job, slots[slot]) for job, slot in jobs],
+                                    path=grants.PATH_CLAIM)

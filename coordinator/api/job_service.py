@@ -17,6 +17,7 @@ from coordinator.api import convert, validate
 from coordinator.api.status import code_for
 from coordinator.db.store import Store
 from coordinator.errors import FailedPreconditionError, FaultlineError, InvalidArgumentError, JobNotFoundError
+from coordinator.grants import Handoff
 from coordinator.model import Job, JobState
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.throughput import Throughput
@@ -76,6 +77,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         store: Store,
         signal: DispatchSignal,
         registry: SessionRegistry,
+        handoff: Handoff,
         tracer: JobTracer,
         throughput: Throughput,
         promoter_wake: Callable[[], None],
@@ -85,6 +87,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._store = store
         self._signal = signal
         self._registry = registry
+        self._handoff = handoff
         self._tracer = tracer
         self._throughput = throughput
         self._promoter_wake = promoter_wake
@@ -102,7 +105,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                                 max_attempts_default=self._max_attempts_default, trace_context=carrier)
                 for i, r in enumerate(reqs)
             ]
-            results = await self._store.insert_jobs(specs)
+            results = await self._handoff.insert(specs)
             if len(results) == 1:
                 span.set_attribute("faultline.job_id", str(results[0][0].id))
         except FaultlineError as exc:
@@ -116,8 +119,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 metrics.JOBS_SUBMITTED.labels(job.queue, job.kind).inc()
                 if job.state is JobState.QUEUED:
                     self._signal.wake(job.queue)
-                else:
+                elif job.state is JobState.SCHEDULED:
                     scheduled = True
+                # RUNNING: handed off to a waiting worker at insert (coordinator/grants.py).
         if scheduled:
             self._promoter_wake()
         return results

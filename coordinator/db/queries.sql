@@ -35,17 +35,21 @@ INSERT INTO faultline_schema_migrations (version) VALUES ($1);
 SELECT 1;
 
 -- name: insert_jobs :many
--- Insert a batch in one statement; returns only what the caller does not know; a row whose idempotency key exists is skipped (id IS NULL).
+-- Insert a batch in one statement; returns only what the caller does not know; a row whose idempotency key exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual.
 WITH input AS MATERIALIZED (
-    SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*
+    SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*,
+        (t.holder IS NOT NULL AND NOT COALESCE(t.run_at > now(), false) AND NOT EXISTS (
+            SELECT 1 FROM faultline_jobs q
+            WHERE q.state = 'queued' AND q.queue = t.queue AND q.priority >= t.priority
+        )) AS leased
     FROM unnest(
         $1::text[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
         $8::bigint[], $9::bigint[], $10::float8[], $11::float8[],
-        $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[]
+        $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[], $17::text[]
     ) WITH ORDINALITY AS t(
         queue, kind, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
-        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, ord
+        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, holder, ord
     )
 ),
 ins AS (
@@ -53,22 +57,33 @@ ins AS (
         id, queue, kind, state, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
         execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
-        start_deadline
+        start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline
     )
     SELECT
         new_id, queue, kind,
-        (CASE WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END)::faultline_job_state,
+        (CASE WHEN leased THEN 'running' WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END)::faultline_job_state,
         payload, idempotency_key, max_attempts, priority, GREATEST(COALESCE(run_at, now()), now()),
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
         execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
-        CASE WHEN run_at > now() THEN NULL
-             ELSE now() + schedule_to_start_ms * interval '1 millisecond' END
+        CASE WHEN leased OR run_at > now() THEN NULL
+             ELSE now() + schedule_to_start_ms * interval '1 millisecond' END,
+        CASE WHEN leased THEN 1 ELSE 0 END,
+        CASE WHEN leased THEN 1 ELSE 0 END,
+        CASE WHEN leased THEN holder END,
+        CASE WHEN leased THEN now() END,
+        CASE WHEN leased THEN now() + COALESCE(heartbeat_timeout_ms, $18) * interval '1 millisecond' END,
+        CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END
     FROM input
     ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, state, run_at, created_at, updated_at
+    RETURNING id, state, run_at, created_at, updated_at, worker_id, started_at, lease_expires_at
+),
+opened AS (
+    INSERT INTO faultline_attempts (job_id, attempt, lease_token, worker_id, started_at)
+    SELECT id, 1, 1, worker_id, started_at FROM ins WHERE state = 'running'
 )
-SELECT input.ord, ins.id, ins.state, ins.run_at, ins.created_at, ins.updated_at
+SELECT input.ord, ins.id, ins.state, ins.run_at, ins.created_at, ins.updated_at,
+    ins.worker_id, ins.started_at, ins.lease_expires_at
 FROM input LEFT JOIN ins ON ins.id = input.new_id
 ORDER BY input.ord;
 

@@ -133,8 +133,15 @@ class Store:
 
     # -- producers -----------------------------------------------------------------------------
 
-    async def insert_jobs(self, specs: Sequence[JobSpec]) -> list[tuple[Job, bool]]:
-        """Insert in one statement; an existing idempotency key yields the stored job with created=False."""
+    async def insert_jobs(
+        self, specs: Sequence[JobSpec], *, holders: Sequence[str | None] | None = None, lease_ttl_ms: int = 0,
+    ) -> list[tuple[Job, bool]]:
+        """Insert in one statement; an existing idempotency key yields the stored job with created=False.
+
+        holders[i], when given and not None, offers job i to that worker (direct hand-off): it comes back
+        running under fencing token 1 if nothing queued in its queue would be dispatched before it, and
+        queued (or scheduled) as usual otherwise. lease_ttl_ms is the lease of jobs without a heartbeat timeout.
+        """
         cols: list[list[Any]] = [[] for _ in range(16)]
         for s in specs:
             for i, v in enumerate((
@@ -143,7 +150,10 @@ class Store:
                 s.execution_timeout_ms, s.heartbeat_timeout_ms, s.schedule_to_start_ms, s.labels, s.trace_context,
             )):
                 cols[i].append(v)
-        rows = await self._run("insert_jobs", *cols)
+        offered = list(holders) if holders is not None else [None] * len(specs)
+        if len(offered) != len(specs):
+            raise ValueError("holders must name one worker (or None) per spec")
+        rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms)
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
         missing: dict[str, list[int]] = {}
         for row in rows:

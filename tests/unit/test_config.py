@@ -20,6 +20,12 @@ def test_overrides() -> None:
     assert cfg.retry.base_ms == 100 and cfg.retry.max_ms == 500 and cfg.metrics_addr is None
 
 
+def test_handoff_switch() -> None:
+    assert Config.from_env({}).handoff is True
+    assert Config.from_env({"FAULTLINE_HANDOFF": "off"}).handoff is False
+    assert Config.from_env({"FAULTLINE_HANDOFF": "ON"}).handoff is True
+
+
 @pytest.mark.parametrize("env,name", [
     ({"FAULTLINE_LEASE_TTL_MS": "abc"}, "FAULTLINE_LEASE_TTL_MS"),
     ({"FAULTLINE_LEASE_TTL_MS": "5"}, "FAULTLINE_LEASE_TTL_MS"),
@@ -28,6 +34,7 @@ def test_overrides() -> None:
     ({"FAULTLINE_GRPC_ADDR": "no-port"}, "FAULTLINE_GRPC_ADDR"),
     ({"FAULTLINE_GRPC_ADDR": "127.0.0.1:99999"}, "FAULTLINE_GRPC_ADDR"),
     ({"FAULTLINE_MAX_PAYLOAD_BYTES": "-1"}, "FAULTLINE_MAX_PAYLOAD_BYTES"),
+    ({"FAULTLINE_HANDOFF": "maybe"}, "FAULTLINE_HANDOFF"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -1,0 +1,144 @@
+"""Lease grants: handing leased jobs to worker sessions, and the direct hand-off of a job at Submit.
+
+Two paths lease a job. The dispatcher claims queued jobs for sessions with credit. The direct hand-off
+leases a job in the statement that inserts it, when a worker is already waiting for work: without it,
+an idle worker's job costs two durable statements in series (insert, then claim) plus a dispatcher
+wake-up before its grant is written.
+
+    Submit: reserve credit of an accepting session that serves the job's queue and kind
+        -> insert_jobs(holders): Postgres leases the row (running, token 1, attempt 1 opened)
+           only if nothing queued in its queue has the same or a higher priority
+        -> running:                          deliver the grant (session closed: release_leases, wake)
+        -> queued, scheduled or a duplicate: return the credit, wake the dispatcher
+
+So a hand-off never overtakes waiting work: with a backlog every job is queued as before and the
+dispatcher keeps its order. Within one batch, credit goes to the jobs that dispatch order would take
+first (priority, then position). Fencing is unchanged: a handed-off row is new, so token 1 is the
+first token it has ever had, and every later claim or re-queue bumps it as before.
+
+Credit is taken synchronously on the event loop before the insert, as the dispatcher takes it before a
+claim, so the two never spend the same credit. Whatever the insert did not lease is given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from coordinator import metrics
+from coordinator.db.store import Store
+from coordinator.model import Job, JobSpec, JobState, LeaseKey
+from coordinator.sessions import DispatchSignal, Session, SessionRegistry
+
+logger = logging.getLogger(__name__)
+
+PATH_CLAIM = "claim"
+PATH_HANDOFF = "handoff"
+
+
+async def deliver(store: Store, signal: DispatchSignal, pairs: Sequence[tuple[Job, Session]], *, path: str) -> int:
+    """Send each leased job to its session; leases whose session has closed go back to the queue.
+
+    Returns how many were released that way (the dispatcher is woken for them).
+    """
+    by_session: dict[int, tuple[Session, list[Job]]] = {}
+    for job, session in pairs:
+        by_session.setdefault(id(session), (session, []))[1].append(job)
+    undeliverable: list[LeaseKey] = []
+    for session, batch in by_session.values():
+        if session.deliver(batch):
+            metrics.LEASES_GRANTED.labels(path).inc(len(batch))
+        else:
+            undeliverable.extend(LeaseKey(j.id, j.lease_token) for j in batch)
+    if not undeliverable:
+        return 0
+    released = await store.release_leases(undeliverable)
+    metrics.RECOVERIES.labels("released_undelivered").inc(released)
+    logger.info("released undeliverable leases", extra={
+        "count": released, "path": path, "job_ids": ",".join(str(k.job_id) for k in undeliverable)})
+    signal.wake()
+    return released
+
+
+class Handoff:
+    """Offers just-submitted jobs to waiting workers; see the module docstring."""
+
+    def __init__(
+        self, *, store: Store, registry: SessionRegistry, signal: DispatchSignal, lease_ttl_ms: int, enabled: bool,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._signal = signal
+        self._lease_ttl_ms = lease_ttl_ms
+        self._enabled = enabled
+
+    async def insert(self, specs: Sequence[JobSpec]) -> list[tuple[Job, bool]]:
+        """insert_jobs, with jobs offered to sessions that have credit; grants are sent before it returns."""
+        offers = self._reserve(specs)
+        if not any(offers):
+            return await self._store.insert_jobs(specs)
+        # Shielded: once credit is reserved, the insert and the grants finish even if the caller's RPC
+        # is cancelled, or a committed hand-off would sit unsent until its lease expired.
+        return await asyncio.shield(self._insert_offered(specs, offers))
+
+    async def _insert_offered(self, specs: Sequence[JobSpec], offers: list[Session | None]) -> list[tuple[Job, bool]]:
+        try:
+            results = await self._store.insert_jobs(
+                specs, holders=[s.worker_id if s is not None else None for s in offers],
+                lease_ttl_ms=self._lease_ttl_ms)
+        except BaseException:
+            self._give_back(offers)
+            raise
+        leased: list[tuple[Job, Session]] = []
+        unused: list[Session | None] = []
+        for (job, created), session in zip(results, offers, strict=True):
+            if session is None:
+                continue
+            if created and job.state is JobState.RUNNING:
+                leased.append((job, session))
+                metrics.JOB_WAIT.labels(job.queue).observe(0.0)
+            else:
+                unused.append(session)
+        self._give_back(unused)
+        if leased:
+            await deliver(self._store, self._signal, leased, path=PATH_HANDOFF)
+        return results
+
+    def _reserve(self, specs: Sequence[JobSpec]) -> list[Session | None]:
+        """Take one credit per job that a waiting session can run now, in dispatch order."""
+        offers: list[Session | None] = [None] * len(specs)
+        if not self._enabled:
+            return offers
+        budget = {id(s): s for s in self._registry if s.accepting and s.credit > 0}
+        if not budget:
+            return offers
+        credit = {k: s.credit for k, s in budget.items()}
+        now = datetime.now(UTC)
+        due = [i for i, spec in enumerate(specs) if spec.run_at is None or spec.run_at <= now]
+        due.sort(key=lambda i: (-specs[i].priority, i))
+        for i in due:
+            spec = specs[i]
+            best: Session | None = None
+            for key, s in budget.items():
+                if credit[key] > 0 and spec.queue in s.queues and spec.kind in s.kinds and (
+                        best is None or credit[key] > credit[id(best)]):
+                    best = s
+            if best is not None:
+                credit[id(best)] -= 1
+                offers[i] = best
+        for key, s in budget.items():
+            taken = s.credit - credit[key]
+            if taken:
+                s.take_credit(taken)
+        return offers
+
+    def _give_back(self, sessions: Sequence[Session | None]) -> None:
+        returned = False
+        for s in sessions:
+            if s is not None:
+                s.return_credit(1)
+                returned = True
+        if returned:
+            self._signal.credit()
