@@ -83,6 +83,8 @@ class JobServiceServicer:
 
     def Submit(self, request, context):
         """Submit enqueues one job. With an idempotency_key that already names a job, that job is returned unchanged.
+        When a worker is waiting for this kind and nothing queued would run first, the job is leased to it in the
+        same transaction and the response shows it RUNNING (attempt 1).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
