@@ -58,7 +58,22 @@ _REPLY_STATUS_TO_PB: dict[ReplyStatus, int] = {v: k for k, v in _REPLY_STATUS_FR
 # ---- scalars ----------------------------------------------------------------------------------
 
 
+# Timestamp.ToDatetime/Duration.ToTimedelta build a timedelta from keyword arguments, validate, and
+# (aware) call astimezone: about 0.85 us each, and a lease grant carries six. The arithmetic below
+# gives the same values in well under half that; anything outside the valid Timestamp range goes
+# through ToDatetime, which raises as before.
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+_ZERO = timedelta(0)
+_TIMESTAMP_SECONDS_MIN = -62_135_596_800  # 0001-01-01T00:00:00Z
+_TIMESTAMP_SECONDS_MAX = 253_402_300_799  # 9999-12-31T23:59:59Z
+_NANOS_PER_SECOND = 1_000_000_000
+_NANOS_PER_MICRO = 1_000
+
+
 def timestamp_to_datetime(ts: timestamp_pb2.Timestamp) -> datetime:
+    seconds, nanos = ts.seconds, ts.nanos
+    if _TIMESTAMP_SECONDS_MIN <= seconds <= _TIMESTAMP_SECONDS_MAX and 0 <= nanos < _NANOS_PER_SECOND:
+        return _EPOCH_UTC + timedelta(0, seconds, nanos // _NANOS_PER_MICRO)
     return ts.ToDatetime(tzinfo=UTC)
 
 
@@ -71,7 +86,9 @@ def datetime_to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def duration_to_timedelta(d: duration_pb2.Duration) -> timedelta:
-    return d.ToTimedelta()
+    nanos = d.nanos  # has the sign of seconds; rounded toward zero, as ToTimedelta does
+    micros = nanos // _NANOS_PER_MICRO if nanos >= 0 else -(-nanos // _NANOS_PER_MICRO)
+    return timedelta(0, d.seconds, micros)
 
 
 def timedelta_to_duration(value: timedelta) -> duration_pb2.Duration:
@@ -140,11 +157,9 @@ def timeouts_to_pb(timeouts: JobTimeouts) -> job_pb2.JobTimeouts:
     return msg
 
 
-def _opt_time(msg: job_pb2.Job, name: str) -> datetime | None:
-    return timestamp_to_datetime(getattr(msg, name)) if msg.HasField(name) else None
-
-
 def job_from_pb(msg: job_pb2.Job) -> Job:
+    has = msg.HasField
+    progress = msg.progress
     return Job(
         id=msg.id,
         kind=msg.kind,
@@ -157,18 +172,19 @@ def job_from_pb(msg: job_pb2.Job) -> Job:
         max_attempts=msg.max_attempts,
         priority=msg.priority,
         idempotency_key=msg.idempotency_key or None,
-        progress_fraction=msg.progress.fraction,
-        progress_message=msg.progress.message,
-        progress_details=msg.progress.details,
-        labels=dict(msg.labels),
+        progress_fraction=progress.fraction,
+        progress_message=progress.message,
+        progress_details=progress.details,
+        # An empty map's truth test is far cheaper than dict() of it, and most jobs have no labels.
+        labels=dict(msg.labels) if msg.labels else {},
         cancel_requested=msg.cancel_requested,
-        retry_policy=retry_policy_from_pb(msg.retry_policy) if msg.HasField("retry_policy") else None,
-        timeouts=timeouts_from_pb(msg.timeouts) if msg.HasField("timeouts") else None,
-        created_at=_opt_time(msg, "created_at"),
-        run_at=_opt_time(msg, "run_at"),
-        started_at=_opt_time(msg, "started_at"),
-        finished_at=_opt_time(msg, "finished_at"),
-        updated_at=_opt_time(msg, "updated_at"),
+        retry_policy=retry_policy_from_pb(msg.retry_policy) if has("retry_policy") else None,
+        timeouts=timeouts_from_pb(msg.timeouts) if has("timeouts") else None,
+        created_at=timestamp_to_datetime(msg.created_at) if has("created_at") else None,
+        run_at=timestamp_to_datetime(msg.run_at) if has("run_at") else None,
+        started_at=timestamp_to_datetime(msg.started_at) if has("started_at") else None,
+        finished_at=timestamp_to_datetime(msg.finished_at) if has("finished_at") else None,
+        updated_at=timestamp_to_datetime(msg.updated_at) if has("updated_at") else None,
     )
 
 
@@ -292,7 +308,7 @@ def _opt_duration(msg: worker_service_pb2.LeaseGrant, name: str) -> timedelta | 
     if not msg.HasField(name):
         return None
     value = duration_to_timedelta(getattr(msg, name))
-    return value if value > timedelta(0) else None
+    return value if value > _ZERO else None
 
 
 def welcome_from_pb(msg: worker_service_pb2.Welcome) -> Welcome:
@@ -312,7 +328,7 @@ def lease_grant_from_pb(msg: worker_service_pb2.LeaseGrant) -> LeaseGrant:
         lease_deadline=timestamp_to_datetime(msg.lease_deadline) if msg.HasField("lease_deadline") else None,
         heartbeat_timeout=_opt_duration(msg, "heartbeat_timeout"),
         execution_timeout=_opt_duration(msg, "execution_timeout"),
-        trace_context=dict(msg.trace_context),
+        trace_context=dict(msg.trace_context) if msg.trace_context else {},
     )
 
 
@@ -323,16 +339,18 @@ def reply_from_pb(msg: worker_service_pb2.Reply) -> Reply:
         message=msg.message,
         result=msg.result,
         step_found=msg.step_found,
-        leases=tuple(
-            LeaseStatus(
-                lease=lease_ref_from_pb(s.lease),
-                status=reply_status_from_pb(s.status),
-                message=s.message,
-                lease_deadline=timestamp_to_datetime(s.lease_deadline) if s.HasField("lease_deadline") else None,
-            )
-            for s in msg.leases
-        ),
+        # Only heartbeat replies carry verdicts; skip the generator for the rest.
+        leases=tuple(_lease_status_from_pb(s) for s in msg.leases) if msg.leases else (),
         job_state=_JOB_STATE_FROM_PB.get(msg.job_state),
+    )
+
+
+def _lease_status_from_pb(msg: worker_service_pb2.LeaseStatus) -> LeaseStatus:
+    return LeaseStatus(
+        lease=lease_ref_from_pb(msg.lease),
+        status=reply_status_from_pb(msg.status),
+        message=msg.message,
+        lease_deadline=timestamp_to_datetime(msg.lease_deadline) if msg.HasField("lease_deadline") else None,
     )
 
 
