@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +91,9 @@ class Coordinator:
         pool = await create_pool(self.dsn, max_size=cfg.db_pool_max)
         self.store = store = Store(pool)
         await self._migrate_with_retry()
-        notifier = Notifier(store=store)
+        # Names this process in NOTIFY payloads, so that its listener can drop its own announcements.
+        coordinator_id = secrets.token_hex(8)
+        notifier = Notifier(store=store, sender=coordinator_id)
         signal_ = DispatchSignal(announce=notifier.announce)
         self.registry = registry = SessionRegistry(signal_)
         tracer = JobTracer()
@@ -125,7 +128,7 @@ class Coordinator:
             # The notifier's pending set must outlive a restart (the signal holds its announce), so the
             # factory hands back the same instance; the listener keeps nothing and is rebuilt.
             ChildSpec("notifier", lambda: notifier),
-            ChildSpec("listener", lambda: Listener(dsn=dsn, signal=signal_)),
+            ChildSpec("listener", lambda: Listener(dsn=dsn, signal=signal_, sender=coordinator_id)),
             ChildSpec("health", lambda: HealthMonitor(
                 store=store, interval_s=HEALTH_PROBE_INTERVAL.total_seconds(), on_change=on_db_change,
                 initially_up=True)),

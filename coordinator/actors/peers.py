@@ -5,6 +5,12 @@ work that arose on another coordinator, the Notifier sends one pg_notify per flu
 that got work (coalesced), and the Listener, on a connection of its own, wakes the local dispatcher
 for each queue it hears about. NOTIFY is only a hint: a missed one costs at most the dispatcher's
 fallback poll (FAULTLINE_DISPATCH_POLL_MS), never a job.
+
+Payload: "<sender id> <queue>,<queue>,..." (a space cannot occur in a queue name). A listener drops
+its own coordinator's notifications: its dispatcher was already woken in memory, and hearing them
+again would only re-claim queues it has just found empty. After a flush the Notifier waits
+NOTIFY_MIN_INTERVAL before the next one, so a busy coordinator sends a few notifications a second,
+not one statement per Submit; the first announcement after a quiet spell goes out at once.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from coordinator.sessions import DispatchSignal
 logger = logging.getLogger(__name__)
 
 CHANNEL = "faultline_ready"
+# Least time between two flushes of the Notifier (work announced meanwhile is coalesced into the next).
+NOTIFY_MIN_INTERVAL_S = 0.02
 # pg_notify payloads must stay under 8000 bytes; queue names are at most 128 characters.
 PAYLOAD_MAX_CHARS = 7_000
 UNAVAILABLE_PAUSE_S = 1.0
@@ -35,8 +43,12 @@ class Notifier:
 
     name = "notifier"
 
-    def __init__(self, *, store: Store) -> None:
+    def __init__(self, *, store: Store, sender: str, min_interval_s: float = NOTIFY_MIN_INTERVAL_S) -> None:
+        if not sender or " " in sender:
+            raise ValueError("sender must be a non-empty id without spaces")
         self._store = store
+        self._sender = sender
+        self._min_interval_s = min_interval_s
         # Only used from the event loop: queues waiting to be announced (bounded by the number of queues).
         self._pending: set[str] = set()
         self._event = asyncio.Event()
@@ -49,6 +61,7 @@ class Notifier:
         while True:
             await self._event.wait()
             await self.run_once()
+            await asyncio.sleep(self._min_interval_s)
 
     async def run_once(self) -> int:
         self._event.clear()
@@ -61,7 +74,7 @@ class Notifier:
         try:
             for chunk in chunks:
                 if chunk:
-                    await self._store.notify_ready(",".join(chunk))
+                    await self._store.notify_ready(f"{self._sender} {','.join(chunk)}")
         except DatabaseUnavailableError:
             # A hint lost while Postgres is away: other coordinators' fallback polls cover it.
             await asyncio.sleep(UNAVAILABLE_PAUSE_S)
@@ -73,14 +86,18 @@ class Listener:
 
     name = "listener"
 
-    def __init__(self, *, dsn: str, signal: DispatchSignal,
+    def __init__(self, *, dsn: str, signal: DispatchSignal, sender: str,
                  connect: Callable[[str], Any] | None = None) -> None:
         self._dsn = dsn
         self._signal = signal
+        self._sender = sender
         self._connect = connect or asyncpg.connect
 
     def _on_notify(self, _con: Any, _pid: int, _channel: str, payload: object) -> None:
-        for queue in str(payload).split(","):
+        sender, _, queues = str(payload).partition(" ")
+        if sender == self._sender:
+            return
+        for queue in queues.split(","):
             if queue:
                 self._signal.wake(queue, announce=False)
 

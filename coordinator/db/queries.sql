@@ -418,7 +418,7 @@ SELECT EXISTS (SELECT 1 FROM fence) AS current, (SELECT result FROM ins) AS inse
 SELECT result FROM faultline_steps WHERE job_id = $1 AND step_key = $2;
 
 -- name: notify_ready :exec
--- Tell other coordinators' listeners that the comma-separated queues in $1 have ready jobs.
+-- Tell other coordinators' listeners that queues have ready jobs; $1 is "<sender id> <queue>,<queue>,..." (actors/peers.py).
 SELECT pg_notify('faultline_ready', $1);
 
 -- name: queue_depths :many

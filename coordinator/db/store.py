@@ -324,9 +324,9 @@ class Store:
         stored: bytes | None = await self._run("get_step_result", key.job_id, step)
         return True, stored
 
-    async def notify_ready(self, queues: str) -> None:
-        """Announce ready work in these comma-separated queues to every listening coordinator."""
-        await self._run("notify_ready", queues)
+    async def notify_ready(self, payload: str) -> None:
+        """Announce ready work to every listening coordinator (payload format: actors/peers.py)."""
+        await self._run("notify_ready", payload)
 
     # -- operators -----------------------------------------------------------------------------
 
