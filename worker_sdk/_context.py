@@ -77,6 +77,12 @@ class _JobLogger(logging.LoggerAdapter[logging.Logger]):
         return msg, kwargs
 
 
+_JOB_LOGGER = logging.getLogger("worker_sdk.job")
+# Guards the lazy creation of JobContext._cancel_flag against _mark_cancelled (cancels are rare, so
+# one lock for all contexts costs nothing measurable).
+_CANCEL_FLAG_LOCK = threading.Lock()
+
+
 class JobContext:
     """The running attempt of one job, as passed to its handler. Do not construct it yourself."""
 
@@ -94,20 +100,15 @@ class JobContext:
         self._grant = grant
         self._link = link
         self._loop = loop
-        self._cancel_event = asyncio.Event()
-        # Mirror of _cancel_event that threads (sync handlers) can block on.
-        self._cancel_flag = threading.Event()
         self._cancel_reason: CancelReason | None = None
-        self._logger = _JobLogger(
-            logging.getLogger("worker_sdk.job"),
-            {
-                "job_id": grant.job.id,
-                "kind": grant.job.kind,
-                "attempt": grant.attempt,
-                "lease_id": grant.lease.lease_id,
-                "fencing_token": grant.lease.fencing_token,
-            },
-        )
+        # Created on first use: most handlers never touch them, and building the two events and the
+        # logger adapter was about 2 us per job (threading.Event alone builds a Condition and a Lock).
+        # _cancel_event: event-loop thread only, like the cancel_event property that makes it.
+        self._cancel_event: asyncio.Event | None = None
+        # Mirror of the cancellation that threads (sync handlers) can block on; made and set under
+        # _CANCEL_FLAG_LOCK, so that a flag made while the Worker cancels cannot miss the cancel.
+        self._cancel_flag: threading.Event | None = None
+        self._logger: _JobLogger | None = None
 
     # ---- identity ------------------------------------------------------------------------
 
@@ -157,19 +158,39 @@ class JobContext:
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         """A logger that adds job_id, kind, attempt, lease_id and fencing_token to every record."""
-        return self._logger
+        adapter = self._logger
+        if adapter is None:
+            # Two threads may both build one; either is fine, they are equal.
+            grant = self._grant
+            adapter = self._logger = _JobLogger(
+                _JOB_LOGGER,
+                {
+                    "job_id": grant.job.id,
+                    "kind": grant.job.kind,
+                    "attempt": grant.attempt,
+                    "lease_id": grant.lease.lease_id,
+                    "fencing_token": grant.lease.fencing_token,
+                },
+            )
+        return adapter
 
     # ---- cancellation --------------------------------------------------------------------
 
     @property
     def cancelled(self) -> bool:
         """True once the handler should stop (cancelled job, lost lease, timeout or shutdown)."""
-        return self._cancel_event.is_set()
+        event = self._cancel_event
+        return self._cancel_reason is not None if event is None else event.is_set()
 
     @property
     def cancel_event(self) -> asyncio.Event:
         """Set when `cancelled` becomes true; await it from async code (event-loop thread only)."""
-        return self._cancel_event
+        event = self._cancel_event
+        if event is None:
+            event = self._cancel_event = asyncio.Event()
+            if self._cancel_reason is not None:
+                event.set()
+        return event
 
     @property
     def cancel_reason(self) -> CancelReason | None:
@@ -180,14 +201,27 @@ class JobContext:
 
         Use it instead of time.sleep() so that a cancel interrupts the wait.
         """
-        return self._cancel_flag.wait(timeout)
+        flag = self._cancel_flag
+        if flag is None:
+            with _CANCEL_FLAG_LOCK:
+                flag = self._cancel_flag
+                if flag is None:
+                    flag = threading.Event()
+                    if self._cancel_reason is not None:
+                        flag.set()
+                    self._cancel_flag = flag
+        return flag.wait(timeout)
 
     def _mark_cancelled(self, reason: CancelReason) -> None:
         """Owner: the Worker. A lost lease overrides any earlier reason (nothing will be reported)."""
-        if self._cancel_reason is None or reason is CancelReason.LEASE_LOST:
-            self._cancel_reason = reason
-        self._cancel_event.set()
-        self._cancel_flag.set()
+        with _CANCEL_FLAG_LOCK:
+            if self._cancel_reason is None or reason is CancelReason.LEASE_LOST:
+                self._cancel_reason = reason
+            flag = self._cancel_flag
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+        if flag is not None:
+            flag.set()
 
     # ---- progress ------------------------------------------------------------------------
 
@@ -276,7 +310,7 @@ class JobContext:
                     raise JobCancelledError(reply.message or None)
                 return
             case ReplyStatus.INVALID:
-                self._logger.error("coordinator rejected frame", extra={"frame": what, "reason": reply.message})
+                self.logger.error("coordinator rejected frame", extra={"frame": what, "reason": reply.message})
                 raise InvalidArgumentError(reply.message or f"{what} rejected as invalid")
             case _:
                 raise ProtocolError(f"{what}: unexpected reply status {reply.status.value}")

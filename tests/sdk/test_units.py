@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -9,9 +10,11 @@ import pytest
 import worker_sdk
 from worker_sdk import JobState, RetryJob, WorkerSDKError
 from worker_sdk._backoff import full_jitter
-from worker_sdk._context import to_result_bytes
+from worker_sdk._context import CancelReason, JobContext, to_result_bytes
 from worker_sdk._convert import job_from_pb, job_state_from_pb, job_state_to_pb
+from worker_sdk._frames import LeaseGrant, LeaseRef
 from worker_sdk._proto.faultline.v1 import job_pb2
+from worker_sdk._types import Job
 from worker_sdk._worker import FAIL_ERROR_MAX_BYTES, format_error
 
 
@@ -58,3 +61,39 @@ def test_public_surface_is_sorted_and_importable() -> None:
     assert worker_sdk.__all__ == sorted(worker_sdk.__all__)
     for name in worker_sdk.__all__:
         assert hasattr(worker_sdk, name)
+
+
+def _context() -> JobContext:
+    grant = LeaseGrant(
+        lease=LeaseRef("7.1", 1),
+        job=Job(id="7", kind="k", queue="q", state=JobState.RUNNING),
+        attempt=1,
+        lease_deadline=None,
+        heartbeat_timeout=None,
+        execution_timeout=None,
+    )
+    return JobContext(grant=grant, link=None, loop=None)  # type: ignore[arg-type]  # neither is used here
+
+
+def test_job_context_events_made_after_the_cancel_are_already_set() -> None:
+    ctx = _context()
+    assert not ctx.cancelled and not ctx.wait_cancelled(0)  # the thread-side flag exists before the cancel
+    ctx._mark_cancelled(CancelReason.TIMEOUT)
+    ctx._mark_cancelled(CancelReason.LEASE_LOST)
+    assert ctx.cancelled and ctx.wait_cancelled(0) and ctx.cancel_event.is_set()
+    assert ctx.cancel_reason is CancelReason.LEASE_LOST
+    later = _context()
+    later._mark_cancelled(CancelReason.CANCELLED)  # no event or flag made yet
+    assert later.cancelled and later.cancel_event.is_set() and later.wait_cancelled(0)
+    assert later.logger.extra == {"job_id": "7", "kind": "k", "attempt": 1, "lease_id": "7.1", "fencing_token": 1}
+
+
+def test_job_context_flag_made_in_a_thread_sees_a_concurrent_cancel() -> None:
+    for _ in range(200):
+        ctx = _context()
+        waited: list[bool] = []
+        thread = threading.Thread(target=lambda c=ctx, w=waited: w.append(c.wait_cancelled(5)))
+        thread.start()
+        ctx._mark_cancelled(CancelReason.SHUTDOWN)
+        thread.join()
+        assert waited == [True]
