@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from worker_sdk._errors import ProtocolError
 from worker_sdk._frames import (
@@ -268,40 +269,69 @@ def hello_to_pb(hello: Hello) -> worker_service_pb2.WorkerFrame:
     )
 
 
-def credit_to_pb(count: int) -> worker_service_pb2.WorkerFrame:
-    return worker_service_pb2.WorkerFrame(credit=worker_service_pb2.Credit(count=count))
+def _set_lease(msg: worker_service_pb2.LeaseRef, ref: LeaseRef) -> None:
+    msg.lease_id = ref.lease_id
+    msg.fencing_token = ref.fencing_token
 
 
-def request_to_pb(seq: int, frame: RequestFrame) -> worker_service_pb2.WorkerFrame:
-    """Encode one frame that expects a reply, tagged with its per-session seq."""
-    pb = worker_service_pb2
+def add_credit(frames: RepeatedCompositeFieldContainer[worker_service_pb2.WorkerFrame], count: int) -> None:
+    """Append a Credit frame to a ConnectRequest's frames."""
+    frames.add().credit.count = count
+
+
+def add_request(
+    frames: RepeatedCompositeFieldContainer[worker_service_pb2.WorkerFrame], seq: int, frame: RequestFrame
+) -> worker_service_pb2.WorkerFrame:
+    """Append one frame that expects a reply, tagged with its per-session seq, and return it.
+
+    Filled in place: building each message on its own and passing it to its parent's constructor
+    copies it again at every level (WorkerFrame, then ConnectRequest), three times the cost.
+    SetInParent() selects the oneof even when every field keeps its default (an empty heartbeat).
+    """
+    out = frames.add()
+    out.seq = seq
     match frame:
         case Heartbeat(leases=leases):
-            return pb.WorkerFrame(seq=seq, heartbeat=pb.Heartbeat(leases=[lease_ref_to_pb(r) for r in leases]))
+            heartbeat = out.heartbeat
+            heartbeat.SetInParent()
+            add = heartbeat.leases.add
+            for ref in leases:
+                _set_lease(add(), ref)
         case Progress():
-            return pb.WorkerFrame(
-                seq=seq,
-                progress=pb.Progress(
-                    lease=lease_ref_to_pb(frame.lease),
-                    fraction=frame.fraction,
-                    message=frame.message,
-                    details=frame.details,
-                ),
-            )
+            progress = out.progress
+            progress.SetInParent()
+            _set_lease(progress.lease, frame.lease)
+            progress.fraction = frame.fraction
+            progress.message = frame.message
+            progress.details = frame.details
         case Complete(lease=lease, result=result):
-            return pb.WorkerFrame(seq=seq, complete=pb.Complete(lease=lease_ref_to_pb(lease), result=result))
+            complete = out.complete
+            complete.SetInParent()
+            _set_lease(complete.lease, lease)
+            complete.result = result
         case Fail():
-            fail = pb.Fail(lease=lease_ref_to_pb(frame.lease), error=frame.error, retryable=frame.retryable)
+            fail = out.fail
+            fail.SetInParent()
+            _set_lease(fail.lease, frame.lease)
+            fail.error = frame.error
+            fail.retryable = frame.retryable
             if frame.retry_delay is not None:
-                fail.retry_delay.CopyFrom(timedelta_to_duration(frame.retry_delay))
-            return pb.WorkerFrame(seq=seq, fail=fail)
+                fail.retry_delay.FromTimedelta(frame.retry_delay)
         case GetStep(lease=lease, key=key):
-            return pb.WorkerFrame(seq=seq, get_step=pb.GetStep(lease=lease_ref_to_pb(lease), key=key))
+            get_step = out.get_step
+            get_step.SetInParent()
+            _set_lease(get_step.lease, lease)
+            get_step.key = key
         case RecordStep(lease=lease, key=key, result=result):
-            return pb.WorkerFrame(
-                seq=seq, record_step=pb.RecordStep(lease=lease_ref_to_pb(lease), key=key, result=result)
-            )
-    raise TypeError(f"not a request frame: {frame!r}")
+            record_step = out.record_step
+            record_step.SetInParent()
+            _set_lease(record_step.lease, lease)
+            record_step.key = key
+            record_step.result = result
+        case _:
+            del frames[-1]
+            raise TypeError(f"not a request frame: {frame!r}")
+    return out
 
 
 def _opt_duration(msg: worker_service_pb2.LeaseGrant, name: str) -> timedelta | None:

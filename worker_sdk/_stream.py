@@ -526,18 +526,21 @@ class LeaseStream:
         call: grpc.aio.StreamStreamCall[worker_service_pb2.ConnectRequest, worker_service_pb2.ConnectResponse],
         entries: Sequence[_Pending],
     ) -> None:
-        batch: list[worker_service_pb2.WorkerFrame] = []
+        request = worker_service_pb2.ConnectRequest()
         size = 0
         for entry in entries:
-            frame = _convert.request_to_pb(entry.seq, entry.frame)
-            frame_size = frame.ByteSize()
-            if batch and (len(batch) >= self._max_frames or size + frame_size > self._max_bytes):
-                await call.write(worker_service_pb2.ConnectRequest(frames=batch))
-                batch, size = [], 0
-            batch.append(frame)
+            frame_size = _convert.add_request(request.frames, entry.seq, entry.frame).ByteSize()
+            if len(request.frames) > 1 and (
+                len(request.frames) > self._max_frames or size + frame_size > self._max_bytes
+            ):
+                del request.frames[-1]
+                await call.write(request)
+                request = worker_service_pb2.ConnectRequest()
+                frame_size = _convert.add_request(request.frames, entry.seq, entry.frame).ByteSize()
+                size = 0
             size += frame_size
-        if batch:
-            await call.write(worker_service_pb2.ConnectRequest(frames=batch))
+        if request.frames:
+            await call.write(request)
 
     async def _send_loop(
         self,
@@ -554,45 +557,44 @@ class LeaseStream:
         self,
         call: grpc.aio.StreamStreamCall[worker_service_pb2.ConnectRequest, worker_service_pb2.ConnectResponse],
     ) -> None:
-        carry: worker_service_pb2.WorkerFrame | None = None
+        # Frames are encoded straight into the request (see _convert.add_request). One that would push
+        # the request past max_message_bytes is taken out again and carried to the next request.
+        carry: _Send | None = None
         stop = False
         while not stop:
-            batch: list[worker_service_pb2.WorkerFrame] = []
+            request = worker_service_pb2.ConnectRequest()
+            frames = request.frames
             size = 0
             if carry is not None:
-                batch.append(carry)
-                size = carry.ByteSize()
+                size = _convert.add_request(frames, carry.seq, carry.entry.frame).ByteSize()
                 carry = None
             elif self._outgoing.empty() and not self._credit_due():
                 item = await self._outgoing.get()
                 if isinstance(item, _StopSender):
                     stop = True
                 elif isinstance(item, _Send) and self._live(item):
-                    frame = _convert.request_to_pb(item.seq, item.entry.frame)
-                    batch.append(frame)
-                    size = frame.ByteSize()
-            while not stop and len(batch) < self._max_frames and not self._outgoing.empty():
+                    size = _convert.add_request(frames, item.seq, item.entry.frame).ByteSize()
+            while not stop and len(frames) < self._max_frames and not self._outgoing.empty():
                 item = self._outgoing.get_nowait()
                 if isinstance(item, _StopSender):
                     stop = True
                     break
                 if not isinstance(item, _Send) or not self._live(item):
                     continue
-                frame = _convert.request_to_pb(item.seq, item.entry.frame)
-                frame_size = frame.ByteSize()
-                if batch and size + frame_size > self._max_bytes:
-                    carry = frame
+                frame_size = _convert.add_request(frames, item.seq, item.entry.frame).ByteSize()
+                if len(frames) > 1 and size + frame_size > self._max_bytes:
+                    del frames[-1]
+                    carry = item
                     break
-                batch.append(frame)
                 size += frame_size
             if self._credit_due():
                 count = min(self._credit, _CREDIT_MAX_PER_FRAME)
                 self._credit -= count
-                batch.append(_convert.credit_to_pb(count))
+                _convert.add_credit(frames, count)
             elif self._state is ConnState.DRAINING:
                 self._credit = 0
-            if batch:
-                await call.write(worker_service_pb2.ConnectRequest(frames=batch))
+            if frames:
+                await call.write(request)
 
     def _credit_due(self) -> bool:
         return self._credit > 0 and self._state is ConnState.READY
