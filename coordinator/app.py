@@ -20,6 +20,7 @@ from coordinator.actors.completer import Completer
 from coordinator.actors.dispatcher import Dispatcher, DispatcherConfig
 from coordinator.actors.health import HealthMonitor
 from coordinator.actors.lease_keeper import LeaseKeeper
+from coordinator.actors.maintenance import Maintenance, MaintenanceConfig
 from coordinator.actors.metrics_sampler import MetricsSampler
 from coordinator.actors.peers import Listener, Notifier
 from coordinator.actors.promoter import Promoter
@@ -136,6 +137,9 @@ class Coordinator:
                 store=store, registry=registry, pool_max=cfg.db_pool_max,
                 interval_s=cfg.metrics_sample_interval.total_seconds())),
         ]
+        if cfg.maintenance_interval is not None:
+            maintenance = MaintenanceConfig(interval=cfg.maintenance_interval)
+            children.append(ChildSpec("maintenance", lambda: Maintenance(store=store, dsn=dsn, config=maintenance)))
         self.supervisor = Supervisor(children, on_restart=lambda name: metrics.ACTOR_RESTARTS.labels(name).inc())
         for c in children:
             metrics.ACTOR_RESTARTS.labels(c.name)

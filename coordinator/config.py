@@ -36,6 +36,22 @@ PROMOTER_IDLE_MAX = timedelta(seconds=5)
 PROMOTER_BATCH_MAX = 1_000
 HEALTH_PROBE_INTERVAL = timedelta(seconds=1)
 METRICS_SAMPLE_INTERVAL = timedelta(seconds=5)
+# Maintenance (coordinator/actors/maintenance.py): every interval, a job table whose dead row versions
+# exceed VACUUM_BASE + VACUUM_SCALE x live rows is vacuumed (and analyzed); else one whose rows changed
+# since its last analyze exceed ANALYZE_BASE + ANALYZE_SCALE x the planner's row estimate is analyzed.
+# Autovacuum's defaults are 50 + 0.2 x rows and 50 + 0.1 x rows, looked at once a minute. The dead-row
+# scale is a quarter of autovacuum's because dead entries at the head of faultline_jobs_ready slow every
+# claim; the bases are larger because at a 5 s interval a small table would be redone on every pass for a
+# trickle of changes, and below a thousand rows neither dead entries nor stale statistics cost anything.
+MAINTENANCE_INTERVAL = timedelta(seconds=5)
+MAINTENANCE_VACUUM_BASE_ROWS_DEFAULT = 1_000
+MAINTENANCE_VACUUM_SCALE_DEFAULT = 0.05
+MAINTENANCE_ANALYZE_BASE_ROWS_DEFAULT = 1_000
+MAINTENANCE_ANALYZE_SCALE_DEFAULT = 0.1
+# The maintenance connection's statement timeout (the pool's 30 s would cut off a VACUUM of a large
+# table), and how long a VACUUM or ANALYZE waits for a table lock that another session holds.
+MAINTENANCE_STATEMENT_TIMEOUT = timedelta(hours=1)
+MAINTENANCE_LOCK_TIMEOUT = timedelta(seconds=5)
 DRAIN_GRACE_DEFAULT = timedelta(seconds=10)
 INBOX_SIZE_DEFAULT = 10_000
 # Supervisor: restart delays grow from BASE to MAX; more than INTENSITY restarts of one actor
@@ -79,6 +95,8 @@ class Config:
     reaper_interval: timedelta = REAPER_INTERVAL
     dispatch_poll: timedelta = DISPATCH_FALLBACK_POLL
     metrics_sample_interval: timedelta = METRICS_SAMPLE_INTERVAL
+    # None: the coordinator does not vacuum or analyze (leave it to autovacuum or a scheduled job).
+    maintenance_interval: timedelta | None = MAINTENANCE_INTERVAL
     # Lease a job to a waiting worker in the statement that inserts it (coordinator/grants.py).
     handoff: bool = True
 
@@ -129,6 +147,8 @@ class Config:
         poll_ms = _int(env, "FAULTLINE_DISPATCH_POLL_MS", int(DISPATCH_FALLBACK_POLL.total_seconds() * 1000),
                        lo=10, hi=600_000)
         cfg = replace(cfg, dispatch_poll=timedelta(milliseconds=poll_ms))
+        cfg = replace(cfg, maintenance_interval=_interval_or_off(
+            env, "FAULTLINE_MAINTENANCE_INTERVAL_MS", MAINTENANCE_INTERVAL, lo_ms=100, hi_ms=3_600_000))
         if cfg.db_pool_min > cfg.db_pool_max:
             raise ConfigError("FAULTLINE_DB_POOL_MIN must be <= FAULTLINE_DB_POOL_MAX")
         return cfg
@@ -177,3 +197,13 @@ def _addr(env: Mapping[str, str], name: str, default: str) -> str:
     if not _ADDR.match(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
         raise ConfigError(f"{name} must be host:port, got {value!r}")
     return value
+
+
+def _interval_or_off(
+    env: Mapping[str, str], name: str, default: timedelta, *, lo_ms: int, hi_ms: int
+) -> timedelta | None:
+    """A period in milliseconds; `off` or 0 turns the feature off (None)."""
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("off", "0"):
+        return None
+    return timedelta(milliseconds=_int(env, name, int(default.total_seconds() * 1000), lo=lo_ms, hi=hi_ms))

@@ -77,6 +77,14 @@ FRAMES_REFUSED = Counter(
     "faultline_frames_refused", "Worker frames answered other than accepted, by reason.", ["frame", "reason"],
     registry=REGISTRY,
 )
+MAINTENANCE_RUNS = Counter(
+    "faultline_maintenance_runs", "VACUUM (op=vacuum, which analyzes too) and ANALYZE (op=analyze) of a job table "
+    "by the coordinator's maintenance actor.", ["table", "op"], registry=REGISTRY,
+)
+MAINTENANCE_DURATION = Histogram(
+    "faultline_maintenance_duration_seconds", "How long one VACUUM or ANALYZE of a job table took.",
+    ["table", "op"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800), registry=REGISTRY,
+)
 
 # Label values known up front get their series at import, so they read 0 from the first scrape:
 # rate() and alert rules need the series to exist before the first event, not only after it.
@@ -89,3 +97,9 @@ for _frame in STALE_FRAMES:
     STALE_REJECTED.labels(_frame)
 for _kind in RECOVERY_KINDS:
     RECOVERIES.labels(_kind)
+MAINTENANCE_TABLES = ("faultline_jobs", "faultline_attempts")  # db/store.py MaintenanceSession.STATEMENTS
+MAINTENANCE_OPS = ("vacuum", "analyze")
+for _table in MAINTENANCE_TABLES:
+    for _op in MAINTENANCE_OPS:
+        MAINTENANCE_RUNS.labels(_table, _op)
+        MAINTENANCE_DURATION.labels(_table, _op)

@@ -435,6 +435,46 @@ FROM faultline_jobs
 WHERE state = 'queued'
 GROUP BY queue;
 
+-- Maintenance queries: coordinator/actors/maintenance.py vacuums and analyzes the job tables itself, so that
+-- claims stay fast whether or not the server's autovacuum runs. VACUUM and ANALYZE run on a connection of
+-- their own (db/store.py MaintenanceSession), never in a transaction block.
+
+-- name: maintenance_table_stats :many
+-- Row counts that decide VACUUM and ANALYZE of the job tables, faultline_jobs first; planned_rows is the planner's reltuples (0 before the first analyze), and pg_stat counters trail writes by up to a second.
+SELECT c.relname AS table_name,
+       s.n_live_tup AS live_rows,
+       s.n_dead_tup AS dead_rows,
+       s.n_mod_since_analyze AS modified_rows,
+       greatest(c.reltuples, 0)::bigint AS planned_rows
+FROM pg_class c
+JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid IN ('faultline_jobs'::regclass, 'faultline_attempts'::regclass)
+ORDER BY c.oid = 'faultline_jobs'::regclass DESC;
+
+-- name: maintenance_try_lock :val
+-- Take the maintenance lock for this session unless another session holds it: one maintainer per database (7355608001 is the migration lock).
+SELECT pg_try_advisory_lock(7355608002);
+
+-- name: maintenance_unlock :exec
+-- Release the maintenance lock (ending the session releases it too).
+SELECT pg_advisory_unlock(7355608002);
+
+-- name: vacuum_jobs :exec
+-- Remove faultline_jobs' dead row versions and their index entries (which claim_jobs would otherwise skip), then refresh its planner statistics.
+VACUUM (ANALYZE) faultline_jobs;
+
+-- name: vacuum_attempts :exec
+-- Remove faultline_attempts' dead row versions, then refresh its planner statistics.
+VACUUM (ANALYZE) faultline_attempts;
+
+-- name: analyze_jobs :exec
+-- Refresh faultline_jobs' planner statistics (after a burst of inserts the planner would still think it empty).
+ANALYZE faultline_jobs;
+
+-- name: analyze_attempts :exec
+-- Refresh faultline_attempts' planner statistics.
+ANALYZE faultline_attempts;
+
 -- Checker queries: read-only audits that coordinator/drills/checker.py runs after a failure drill.
 -- They state the invariants of docs/invariants.md in SQL; each returns the rows that break one.
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any, ClassVar
 
 import asyncpg
 
@@ -335,3 +338,126 @@ class Store:
 
     async def oldest_ready(self) -> list[Any]:
         return list(await self._run("oldest_ready"))
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    async def table_stats(self) -> list[TableStats]:
+        """Row counts of the job tables, read on a pooled connection (one short statement)."""
+        return [TableStats.of(r) for r in await self._run("maintenance_table_stats")]
+
+
+class MaintenanceOp(StrEnum):
+    """What the maintenance actor runs on a table."""
+
+    VACUUM = "vacuum"  # VACUUM (ANALYZE): dead row versions and their index entries out, statistics refreshed
+    ANALYZE = "analyze"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableStats:
+    """One job table's row counts, from pg_stat_user_tables (they trail writes by up to a second) and pg_class."""
+
+    table: str
+    live_rows: int
+    dead_rows: int
+    # Rows inserted, updated or deleted since the table's last ANALYZE.
+    modified_rows: int
+    # The planner's estimate of the table's rows (reltuples); 0 before the first VACUUM or ANALYZE.
+    planned_rows: int
+
+    @classmethod
+    def of(cls, row: Any) -> TableStats:
+        return cls(table=row["table_name"], live_rows=row["live_rows"], dead_rows=row["dead_rows"],
+                   modified_rows=row["modified_rows"], planned_rows=row["planned_rows"])
+
+
+MAINTENANCE_APPLICATION_NAME = "faultline-maintenance"
+# How long to wait for Postgres to accept a maintenance connection, and for one to close cleanly.
+MAINTENANCE_CONNECT_TIMEOUT_S = 5.0
+MAINTENANCE_CLOSE_TIMEOUT_S = 5.0
+
+
+class MaintenanceSession:
+    """VACUUM and ANALYZE of the job tables, on a connection of their own outside the pool.
+
+    Not a pooled connection: VACUUM cannot run in a transaction block, so SET LOCAL cannot lift the pool's
+    statement timeout (pool.STATEMENT_TIMEOUT_MS, 30 s) for it, and a session-level SET would have to be
+    undone before the connection went back. The pool's reset hook (pool._reset) undoes neither session
+    settings nor advisory locks, so an error or a cancellation between SET and RESET would leave a pooled
+    connection with no timeout, or holding the maintenance lock. And a VACUUM of a large table takes
+    minutes, for which the hot path would have one pooled connection fewer (FAULTLINE_DB_POOL_MAX, 10 by
+    default). This connection gets its own timeouts when it opens, and whatever it holds goes when it
+    closes. Open one with maintenance_session().
+    """
+
+    # A table name cannot be a bound parameter, and SQL is never built from strings: one named
+    # statement per (table, op).
+    STATEMENTS: ClassVar[dict[tuple[str, MaintenanceOp], str]] = {
+        ("faultline_jobs", MaintenanceOp.VACUUM): "vacuum_jobs",
+        ("faultline_jobs", MaintenanceOp.ANALYZE): "analyze_jobs",
+        ("faultline_attempts", MaintenanceOp.VACUUM): "vacuum_attempts",
+        ("faultline_attempts", MaintenanceOp.ANALYZE): "analyze_attempts",
+    }
+
+    def __init__(self, con: asyncpg.Connection[Any]) -> None:
+        self._con = con
+
+    async def _run(self, name: str) -> Any:
+        try:
+            return await run(self._con, QUERIES[name])
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailableError(f"{name}: {type(exc).__name__}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"{name} failed: {exc}") from exc
+
+    async def try_lock(self) -> bool:
+        """Take the database's maintenance lock for this session; False when another session holds it."""
+        return bool(await self._run("maintenance_try_lock"))
+
+    async def unlock(self) -> None:
+        await self._run("maintenance_unlock")
+
+    async def table_stats(self) -> list[TableStats]:
+        return [TableStats.of(r) for r in await self._run("maintenance_table_stats")]
+
+    async def maintain(self, table: str, op: MaintenanceOp) -> bool:
+        """Run op on table; False (nothing done) when another session held a conflicting table lock
+        (a manual VACUUM, a migration) past the lock timeout."""
+        try:
+            await self._run(self.STATEMENTS[(table, op)])
+        except StoreError as exc:
+            if isinstance(exc.__cause__, asyncpg.LockNotAvailableError):
+                return False
+            raise
+        return True
+
+
+@contextlib.asynccontextmanager
+async def maintenance_session(
+    dsn: str, *, statement_timeout: timedelta, lock_timeout: timedelta
+) -> AsyncIterator[MaintenanceSession]:
+    """Open a maintenance connection, and close it on the way out; after an error or a cancellation it is
+    terminated instead. A VACUUM that was running then may still finish on the server (Postgres notices a
+    closed client only when it next writes); the session, and with it the maintenance lock, ends after it."""
+    try:
+        con = await asyncpg.connect(dsn, timeout=MAINTENANCE_CONNECT_TIMEOUT_S, server_settings={
+            "application_name": MAINTENANCE_APPLICATION_NAME,
+            "statement_timeout": str(int(statement_timeout.total_seconds() * 1000)),
+            "lock_timeout": str(int(lock_timeout.total_seconds() * 1000)),
+        })
+    except _UNAVAILABLE as exc:
+        raise DatabaseUnavailableError(f"maintenance connect: {type(exc).__name__}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"maintenance connect failed: {exc}") from exc
+    clean = False
+    try:
+        yield MaintenanceSession(con)
+        clean = True
+    finally:
+        if clean:
+            try:
+                await con.close(timeout=MAINTENANCE_CLOSE_TIMEOUT_S)
+            except _UNAVAILABLE:
+                con.terminate()
+        else:
+            con.terminate()

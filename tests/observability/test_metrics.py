@@ -41,6 +41,8 @@ COORDINATOR_FAMILIES = {
     "faultline_actor_restarts_total": {"actor"},
     "faultline_db_pool_connections": {"use"},
     "faultline_db_pool_max_connections": set(),
+    "faultline_maintenance_runs_total": {"table", "op"},
+    "faultline_maintenance_duration_seconds_bucket": {"table", "op", "le"},
 }
 WORKER_FAMILIES = {
     "faultline_worker_handler_duration_seconds_bucket": {"queue", "kind", "le"},

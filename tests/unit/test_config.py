@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from coordinator.config import Config
@@ -20,6 +22,13 @@ def test_overrides() -> None:
     assert cfg.retry.base_ms == 100 and cfg.retry.max_ms == 500 and cfg.metrics_addr is None
 
 
+def test_maintenance_interval_and_how_to_turn_it_off() -> None:
+    assert Config.from_env({}).maintenance_interval == timedelta(seconds=5)
+    assert Config.from_env({"FAULTLINE_MAINTENANCE_INTERVAL_MS": "60000"}).maintenance_interval == timedelta(minutes=1)
+    for off in ("off", "OFF", "0"):
+        assert Config.from_env({"FAULTLINE_MAINTENANCE_INTERVAL_MS": off}).maintenance_interval is None
+
+
 def test_handoff_switch() -> None:
     assert Config.from_env({}).handoff is True
     assert Config.from_env({"FAULTLINE_HANDOFF": "off"}).handoff is False
@@ -34,6 +43,9 @@ def test_handoff_switch() -> None:
     ({"FAULTLINE_GRPC_ADDR": "no-port"}, "FAULTLINE_GRPC_ADDR"),
     ({"FAULTLINE_GRPC_ADDR": "127.0.0.1:99999"}, "FAULTLINE_GRPC_ADDR"),
     ({"FAULTLINE_MAX_PAYLOAD_BYTES": "-1"}, "FAULTLINE_MAX_PAYLOAD_BYTES"),
+    ({"FAULTLINE_MAINTENANCE_INTERVAL_MS": "soon"}, "FAULTLINE_MAINTENANCE_INTERVAL_MS"),
+    ({"FAULTLINE_MAINTENANCE_INTERVAL_MS": "5"}, "FAULTLINE_MAINTENANCE_INTERVAL_MS"),
+    ({"FAULTLINE_MAINTENANCE_INTERVAL_MS": "-1000"}, "FAULTLINE_MAINTENANCE_INTERVAL_MS"),
     ({"FAULTLINE_HANDOFF": "maybe"}, "FAULTLINE_HANDOFF"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
