@@ -177,7 +177,13 @@ class Client:
 
     async def submit_batch_ex(self, specs: Iterable[JobSpec]) -> builtins.list[tuple[Job, bool]]:
         """Like submit_batch(), with each job's created flag."""
-        request = job_service_pb2.SubmitBatchRequest(jobs=[self._submit_request(s) for s in specs])
+        request = job_service_pb2.SubmitBatchRequest()
+        add = request.jobs.add
+        for spec in specs:
+            try:
+                _convert.fill_submit_request(add(), spec)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(str(exc)) from exc
         if not request.jobs:
             return []
         response = await self._unary(self._ensure_stub().SubmitBatch, request)

@@ -190,24 +190,35 @@ def job_from_pb(msg: job_pb2.Job) -> Job:
 
 
 def submit_request_to_pb(spec: JobSpec) -> job_service_pb2.SubmitRequest:
+    msg = job_service_pb2.SubmitRequest()
+    fill_submit_request(msg, spec)
+    return msg
+
+
+def fill_submit_request(msg: job_service_pb2.SubmitRequest, spec: JobSpec) -> None:
+    """Fill an empty SubmitRequest, e.g. one just added to a SubmitBatchRequest's jobs.
+
+    Filled in place so that a batch is not built twice (passing messages to SubmitBatchRequest(jobs=...)
+    copies each). Unset optional values keep the proto defaults, as the constructor wrote them.
+    """
     if not isinstance(spec.payload, bytes | bytearray | memoryview):
         raise TypeError(f"payload must be bytes, not {type(spec.payload).__name__}")
-    msg = job_service_pb2.SubmitRequest(
-        kind=spec.kind,
-        queue=spec.queue,
-        payload=bytes(spec.payload),
-        idempotency_key=spec.idempotency_key or "",
-        max_attempts=spec.max_attempts or 0,
-        priority=spec.priority,
-        labels=dict(spec.labels or {}),
-    )
+    msg.kind = spec.kind
+    msg.queue = spec.queue
+    msg.payload = bytes(spec.payload)
+    if spec.idempotency_key:
+        msg.idempotency_key = spec.idempotency_key
+    if spec.max_attempts:
+        msg.max_attempts = spec.max_attempts
+    msg.priority = spec.priority
+    if spec.labels:
+        msg.labels.update(spec.labels)
     if spec.run_at is not None:
         msg.run_at.CopyFrom(datetime_to_timestamp(spec.run_at))
     if spec.retry_policy is not None:
         msg.retry_policy.CopyFrom(retry_policy_to_pb(spec.retry_policy))
     if spec.timeouts is not None:
         msg.timeouts.CopyFrom(timeouts_to_pb(spec.timeouts))
-    return msg
 
 
 def _state_key(name: str) -> JobState | str:
