@@ -6,7 +6,7 @@ Without an OpenTelemetry SDK configured every call here is a cheap no-op.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from opentelemetry import propagate, trace
 
@@ -27,7 +27,21 @@ def outgoing_metadata() -> tuple[tuple[str, str], ...]:
     return tuple((k.lower(), v) for k, v in carrier.items())
 
 
-@contextmanager
+class _NoSpan:
+    """handler_span() when there is nothing to join or record: no span, nothing made current."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> trace.Span:
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
 def handler_span(
     *,
     kind: str,
@@ -36,7 +50,7 @@ def handler_span(
     attempt: int,
     fencing_token: int,
     queue: str,
-) -> Iterator[trace.Span]:
+) -> AbstractContextManager[trace.Span]:
     """A CONSUMER span "faultline.handle <kind>", child of the submit's trace context, made current.
 
     Exceptions are recorded by the caller (the handler runs in its own task, so they never
@@ -44,9 +58,24 @@ def handler_span(
     """
     if not trace_context and not _recording():
         # Nothing to join and nothing to record: the span would be the invalid one either way, and
-        # making it current costs a context extract and attach per job.
-        yield trace.INVALID_SPAN
-        return
+        # making it current costs a context extract and attach per job. A shared plain context
+        # manager, not a generator one, since this is the common case (1.6 us -> 0.7 us per job).
+        return _NO_SPAN
+    return _handler_span(
+        kind=kind, trace_context=trace_context, job_id=job_id, attempt=attempt, fencing_token=fencing_token, queue=queue
+    )
+
+
+@contextmanager
+def _handler_span(
+    *,
+    kind: str,
+    trace_context: Mapping[str, str],
+    job_id: str,
+    attempt: int,
+    fencing_token: int,
+    queue: str,
+) -> Iterator[trace.Span]:
     parent = propagate.extract(dict(trace_context))
     with _tracer.start_as_current_span(
         f"faultline.handle {kind}",
