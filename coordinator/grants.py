@@ -104,6 +104,9 @@ class Handoff:
         self._give_back(unused)
         if leased:
             await deliver(self._store, self._signal, leased, path=PATH_HANDOFF)
+            # Let the sessions' write loops send the grants before this RPC builds its response: the
+            # worker is the one waiting. Measured on the idle path: insert-to-grant-write 0.19 -> 0.09 ms.
+            await asyncio.sleep(0)
         return results
 
     def _reserve(self, specs: Sequence[JobSpec]) -> list[Session | None]:
