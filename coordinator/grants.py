@@ -54,7 +54,7 @@ async def deliver(store: Store, signal: DispatchSignal, pairs: Sequence[tuple[Jo
             undeliverable.extend(LeaseKey(j.id, j.lease_token) for j in batch)
     if not undeliverable:
         return 0
-    released = await store.release_leases(undeliverable)
+    released = len(await store.release_leases(undeliverable))
     metrics.RECOVERIES.labels("released_undelivered").inc(released)
     logger.info("released undeliverable leases", extra={
         "count": released, "path": path, "job_ids": ",".join(str(k.job_id) for k in undeliverable)})

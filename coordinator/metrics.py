@@ -89,7 +89,7 @@ MAINTENANCE_DURATION = Histogram(
 # Label values known up front get their series at import, so they read 0 from the first scrape:
 # rate() and alert rules need the series to exist before the first event, not only after it.
 LEASE_EXPIRATION_REASONS = ("lease_expired", "heartbeat_timeout", "execution_timeout")  # expire_leases in queries.sql
-STALE_FRAMES = ("complete", "fail", "heartbeat", "get_step", "record_step")
+STALE_FRAMES = ("complete", "fail", "release", "heartbeat", "get_step", "record_step")
 RECOVERY_KINDS = ("lease_expired", "released_undelivered")
 for _reason in LEASE_EXPIRATION_REASONS:
     LEASE_EXPIRATIONS.labels(_reason)

@@ -24,6 +24,7 @@ from worker_sdk._frames import (
     LeaseStatus,
     Progress,
     RecordStep,
+    Release,
     Reply,
     ReplyStatus,
     RequestFrame,
@@ -328,6 +329,11 @@ def add_request(
             fail.retryable = frame.retryable
             if frame.retry_delay is not None:
                 fail.retry_delay.FromTimedelta(frame.retry_delay)
+        case Release(lease=lease, reason=reason):
+            release = out.release
+            release.SetInParent()
+            _set_lease(release.lease, lease)
+            release.reason = reason
         case GetStep(lease=lease, key=key):
             get_step = out.get_step
             get_step.SetInParent()
@@ -358,6 +364,7 @@ def welcome_from_pb(msg: worker_service_pb2.Welcome) -> Welcome:
         heartbeat_interval=duration_to_timedelta(msg.heartbeat_interval),
         lease_ttl=duration_to_timedelta(msg.lease_ttl),
         resumed_leases=tuple(lease_ref_from_pb(r) for r in msg.resumed_leases),
+        accepts_release=msg.accepts_release,
     )
 
 

@@ -75,6 +75,14 @@ class Fail:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """Hands back a lease whose handler never started: the job is queued again, the attempt not counted."""
+
+    lease: LeaseRef
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class GetStep:
     """Asks for a step guard's stored result."""
 
@@ -92,9 +100,9 @@ class RecordStep:
 
 
 #: Frames that get exactly one Reply with the same seq.
-RequestFrame = Heartbeat | Progress | Complete | Fail | GetStep | RecordStep
+RequestFrame = Heartbeat | Progress | Complete | Fail | Release | GetStep | RecordStep
 #: Frames that end a lease; they are idempotent per fencing token, so they are always re-sent.
-CompletionFrame = Complete | Fail
+CompletionFrame = Complete | Fail | Release
 
 
 def lease_of(frame: RequestFrame) -> LeaseRef | None:
@@ -128,6 +136,8 @@ class Welcome:
     heartbeat_interval: timedelta
     lease_ttl: timedelta
     resumed_leases: tuple[LeaseRef, ...]
+    #: The coordinator understands Release; older ones do not, and get a Fail instead.
+    accepts_release: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -66,6 +66,7 @@ from worker_sdk._frames import (
     Hello,
     LeaseGrant,
     LeaseRef,
+    Release,
     Reply,
     ReplyStatus,
     RequestFrame,
@@ -467,7 +468,8 @@ class LeaseStream:
         resend: list[_Pending] = []
         for entry in sorted(self._parked.values(), key=lambda e: e.order):
             lease = lease_of(entry.frame)
-            if lease is not None and lease.lease_id in lost_ids and not isinstance(entry.frame, Complete | Fail):
+            ends_lease = isinstance(entry.frame, Complete | Fail | Release)
+            if lease is not None and lease.lease_id in lost_ids and not ends_lease:
                 self._settle_exception(entry, LeaseLostError(f"lease {lease.lease_id} was not resumed"))
                 continue
             self._assign(entry)

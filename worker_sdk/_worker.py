@@ -37,9 +37,10 @@ their execution timeout is measured from the grant (as the coordinator measures 
 so time spent buffered counts against it. A buffered lease that is cancelled, times out or is lost
 before it starts is reported (or dropped, if lost) without running its handler. On stop() the
 buffered leases are in-flight work: they run during the drain grace as handler slots free up; those
-still unstarted when the grace is over are failed retryable with a zero retry delay, so they re-queue
-at once. That Fail closes the attempt the claim opened (attempts are counted per lease), as for a
-running job interrupted by the shutdown.
+still unstarted when the grace is over are handed back with a Release frame: the coordinator queues
+them again at once and does not count the attempt, so a job on its last attempt is not dead-lettered
+by a shutdown it never ran in. (A coordinator too old to accept Release, per welcome.accepts_release,
+gets a retryable Fail with a zero retry delay instead, which does count the attempt.)
 
 Cancelling a handler: async handlers get asyncio cancellation; sync handlers (threads) cannot be
 interrupted, so they only see ctx.cancelled and the worker waits for them, except at shutdown,
@@ -95,6 +96,7 @@ from worker_sdk._frames import (
     Hello,
     LeaseGrant,
     LeaseRef,
+    Release,
     Reply,
     ReplyStatus,
     RequestFrame,
@@ -129,7 +131,9 @@ FAIL_ERROR_MAX_BYTES = 8 * 1024
 CANCELLED_ERROR = "cancelled"
 #: Error text of a Fail sent for a job interrupted by the worker's shutdown.
 SHUTDOWN_ERROR = "worker shutdown"
-#: Error text of a Fail sent for a buffered job that the worker's shutdown handed back unstarted.
+_OUTCOME_OF_FRAME: dict[type, str] = {Complete: "succeeded", Fail: "failed", Release: "released"}
+#: Reason of the Release (or, to an older coordinator, error text of the Fail) sent for a buffered job
+#: that the worker's shutdown handed back unstarted.
 SHUTDOWN_UNSTARTED_ERROR = "worker shutdown before start"
 
 SyncHandler: TypeAlias = Callable[[JobContext], HandlerResult]
@@ -342,6 +346,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat_interval = HEARTBEAT_INTERVAL_FALLBACK.total_seconds()
         self._lease_ttl = LEASE_TTL_FALLBACK.total_seconds()
+        # Set by each welcome: whether the coordinator accepts Release frames (see the module docstring).
+        self._accepts_release = False
         self._stop_requested = asyncio.Event()
         self._force_stop = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -549,6 +555,7 @@ class Worker:
         return tuple(run.ref for run in self._leases.values() if run.state is not LeaseState.LOST)
 
     def _on_welcome(self, welcome: Welcome, lost: frozenset[LeaseRef]) -> int:
+        self._accepts_release = welcome.accepts_release
         if welcome.heartbeat_interval > timedelta(0):
             self._heartbeat_interval = welcome.heartbeat_interval.total_seconds()
         if welcome.lease_ttl > timedelta(0):
@@ -703,6 +710,8 @@ class Worker:
             case LeaseState.CANCELLING:
                 return Fail(lease=lease, error=CANCELLED_ERROR, retryable=False)
             case LeaseState.SHUTTING_DOWN:
+                if self._accepts_release:
+                    return Release(lease=lease, reason=SHUTDOWN_UNSTARTED_ERROR)
                 return Fail(lease=lease, error=SHUTDOWN_UNSTARTED_ERROR, retryable=True, retry_delay=timedelta(0))
             case LeaseState.TIMING_OUT:
                 timeout = run.grant.execution_timeout.total_seconds() if run.grant.execution_timeout else 0
@@ -815,7 +824,7 @@ class Worker:
             except LeaseLostError:
                 run.outcome = "lost"
                 return
-            outcome = "succeeded" if isinstance(frame, Complete) else "failed"
+            outcome = _OUTCOME_OF_FRAME[type(frame)]
             match reply.status:
                 case ReplyStatus.ACCEPTED:
                     run.outcome = outcome
@@ -837,6 +846,9 @@ class Worker:
                 case ReplyStatus.CANCELLED:
                     run.outcome = "cancelled"
                     return
+                case ReplyStatus.INVALID | ReplyStatus.UNSPECIFIED if isinstance(frame, Release):
+                    # A coordinator that does not know Release (met across a reconnect): fail it back instead.
+                    frame = Fail(lease=run.ref, error=frame.reason, retryable=True, retry_delay=timedelta(0))
                 case ReplyStatus.INVALID | ReplyStatus.UNSPECIFIED if isinstance(frame, Complete):
                     logger.error("coordinator rejected the result", extra=run.log_extra(reason=reply.message))
                     frame = Fail(

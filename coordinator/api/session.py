@@ -4,12 +4,14 @@
           |                     \\--------stream ends or breaks------------------------/
           \\--any other frame first: abort FAILED_PRECONDITION
 
-Every heartbeat, progress, complete, fail and step frame gets exactly one Reply with its seq.
+Every heartbeat, progress, complete, fail, release and step frame gets exactly one Reply with its seq.
 
 Credit counts free handler slots. A lease takes a slot from its grant until its Complete or Fail
 frame arrives (its handler has ended; only the verdict is pending), so a worker may send Credit in
 the same message as the completion instead of a round trip later: the cap on credit is capacity
-minus the leases that are neither released nor closing.
+minus the leases that are neither released nor closing. A Release (a lease handed back before its
+handler started, e.g. a prefetched one at shutdown) closes the lease the same way, but puts the job
+back in the queue uncounted instead of ending the attempt.
 Fencing is done in SQL on (job, token, running, holder); this session's lease map is bookkeeping
 (operators, cancel push), never authority.
 
@@ -53,6 +55,7 @@ PROGRESS_MESSAGE_MAX = 1024
 PROGRESS_DETAILS_MAX = 64 << 10
 ERROR_TEXT_MAX = 8 << 10
 STEP_KEY_MAX = 256
+RELEASE_REASON_MAX = 1024
 RETRY_DELAY_MAX_MS = validate.DURATION_MAX_MS
 
 _STATUS = {
@@ -336,6 +339,8 @@ class WorkerSession:
                 self._on_complete(frame.seq, frame.complete)
             case "fail":
                 self._on_fail(frame.seq, frame.fail)
+            case "release":
+                self._on_release(frame.seq, frame.release)
             case "get_step" | "record_step":
                 self._spawn(self._on_step(frame.seq, which, getattr(frame, which)))
             case _:
@@ -376,6 +381,7 @@ class WorkerSession:
             heartbeat_interval=convert.duration_ms(self._heartbeat_ms),
             lease_ttl=convert.duration_ms(self._ttl_ms),
             resumed_leases=[wpb.LeaseRef(lease_id=k.lease_id, fencing_token=k.token) for k in resumed],
+            accepts_release=True,
         )))
         self._registry.add(self)
         metrics.WORKERS_CONNECTED.set(len(self._registry))
@@ -466,6 +472,39 @@ class WorkerSession:
             delay_ms = d.seconds * 1000 + d.nanos // 1_000_000
         error = f.error.replace("\x00", "")[:ERROR_TEXT_MAX] or "failed"
         self._close_lease(seq, key, Failure(key, self.worker_id, error, f.retryable, delay_ms))
+
+    def _on_release(self, seq: int, r: Any) -> None:
+        key = self._lease(r.lease)
+        if key is None:
+            return self._reply_invalid(seq, "release.lease: malformed lease id or token")
+        if self._leases.get(key.job_id) == key:
+            self._closing.add(key.job_id)
+        self._spawn(self._release(seq, key, r.reason.replace("\x00", "")[:RELEASE_REASON_MAX]))
+        return None
+
+    async def _release(self, seq: int, key: LeaseKey, reason: str) -> None:
+        """Put a lease whose handler never started back in the queue, fenced on this worker holding it."""
+        try:
+            rows = await self._store.release_leases([key], holder=self.worker_id)
+            if rows:
+                verdict = Verdict(Outcome.ACCEPTED)
+            else:
+                verdict = (await self._store.classify([key], closing_outcome="released")).get(
+                    key, Verdict(Outcome.NOT_FOUND, "no such job"))
+        except DatabaseUnavailableError as exc:
+            self._closing.discard(key.job_id)
+            return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message=str(exc)))
+        if rows:
+            logger.info("lease released by worker", extra={"job_id": key.job_id, "lease_token": key.token,
+                                                           "worker_id": self.worker_id, "reason": reason})
+            self._tracer.attempt_closed(key, "released", reason or None)
+            if rows[0]["state"] == "queued":
+                self._registry.signal.wake(rows[0]["queue"])
+        elif verdict.outcome is Outcome.STALE_LEASE:
+            metrics.STALE_REJECTED.labels("release").inc()
+        if verdict.outcome is not Outcome.ACCEPTED:
+            metrics.FRAMES_REFUSED.labels("release", verdict.outcome.value).inc()
+        return self._reply_verdict(seq, key, verdict, closing=True)
 
     def _close_lease(self, seq: int, key: LeaseKey, item: CloseItem) -> None:
         if self._leases.get(key.job_id) == key:

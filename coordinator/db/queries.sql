@@ -171,27 +171,30 @@ opened AS (
 SELECT * FROM leased;
 
 -- name: release_leases :many
--- Undo claims that never reached a worker (its session closed first): back to queued, token bumped, attempt row removed.
+-- Undo leases whose handler never ran: a claim that never reached its worker ($3[i] NULL), or one its holder $3[i] hands back (Release frame). Back to queued (cancelled if a cancel was requested meanwhile), token bumped, attempt row removed, so the attempt is not counted.
 WITH released AS (
     UPDATE faultline_jobs j SET
-        state = 'queued',
+        state = (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END)::faultline_job_state,
         attempts = j.attempts - 1,
         lease_token = j.lease_token + 1,
         worker_id = NULL,
         lease_expires_at = NULL,
         attempt_deadline = NULL,
         started_at = NULL,
-        start_deadline = now() + j.schedule_to_start_ms * interval '1 millisecond',
+        finished_at = CASE WHEN j.cancel_requested THEN now() END,
+        start_deadline = CASE WHEN j.cancel_requested THEN NULL
+                              ELSE now() + j.schedule_to_start_ms * interval '1 millisecond' END,
         updated_at = now()
-    FROM unnest($1::bigint[], $2::bigint[]) AS t(id, token)
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t(id, token, holder)
     WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
-    RETURNING j.id, j.queue, t.token AS old_token
+        AND (t.holder IS NULL OR j.worker_id = t.holder)
+    RETURNING j.id, j.queue, j.state, t.token AS old_token
 ),
 removed AS (
     DELETE FROM faultline_attempts a USING released r
     WHERE a.job_id = r.id AND a.lease_token = r.old_token
 )
-SELECT id, queue FROM released;
+SELECT id, queue, state FROM released;
 
 -- name: resume_leases :many
 -- Adopt leases a reconnecting worker ($3) still runs, when they are still current and its own; extends them.

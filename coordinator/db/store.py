@@ -207,10 +207,15 @@ class Store:
         rows = await self._run("claim_jobs", queue, list(kinds), len(slots), list(slots), lease_ttl_ms)
         return [(Job.claimed(r), r["slot"] - 1) for r in rows]
 
-    async def release_leases(self, keys: Sequence[LeaseKey]) -> int:
+    async def release_leases(self, keys: Sequence[LeaseKey], *, holder: str | None = None) -> list[Any]:
+        """Put leases whose handler never ran back in the queue, uncounted; returns (id, queue) of each released.
+
+        holder=None: the coordinator's own undo of a grant that never reached its worker. A worker's
+        Release passes itself as holder, so it can only hand back what it holds.
+        """
         keys = sorted(keys, key=_job_of)
-        rows = await self._run("release_leases", [k.job_id for k in keys], [k.token for k in keys])
-        return len(rows)
+        return list(await self._run("release_leases", [k.job_id for k in keys], [k.token for k in keys],
+                                    [holder] * len(keys)))
 
     async def resume_leases(
         self, keys: Sequence[LeaseKey], *, worker_id: str, lease_ttl_ms: int

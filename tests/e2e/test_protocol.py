@@ -238,3 +238,64 @@ async def test_half_closed_stream_still_gets_the_reply_to_its_last_completion(
     assert await w.closed() == grpc.StatusCode.OK
     assert w.grants.empty()
     assert await db.fetchval("SELECT result FROM faultline_jobs WHERE id = $1", int(job.id)) == b"last words"
+
+
+async def _release(w: RawWorker, grant: Any, reason: str = "shutting down") -> Any:
+    return await w.request(release=wpb.Release(lease=w.ref(grant), reason=reason))
+
+
+async def test_release_puts_the_job_back_without_counting_the_attempt(
+    coordinator: Coordinator, addr: str, db: Any
+) -> None:
+    """A job on its only attempt, handed back unstarted, runs again rather than being dead-lettered."""
+    async with Client(addr) as client:
+        job = await client.submit("echo", b"x", max_attempts=1)
+    w = await RawWorker(addr, "w").connect()
+    assert w.welcome.accepts_release
+    w.credit(1)
+    first = await w.next_grant()
+    assert (await _release(w, first)).status == wpb.REPLY_STATUS_ACCEPTED
+    row = await db.fetchrow("SELECT state, attempts, lease_token, worker_id FROM faultline_jobs WHERE id = $1",
+                            int(job.id))
+    assert (row["state"], row["attempts"], row["lease_token"], row["worker_id"]) == (
+        "queued", 0, first.fencing_token + 1, None)
+    assert await db.fetchval("SELECT count(*) FROM faultline_attempts WHERE job_id = $1", int(job.id)) == 0
+    w.credit(1)
+    again = await w.next_grant()
+    assert (again.job.id, again.attempt, again.fencing_token) == (job.id, 1, first.fencing_token + 2)
+    assert (await w.complete(again, b"ran")).status == wpb.REPLY_STATUS_ACCEPTED
+    # The old lease is gone for good: releasing it again is refused, and changes nothing.
+    assert (await _release(w, first)).status == wpb.REPLY_STATUS_STALE_LEASE
+    assert await db.fetchval("SELECT state FROM faultline_jobs WHERE id = $1", int(job.id)) == "succeeded"
+    await w.close()
+
+
+async def test_release_is_fenced_on_token_and_holder(coordinator: Coordinator, addr: str, db: Any) -> None:
+    async with Client(addr) as client:
+        job = await client.submit("echo", b"x")
+    holder = await RawWorker(addr, "holder").connect()
+    other = await RawWorker(addr, "other").connect()
+    holder.credit(1)
+    grant = await holder.next_grant()
+    refused = await _release(other, grant)
+    assert refused.status == wpb.REPLY_STATUS_STALE_LEASE and "another worker" in refused.message
+    stale = await holder.request(release=wpb.Release(
+        lease=wpb.LeaseRef(lease_id=grant.lease_id, fencing_token=grant.fencing_token - 1)))
+    assert stale.status in (wpb.REPLY_STATUS_STALE_LEASE, wpb.REPLY_STATUS_INVALID)
+    row = await db.fetchrow("SELECT state, lease_token, worker_id FROM faultline_jobs WHERE id = $1", int(job.id))
+    assert (row["state"], row["lease_token"], row["worker_id"]) == ("running", grant.fencing_token, "holder")
+    await holder.close()
+    await other.close()
+
+
+async def test_release_of_a_job_cancelled_meanwhile_cancels_it(coordinator: Coordinator, addr: str, db: Any) -> None:
+    async with Client(addr) as client:
+        job = await client.submit("echo", b"x")
+        w = await RawWorker(addr, "w").connect()
+        w.credit(1)
+        grant = await w.next_grant()
+        await client.cancel(job.id)
+        assert (await _release(w, grant)).status == wpb.REPLY_STATUS_ACCEPTED
+        row = await db.fetchrow("SELECT state, attempts, finished_at FROM faultline_jobs WHERE id = $1", int(job.id))
+        assert (row["state"], row["attempts"]) == ("cancelled", 0) and row["finished_at"] is not None
+    await w.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -219,3 +220,33 @@ async def test_done_when_200_echo_and_one_poison_within_40s(coordinator_factory:
         assert [(await client.get(j.id)).result for j in jobs] == [f"e{i}".encode() for i in range(200)]
         assert (await client.get(bad.id)).attempts == 3
     assert time.monotonic() - t0 < 40
+
+
+async def test_shutdown_hands_back_a_prefetched_job_without_spending_its_attempt(addr: str, db: Any) -> None:
+    """Prefetch must not make a deploy dead-letter work: a buffered job on its only attempt is queued again."""
+    started = asyncio.Event()
+    w = Worker(addr, concurrency=1, prefetch=1, drain_grace=timedelta(milliseconds=100),
+               handle_signals=False)
+
+    @w.handler("stuck")
+    async def stuck(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(w.run())
+    async with Client(addr) as client:
+        running = await client.submit("stuck", b"1", max_attempts=1)
+        await asyncio.wait_for(started.wait(), 15)
+        buffered = await client.submit("stuck", b"2", max_attempts=1)
+        await eventually(lambda: _state(db, buffered.id, "running"), message="the second job is buffered")
+        await asyncio.wait_for(w.stop(), 30)
+        await asyncio.wait_for(task, 30)
+        row = await db.fetchrow("SELECT state, attempts FROM faultline_jobs WHERE id = $1", int(buffered.id))
+        assert (row["state"], row["attempts"]) == ("queued", 0)
+        assert await db.fetchval("SELECT count(*) FROM faultline_attempts WHERE job_id = $1", int(buffered.id)) == 0
+        # The job that was running when the grace ran out had its one attempt: that is what it ran.
+        assert (await client.get(running.id)).state.value == "dead_lettered"
+
+
+async def _state(db: Any, job_id: str, state: str) -> bool:
+    return bool(await db.fetchval("SELECT state = $2 FROM faultline_jobs WHERE id = $1", int(job_id), state))

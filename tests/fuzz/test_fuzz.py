@@ -141,7 +141,7 @@ def _ref(kind: str, grant: Any | None, other: Any) -> wpb.LeaseRef:
 
 
 frame_specs = st.lists(st.tuples(
-    st.sampled_from(["hello", "hello_bad", "credit", "heartbeat", "progress", "complete", "fail", "get_step",
+    st.sampled_from(["hello", "hello_bad", "credit", "heartbeat", "progress", "complete", "fail", "release", "get_step",
                      "record_step", "empty"]),
     st.sampled_from(REF_KINDS),
     st.integers(-5, 20_000),
@@ -172,6 +172,8 @@ def _frame(spec: tuple[Any, ...], worker_id: str, grant: Any | None, other: Any)
         case "fail":
             return wpb.WorkerFrame(fail=wpb.Fail(lease=ref, error=text, retryable=n % 2 == 0,
                                                  retry_delay=Duration(seconds=n - 3)))
+        case "release":
+            return wpb.WorkerFrame(release=wpb.Release(lease=ref, reason=text))
         case "get_step":
             return wpb.WorkerFrame(get_step=wpb.GetStep(lease=ref, key=text))
         case "record_step":

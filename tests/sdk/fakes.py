@@ -77,6 +77,8 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
         self.granted: list[tuple[int, pb.LeaseGrant]] = []
         self.steps: dict[tuple[str, str], bytes] = {}
         self.lease_to_job: dict[str, str] = {}
+        # Whether the welcome says Release frames are understood (a coordinator older than them does not).
+        self.accepts_release = False
         self.heartbeat_interval = timedelta(milliseconds=50)
         self.lease_ttl = timedelta(seconds=30)
         self.grant_heartbeat_timeout: timedelta | None = None
@@ -152,6 +154,7 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
                             heartbeat_interval=duration(self.heartbeat_interval),
                             lease_ttl=duration(self.lease_ttl),
                             resumed_leases=resumed,
+                            accepts_release=self.accepts_release,
                         )
                     )
                 ]

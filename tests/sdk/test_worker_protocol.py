@@ -671,7 +671,61 @@ async def test_buffered_lease_cancelled_before_start_fails_without_running_its_h
     assert ran == [first]
 
 
-async def test_stop_hands_back_unstarted_buffered_leases_retryable_with_no_delay(
+async def test_stop_releases_unstarted_buffered_leases_when_the_coordinator_accepts_release(
+    fake: FakeCoordinator, start_worker: StartWorker
+) -> None:
+    """A buffered job that never started is handed back uncounted, so a shutdown spends no attempt of it."""
+    fake.accepts_release = True
+    started = asyncio.Event()
+    worker = make_worker(fake, concurrency=1, prefetch=1, drain_grace=timedelta(milliseconds=50))
+
+    @worker.handler("stuck")
+    async def stuck(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = start_worker(worker)
+    first, second = fake.add_job("stuck"), fake.add_job("stuck")
+    await asyncio.wait_for(started.wait(), WAIT_TIMEOUT_S)
+    await fake.wait_for(lambda: len(fake.granted) == 2)
+    await asyncio.wait_for(worker.stop(), WAIT_TIMEOUT_S)
+    await asyncio.wait_for(task, WAIT_TIMEOUT_S)
+    releases = fake.frames("release")
+    assert [r.frame.release.lease.lease_id for r in releases] == [fake.lease_of(second)]
+    assert releases[0].frame.release.reason == "worker shutdown before start"
+    fails = fake.frames("fail")
+    assert [r.frame.fail.lease.lease_id for r in fails] == [fake.lease_of(first)], "the running one still fails"
+
+
+async def test_a_refused_release_falls_back_to_a_retryable_fail(
+    fake: FakeCoordinator, start_worker: StartWorker
+) -> None:
+    """Met across a reconnect, a coordinator that does not know Release answers INVALID: fail the lease back."""
+    fake.accepts_release = True
+    fake.status_for = lambda r: pb.REPLY_STATUS_INVALID if r.kind == "release" else pb.REPLY_STATUS_ACCEPTED
+    started = asyncio.Event()
+    worker = make_worker(fake, concurrency=1, prefetch=1, drain_grace=timedelta(milliseconds=50))
+
+    @worker.handler("stuck")
+    async def stuck(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = start_worker(worker)
+    fake.add_job("stuck")
+    second = fake.add_job("stuck")
+    await asyncio.wait_for(started.wait(), WAIT_TIMEOUT_S)
+    await fake.wait_for(lambda: len(fake.granted) == 2)
+    await asyncio.wait_for(worker.stop(), WAIT_TIMEOUT_S)
+    await asyncio.wait_for(task, WAIT_TIMEOUT_S)
+    lease_id = fake.lease_of(second)
+    assert len(fake.frames("release", lease_id=lease_id)) == 1
+    [fail] = [r.frame.fail for r in fake.frames("fail", lease_id=lease_id)]
+    assert (fail.retryable, fail.error, fail.retry_delay.ToTimedelta()) == (
+        True, "worker shutdown before start", timedelta(0))
+
+
+async def test_stop_fails_unstarted_buffered_leases_back_to_a_coordinator_without_release(
     fake: FakeCoordinator, start_worker: StartWorker
 ) -> None:
     started = asyncio.Event()

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!faultline/v1/worker_service.proto\x12\x0c\x66\x61ultline.v1\x1a\x16\x66\x61ultline/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x0e\x43onnectRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.faultline.v1.WorkerFrame\"A\n\x0f\x43onnectResponse\x12.\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1e.faultline.v1.CoordinatorFrame\"\xf7\x02\n\x0bWorkerFrame\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12$\n\x05hello\x18\x02 \x01(\x0b\x32\x13.faultline.v1.HelloH\x00\x12&\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x14.faultline.v1.CreditH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.faultline.v1.HeartbeatH\x00\x12*\n\x08progress\x18\x05 \x01(\x0b\x32\x16.faultline.v1.ProgressH\x00\x12*\n\x08\x63omplete\x18\x06 \x01(\x0b\x32\x16.faultline.v1.CompleteH\x00\x12\"\n\x04\x66\x61il\x18\x07 \x01(\x0b\x32\x12.faultline.v1.FailH\x00\x12)\n\x08get_step\x18\x08 \x01(\x0b\x32\x15.faultline.v1.GetStepH\x00\x12/\n\x0brecord_step\x18\t \x01(\x0b\x32\x18.faultline.v1.RecordStepH\x00\x42\x07\n\x05\x66rame\"\xe9\x01\n\x10\x43oordinatorFrame\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.faultline.v1.WelcomeH\x00\x12)\n\x05lease\x18\x02 \x01(\x0b\x32\x18.faultline.v1.LeaseGrantH\x00\x12$\n\x05reply\x18\x03 \x01(\x0b\x32\x13.faultline.v1.ReplyH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.faultline.v1.CancelLeaseH\x00\x12$\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x13.faultline.v1.DrainH\x00\x42\x07\n\x05\x66rame\"\xff\x01\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06queues\x18\x02 \x03(\t\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12/\n\x06labels\x18\x05 \x03(\x0b\x32\x1f.faultline.v1.Hello.LabelsEntry\x12\x10\n\x08sdk_name\x18\x06 \x01(\t\x12\x13\n\x0bsdk_version\x18\x07 \x01(\t\x12+\n\x0bheld_leases\x18\x08 \x03(\x0b\x32\x16.faultline.v1.LeaseRef\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x08LeaseRef\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\"\x17\n\x06\x43redit\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"3\n\tHeartbeat\x12&\n\x06leases\x18\x01 \x03(\x0b\x32\x16.faultline.v1.LeaseRef\"e\n\x08Progress\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x04 \x01(\x0c\"A\n\x08\x43omplete\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x0e\n\x06result\x18\x02 \x01(\x0c\"\x7f\n\x04\x46\x61il\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12.\n\x0bretry_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x07GetStep\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x0b\n\x03key\x18\x02 \x01(\t\"P\n\nRecordStep\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\x0c\"\xb2\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0eresumed_leases\x18\x04 \x03(\x0b\x32\x16.faultline.v1.LeaseRef\"\xfe\x02\n\nLeaseGrant\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x1e\n\x03job\x18\x03 \x01(\x0b\x32\x11.faultline.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x32\n\x0elease_deadline\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11heartbeat_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11\x65xecution_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x41\n\rtrace_context\x18\x08 \x03(\x0b\x32*.faultline.v1.LeaseGrant.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x0bLeaseStatus\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.faultline.v1.ReplyStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x32\n\x0elease_deadline\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xca\x01\n\x05Reply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.faultline.v1.ReplyStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\x12\n\nstep_found\x18\x05 \x01(\x08\x12)\n\x06leases\x18\x06 \x03(\x0b\x32\x19.faultline.v1.LeaseStatus\x12)\n\tjob_state\x18\x07 \x01(\x0e\x32\x16.faultline.v1.JobState\"D\n\x0b\x43\x61ncelLease\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x05\x44rain\x12(\n\x05grace\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration*\xf0\x01\n\x0bReplyStatus\x12\x1c\n\x18REPLY_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLY_STATUS_ACCEPTED\x10\x01\x12\x1a\n\x16REPLY_STATUS_DUPLICATE\x10\x02\x12\x1c\n\x18REPLY_STATUS_STALE_LEASE\x10\x03\x12\x1a\n\x16REPLY_STATUS_CANCELLED\x10\x04\x12\x1a\n\x16REPLY_STATUS_NOT_FOUND\x10\x05\x12\x18\n\x14REPLY_STATUS_INVALID\x10\x06\x12\x1c\n\x18REPLY_STATUS_UNAVAILABLE\x10\x07\x32[\n\rWorkerService\x12J\n\x07\x43onnect\x12\x1c.faultline.v1.ConnectRequest\x1a\x1d.faultline.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!faultline/v1/worker_service.proto\x12\x0c\x66\x61ultline.v1\x1a\x16\x66\x61ultline/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x0e\x43onnectRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.faultline.v1.WorkerFrame\"A\n\x0f\x43onnectResponse\x12.\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1e.faultline.v1.CoordinatorFrame\"\xa1\x03\n\x0bWorkerFrame\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12$\n\x05hello\x18\x02 \x01(\x0b\x32\x13.faultline.v1.HelloH\x00\x12&\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x14.faultline.v1.CreditH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.faultline.v1.HeartbeatH\x00\x12*\n\x08progress\x18\x05 \x01(\x0b\x32\x16.faultline.v1.ProgressH\x00\x12*\n\x08\x63omplete\x18\x06 \x01(\x0b\x32\x16.faultline.v1.CompleteH\x00\x12\"\n\x04\x66\x61il\x18\x07 \x01(\x0b\x32\x12.faultline.v1.FailH\x00\x12)\n\x08get_step\x18\x08 \x01(\x0b\x32\x15.faultline.v1.GetStepH\x00\x12/\n\x0brecord_step\x18\t \x01(\x0b\x32\x18.faultline.v1.RecordStepH\x00\x12(\n\x07release\x18\n \x01(\x0b\x32\x15.faultline.v1.ReleaseH\x00\x42\x07\n\x05\x66rame\"\xe9\x01\n\x10\x43oordinatorFrame\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.faultline.v1.WelcomeH\x00\x12)\n\x05lease\x18\x02 \x01(\x0b\x32\x18.faultline.v1.LeaseGrantH\x00\x12$\n\x05reply\x18\x03 \x01(\x0b\x32\x13.faultline.v1.ReplyH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.faultline.v1.CancelLeaseH\x00\x12$\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x13.faultline.v1.DrainH\x00\x42\x07\n\x05\x66rame\"\xff\x01\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06queues\x18\x02 \x03(\t\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12/\n\x06labels\x18\x05 \x03(\x0b\x32\x1f.faultline.v1.Hello.LabelsEntry\x12\x10\n\x08sdk_name\x18\x06 \x01(\t\x12\x13\n\x0bsdk_version\x18\x07 \x01(\t\x12+\n\x0bheld_leases\x18\x08 \x03(\x0b\x32\x16.faultline.v1.LeaseRef\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x08LeaseRef\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\"\x17\n\x06\x43redit\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"3\n\tHeartbeat\x12&\n\x06leases\x18\x01 \x03(\x0b\x32\x16.faultline.v1.LeaseRef\"e\n\x08Progress\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x04 \x01(\x0c\"A\n\x08\x43omplete\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x0e\n\x06result\x18\x02 \x01(\x0c\"\x7f\n\x04\x46\x61il\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12.\n\x0bretry_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"@\n\x07Release\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x07GetStep\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x0b\n\x03key\x18\x02 \x01(\t\"P\n\nRecordStep\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\x0c\"\xcb\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0eresumed_leases\x18\x04 \x03(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x17\n\x0f\x61\x63\x63\x65pts_release\x18\x05 \x01(\x08\"\xfe\x02\n\nLeaseGrant\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x1e\n\x03job\x18\x03 \x01(\x0b\x32\x11.faultline.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x32\n\x0elease_deadline\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11heartbeat_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11\x65xecution_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x41\n\rtrace_context\x18\x08 \x03(\x0b\x32*.faultline.v1.LeaseGrant.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x01\n\x0bLeaseStatus\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.faultline.v1.ReplyStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x32\n\x0elease_deadline\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xca\x01\n\x05Reply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.faultline.v1.ReplyStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\x12\n\nstep_found\x18\x05 \x01(\x08\x12)\n\x06leases\x18\x06 \x03(\x0b\x32\x19.faultline.v1.LeaseStatus\x12)\n\tjob_state\x18\x07 \x01(\x0e\x32\x16.faultline.v1.JobState\"D\n\x0b\x43\x61ncelLease\x12%\n\x05lease\x18\x01 \x01(\x0b\x32\x16.faultline.v1.LeaseRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x05\x44rain\x12(\n\x05grace\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration*\xf0\x01\n\x0bReplyStatus\x12\x1c\n\x18REPLY_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15REPLY_STATUS_ACCEPTED\x10\x01\x12\x1a\n\x16REPLY_STATUS_DUPLICATE\x10\x02\x12\x1c\n\x18REPLY_STATUS_STALE_LEASE\x10\x03\x12\x1a\n\x16REPLY_STATUS_CANCELLED\x10\x04\x12\x1a\n\x16REPLY_STATUS_NOT_FOUND\x10\x05\x12\x18\n\x14REPLY_STATUS_INVALID\x10\x06\x12\x1c\n\x18REPLY_STATUS_UNAVAILABLE\x10\x07\x32[\n\rWorkerService\x12J\n\x07\x43onnect\x12\x1c.faultline.v1.ConnectRequest\x1a\x1d.faultline.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,50 +38,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LEASEGRANT_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_LEASEGRANT_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_REPLYSTATUS']._serialized_start=2775
-  _globals['_REPLYSTATUS']._serialized_end=3015
+  _globals['_REPLYSTATUS']._serialized_start=2908
+  _globals['_REPLYSTATUS']._serialized_end=3148
   _globals['_CONNECTREQUEST']._serialized_start=140
   _globals['_CONNECTREQUEST']._serialized_end=199
   _globals['_CONNECTRESPONSE']._serialized_start=201
   _globals['_CONNECTRESPONSE']._serialized_end=266
   _globals['_WORKERFRAME']._serialized_start=269
-  _globals['_WORKERFRAME']._serialized_end=644
-  _globals['_COORDINATORFRAME']._serialized_start=647
-  _globals['_COORDINATORFRAME']._serialized_end=880
-  _globals['_HELLO']._serialized_start=883
-  _globals['_HELLO']._serialized_end=1138
-  _globals['_HELLO_LABELSENTRY']._serialized_start=1093
-  _globals['_HELLO_LABELSENTRY']._serialized_end=1138
-  _globals['_LEASEREF']._serialized_start=1140
-  _globals['_LEASEREF']._serialized_end=1191
-  _globals['_CREDIT']._serialized_start=1193
-  _globals['_CREDIT']._serialized_end=1216
-  _globals['_HEARTBEAT']._serialized_start=1218
-  _globals['_HEARTBEAT']._serialized_end=1269
-  _globals['_PROGRESS']._serialized_start=1271
-  _globals['_PROGRESS']._serialized_end=1372
-  _globals['_COMPLETE']._serialized_start=1374
-  _globals['_COMPLETE']._serialized_end=1439
-  _globals['_FAIL']._serialized_start=1441
-  _globals['_FAIL']._serialized_end=1568
-  _globals['_GETSTEP']._serialized_start=1570
-  _globals['_GETSTEP']._serialized_end=1631
-  _globals['_RECORDSTEP']._serialized_start=1633
-  _globals['_RECORDSTEP']._serialized_end=1713
-  _globals['_WELCOME']._serialized_start=1716
-  _globals['_WELCOME']._serialized_end=1894
-  _globals['_LEASEGRANT']._serialized_start=1897
-  _globals['_LEASEGRANT']._serialized_end=2279
-  _globals['_LEASEGRANT_TRACECONTEXTENTRY']._serialized_start=2228
-  _globals['_LEASEGRANT_TRACECONTEXTENTRY']._serialized_end=2279
-  _globals['_LEASESTATUS']._serialized_start=2282
-  _globals['_LEASESTATUS']._serialized_end=2446
-  _globals['_REPLY']._serialized_start=2449
-  _globals['_REPLY']._serialized_end=2651
-  _globals['_CANCELLEASE']._serialized_start=2653
-  _globals['_CANCELLEASE']._serialized_end=2721
-  _globals['_DRAIN']._serialized_start=2723
-  _globals['_DRAIN']._serialized_end=2772
-  _globals['_WORKERSERVICE']._serialized_start=3017
-  _globals['_WORKERSERVICE']._serialized_end=3108
+  _globals['_WORKERFRAME']._serialized_end=686
+  _globals['_COORDINATORFRAME']._serialized_start=689
+  _globals['_COORDINATORFRAME']._serialized_end=922
+  _globals['_HELLO']._serialized_start=925
+  _globals['_HELLO']._serialized_end=1180
+  _globals['_HELLO_LABELSENTRY']._serialized_start=1135
+  _globals['_HELLO_LABELSENTRY']._serialized_end=1180
+  _globals['_LEASEREF']._serialized_start=1182
+  _globals['_LEASEREF']._serialized_end=1233
+  _globals['_CREDIT']._serialized_start=1235
+  _globals['_CREDIT']._serialized_end=1258
+  _globals['_HEARTBEAT']._serialized_start=1260
+  _globals['_HEARTBEAT']._serialized_end=1311
+  _globals['_PROGRESS']._serialized_start=1313
+  _globals['_PROGRESS']._serialized_end=1414
+  _globals['_COMPLETE']._serialized_start=1416
+  _globals['_COMPLETE']._serialized_end=1481
+  _globals['_FAIL']._serialized_start=1483
+  _globals['_FAIL']._serialized_end=1610
+  _globals['_RELEASE']._serialized_start=1612
+  _globals['_RELEASE']._serialized_end=1676
+  _globals['_GETSTEP']._serialized_start=1678
+  _globals['_GETSTEP']._serialized_end=1739
+  _globals['_RECORDSTEP']._serialized_start=1741
+  _globals['_RECORDSTEP']._serialized_end=1821
+  _globals['_WELCOME']._serialized_start=1824
+  _globals['_WELCOME']._serialized_end=2027
+  _globals['_LEASEGRANT']._serialized_start=2030
+  _globals['_LEASEGRANT']._serialized_end=2412
+  _globals['_LEASEGRANT_TRACECONTEXTENTRY']._serialized_start=2361
+  _globals['_LEASEGRANT_TRACECONTEXTENTRY']._serialized_end=2412
+  _globals['_LEASESTATUS']._serialized_start=2415
+  _globals['_LEASESTATUS']._serialized_end=2579
+  _globals['_REPLY']._serialized_start=2582
+  _globals['_REPLY']._serialized_end=2784
+  _globals['_CANCELLEASE']._serialized_start=2786
+  _globals['_CANCELLEASE']._serialized_end=2854
+  _globals['_DRAIN']._serialized_start=2856
+  _globals['_DRAIN']._serialized_end=2905
+  _globals['_WORKERSERVICE']._serialized_start=3150
+  _globals['_WORKERSERVICE']._serialized_end=3241
 # @@protoc_insertion_point(module_scope)

@@ -44,7 +44,7 @@ class ConnectResponse(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[CoordinatorFrame, _Mapping]]] = ...) -> None: ...
 
 class WorkerFrame(_message.Message):
-    __slots__ = ("seq", "hello", "credit", "heartbeat", "progress", "complete", "fail", "get_step", "record_step")
+    __slots__ = ("seq", "hello", "credit", "heartbeat", "progress", "complete", "fail", "get_step", "record_step", "release")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class WorkerFrame(_message.Message):
     FAIL_FIELD_NUMBER: _ClassVar[int]
     GET_STEP_FIELD_NUMBER: _ClassVar[int]
     RECORD_STEP_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     hello: Hello
     credit: Credit
@@ -63,7 +64,8 @@ class WorkerFrame(_message.Message):
     fail: Fail
     get_step: GetStep
     record_step: RecordStep
-    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., complete: _Optional[_Union[Complete, _Mapping]] = ..., fail: _Optional[_Union[Fail, _Mapping]] = ..., get_step: _Optional[_Union[GetStep, _Mapping]] = ..., record_step: _Optional[_Union[RecordStep, _Mapping]] = ...) -> None: ...
+    release: Release
+    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., complete: _Optional[_Union[Complete, _Mapping]] = ..., fail: _Optional[_Union[Fail, _Mapping]] = ..., get_step: _Optional[_Union[GetStep, _Mapping]] = ..., record_step: _Optional[_Union[RecordStep, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ...) -> None: ...
 
 class CoordinatorFrame(_message.Message):
     __slots__ = ("welcome", "lease", "reply", "cancel", "drain")
@@ -158,6 +160,14 @@ class Fail(_message.Message):
     retry_delay: _duration_pb2.Duration
     def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., error: _Optional[str] = ..., retryable: _Optional[bool] = ..., retry_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
+class Release(_message.Message):
+    __slots__ = ("lease", "reason")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    lease: LeaseRef
+    reason: str
+    def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class GetStep(_message.Message):
     __slots__ = ("lease", "key")
     LEASE_FIELD_NUMBER: _ClassVar[int]
@@ -177,16 +187,18 @@ class RecordStep(_message.Message):
     def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., key: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "heartbeat_interval", "lease_ttl", "resumed_leases")
+    __slots__ = ("session_id", "heartbeat_interval", "lease_ttl", "resumed_leases", "accepts_release")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
     RESUMED_LEASES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_RELEASE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_interval: _duration_pb2.Duration
     lease_ttl: _duration_pb2.Duration
     resumed_leases: _containers.RepeatedCompositeFieldContainer[LeaseRef]
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ...) -> None: ...
+    accepts_release: bool
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., accepts_release: _Optional[bool] = ...) -> None: ...
 
 class LeaseGrant(_message.Message):
     __slots__ = ("lease_id", "fencing_token", "job", "attempt", "lease_deadline", "heartbeat_timeout", "execution_timeout", "trace_context")
