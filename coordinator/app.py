@@ -116,7 +116,7 @@ class Coordinator:
             ChildSpec("dispatcher", lambda: Dispatcher(
                 config=DispatcherConfig(lease_ttl_ms=cfg.lease_ttl_ms, claim_batch_max=cfg.claim_batch_max,
                                         fallback_poll_s=cfg.dispatch_poll.total_seconds()),
-                store=store, registry=registry, signal=signal_)),
+                store=store, registry=registry, signal=signal_, on_released=tracer.attempt_closed)),
             ChildSpec("completer", lambda: Completer(
                 inbox=completer_inbox, store=store, retry=cfg.retry, max_items=FLUSH_MAX_ITEMS_DEFAULT,
                 on_retry_scheduled=promoter_wake.set, on_closed=tracer.attempt_closed, throughput=throughput)),
@@ -163,7 +163,7 @@ class Coordinator:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(  # type: ignore[no-untyped-call]
             store=store, signal=signal_, registry=registry, tracer=tracer, throughput=throughput,
             handoff=Handoff(store=store, registry=registry, signal=signal_, lease_ttl_ms=cfg.lease_ttl_ms,
-                            enabled=cfg.handoff),
+                            enabled=cfg.handoff, on_released=tracer.attempt_closed),
             promoter_wake=promoter_wake.set, max_payload=cfg.max_payload_bytes,
             max_attempts_default=cfg.max_attempts_default), server)
         self._worker_servicer = WorkerServicer(session)

@@ -116,7 +116,8 @@ class JobTracer:
         return self.carrier(span)
 
     def attempt_closed(self, key: LeaseKey, outcome: str, error: str | None) -> None:
-        """End the attempt span; `outcome` is the attempt's outcome or the job's next state ("retrying")."""
+        """End the attempt span; `outcome` is the attempt's outcome, the job's next state ("retrying"), or
+        "released" (handed back before it ran: not an error)."""
         span = self._attempts.pop(key, None)
         if span is None:
             return
@@ -126,6 +127,6 @@ class JobTracer:
             span.set_attribute("faultline.next_state", outcome)
             outcome = "failed"
         span.set_attribute("faultline.outcome", outcome)
-        if outcome != "succeeded":
+        if outcome not in ("succeeded", "released"):
             span.set_status(Status(StatusCode.ERROR, error or outcome))
         span.end()

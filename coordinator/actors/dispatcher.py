@@ -62,12 +62,14 @@ class Dispatcher:
     name = "dispatcher"
 
     def __init__(
-        self, *, config: DispatcherConfig, store: Store, registry: SessionRegistry, signal: DispatchSignal
+        self, *, config: DispatcherConfig, store: Store, registry: SessionRegistry, signal: DispatchSignal,
+        on_released: grants.OnReleased | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._registry = registry
         self._signal = signal
+        self._on_released = on_released
         # Only used by this actor: queues known to be empty for a group, and where each group's rotation stands.
         self._exhausted: set[tuple[str, tuple[str, ...]]] = set()
         self._rotation: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = defaultdict(int)
@@ -171,4 +173,4 @@ class Dispatcher:
 
     async def _deliver(self, jobs: list[tuple[Job, int]], slots: list[Session]) -> int:
         return await grants.deliver(self._store, self._signal, [(job, slots[slot]) for job, slot in jobs],
-                                    path=grants.PATH_CLAIM)
+                                    path=grants.PATH_CLAIM, on_released=self._on_released)

@@ -19,7 +19,7 @@ from coordinator import metrics
 from coordinator.app import Coordinator
 from coordinator.db.pool import create_pool
 from coordinator.db.store import Completion, Store, StoreError
-from coordinator.grants import Handoff
+from coordinator.grants import Handoff, deliver
 from coordinator.model import Job, JobSpec, JobState, LeaseKey
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from tests.helpers.raw_worker import RawWorker
@@ -236,3 +236,35 @@ async def test_submit_to_an_idle_worker_answers_running(coordinator: Coordinator
 async def _succeeded(client: Client, job_id: str) -> Any:
     job = await client.get(job_id)
     return job if job.state is SdkJobState.SUCCEEDED else None
+
+
+async def test_undeliverable_grant_ends_its_attempt_span(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session that closed part-way through a batch opened attempt spans; releasing the leases ends them."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    import coordinator.tracing as tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(tracing, "_recording", lambda: True)  # a provider local to this test, not the global one
+    tracer = tracing.JobTracer()
+
+    class HalfOpen(Session):
+        def deliver(self, jobs: Sequence[Job]) -> bool:
+            for job in jobs:
+                tracer.attempt_started(job, worker_id=self.worker_id)
+            return False  # the stream closed while the grants were being written
+
+    await store.insert_jobs([spec()])
+    [(job, _)] = await store.claim_jobs(queue="default", kinds=["k"], slots=["worker-a"], lease_ttl_ms=TTL_MS)
+    released = await deliver(store, DispatchSignal(), [(job, HalfOpen("a", 0))], path="claim",
+                             on_released=tracer.attempt_closed)
+    assert released == 1
+    [attempt] = [s for s in exporter.get_finished_spans() if s.name.startswith("faultline.attempt")]
+    assert attempt.attributes is not None and attempt.attributes["faultline.outcome"] == "released"
+    assert attempt.status.status_code is not StatusCode.ERROR
