@@ -489,7 +489,7 @@ async def _submit_code(addr: str, key: str) -> str:
 
 
 async def partition(stack: Stack, short: bool) -> CheckReport:
-    from coordinator.drills.proxy import BlackholeProxy
+    from coordinator.drills.proxy import FaultProxy
 
     name = "partition"
     held_n, normal, rounds = (6, 200, 1) if short else (8, 2_000, 3)
@@ -500,16 +500,16 @@ async def partition(stack: Stack, short: bool) -> CheckReport:
     coord = await stack.start_coordinator()
     addr = coord.extra["addr"]
     con = await stack.connect()
-    proxies: list[BlackholeProxy] = []
+    proxies: list[FaultProxy] = []
     cut: list[Proc] = []
     faults: list[tuple[float, list[tuple[int, int]]]] = []
     healthy: list[Proc] = []
     total = 0
     try:
         for r in range(rounds):
-            proxy = BlackholeProxy("127.0.0.1", coord.extra["port"])
+            proxy = FaultProxy("127.0.0.1", coord.extra["port"])
             proxies.append(proxy)
-            pport = await proxy.start()
+            pport = (await proxy.start()).port
             w = stack.start_worker(f"cut-off-{r}", f"127.0.0.1:{pport}", concurrency=held_n)
             cut.append(w)
             from worker_sdk import Client
@@ -574,7 +574,7 @@ async def partition_netns(stack: Stack, short: bool) -> CheckReport:
     from urllib.parse import urlsplit
 
     from coordinator.drills import netns
-    from coordinator.drills.proxy import BlackholeProxy
+    from coordinator.drills.proxy import FaultProxy
 
     name = "partition-netns"
     why = netns.available()
@@ -585,7 +585,7 @@ async def partition_netns(stack: Stack, short: bool) -> CheckReport:
     link = netns.NetnsLink()
     say(name, f"a worker in network namespace {link.ns} takes {held_n} leases; blackhole routes drop every packet "
               "on its veth past the lease TTL; the jobs run elsewhere; then the link heals")
-    relay: BlackholeProxy | None = None
+    relay: FaultProxy | None = None
     try:
         await asyncio.to_thread(link.up)
         await stack.create_database()
@@ -594,8 +594,8 @@ async def partition_netns(stack: Stack, short: bool) -> CheckReport:
         addr = coord.extra["addr"]
         # The namespace reaches the ledger's Postgres only over the veth: a relay on the host side of it.
         db = urlsplit(stack.dsn)
-        relay = BlackholeProxy(db.hostname or "127.0.0.1", db.port or 5432, listen_host=link.host_ip)
-        rport = await relay.start()
+        relay = FaultProxy(db.hostname or "127.0.0.1", db.port or 5432, listen_host=link.host_ip)
+        rport = (await relay.start()).port
         ns_dsn = stack.dsn.replace(f"@{db.hostname}:{db.port or 5432}/", f"@{link.host_ip}:{rport}/", 1)
         w = stack.start_worker("in-netns", addr, concurrency=held_n, dsn=ns_dsn, prefix=link.exec_prefix)
         from worker_sdk import Client

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.helpers.tcp_proxy import TcpProxy
+from coordinator.drills.proxy import FaultProxy
 from tests.helpers.wait import eventually
 from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 from worker_sdk._proto.faultline.v1 import job_service_pb2_grpc
@@ -17,10 +17,10 @@ from worker_sdk._proto.faultline.v1 import job_service_pb2_grpc
 async def test_health_and_submit_follow_database_reachability(coordinator_factory: Any, dsn: str) -> None:
     parts = urlsplit(dsn)
     if parts.hostname:
-        proxy = await TcpProxy(parts.hostname, parts.port or 5432).start()
+        proxy = await FaultProxy(parts.hostname, parts.port or 5432).start()
     else:  # the embedded server listens on a unix socket only (?host=/dir)
         socket_dir = parse_qs(parts.query)["host"][0]
-        proxy = await TcpProxy(unix_path=f"{socket_dir}/.s.PGSQL.{parts.port or 5432}").start()
+        proxy = await FaultProxy(unix_path=f"{socket_dir}/.s.PGSQL.{parts.port or 5432}").start()
     via_proxy = urlunsplit((parts.scheme, f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}", parts.path,
                             "", ""))
     c = await coordinator_factory(database_url=via_proxy)
