@@ -205,28 +205,52 @@ WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running' AND j.work
 RETURNING j.id, j.lease_token, j.queue, j.kind, j.cancel_requested;
 
 -- name: extend_leases :many
--- Heartbeat a batch of leases (job $1, token $2, holder $3) in one statement; touches no indexed column, so it is a HOT update.
+-- Heartbeat a batch of leases (job $1, token $2, holder $3) in one statement; touches no indexed column, so it is a HOT update. Rows are locked in job-id order first (see complete_jobs).
+WITH locked AS MATERIALIZED (
+    SELECT j.id, t.token, t.worker_id
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t(id, token, worker_id)
+    JOIN faultline_jobs j ON j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+        AND j.worker_id = t.worker_id
+    ORDER BY j.id
+    FOR UPDATE OF j
+)
 UPDATE faultline_jobs j SET
     lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $4) * interval '1 millisecond'
-FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t(id, token, worker_id)
+FROM locked t
 WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running' AND j.worker_id = t.worker_id
 RETURNING j.id, j.lease_token, j.cancel_requested, j.lease_expires_at;
 
 -- name: record_progress :many
--- Store the latest progress of a batch of leases (also extends them).
+-- Store the latest progress of a batch of leases (also extends them). Rows are locked in job-id order first (see complete_jobs).
+WITH locked AS MATERIALIZED (
+    SELECT j.id, t.token, t.worker_id, t.fraction, t.message, t.details
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], $5::text[], $6::bytea[])
+        AS t(id, token, worker_id, fraction, message, details)
+    JOIN faultline_jobs j ON j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+        AND j.worker_id = t.worker_id
+    ORDER BY j.id
+    FOR UPDATE OF j
+)
 UPDATE faultline_jobs j SET
     progress_fraction = t.fraction,
     progress_message = t.message,
     progress_details = t.details,
     lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $7) * interval '1 millisecond'
-FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], $5::text[], $6::bytea[])
-    AS t(id, token, worker_id, fraction, message, details)
+FROM locked t
 WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running' AND j.worker_id = t.worker_id
 RETURNING j.id, j.lease_token, j.cancel_requested;
 
 -- name: complete_jobs :many
--- First write wins: mark a batch of current leases (job $1, token $2, holder $3) succeeded with their results and close their attempts.
-WITH done AS (
+-- First write wins: mark a batch of current leases (job $1, token $2, holder $3) succeeded with their results and close their attempts. Every batch UPDATE of leased rows locks them in job-id order first (ORDER BY under FOR UPDATE), whatever join the planner picks, so two batches over the same leases cannot deadlock.
+WITH locked AS MATERIALIZED (
+    SELECT j.id, t.token, t.worker_id, t.result
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[]) AS t(id, token, worker_id, result)
+    JOIN faultline_jobs j ON j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+        AND j.worker_id = t.worker_id
+    ORDER BY j.id
+    FOR UPDATE OF j
+),
+done AS (
     UPDATE faultline_jobs j SET
         state = 'succeeded',
         result = t.result,
@@ -235,7 +259,7 @@ WITH done AS (
         attempt_deadline = NULL,
         finished_at = now(),
         updated_at = now()
-    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[]) AS t(id, token, worker_id, result)
+    FROM locked t
     WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running' AND j.worker_id = t.worker_id
     RETURNING j.id, j.lease_token, j.queue, j.kind, j.created_at, j.started_at, j.finished_at
 ),
@@ -267,6 +291,7 @@ WITH decided AS (
         AS t(id, token, worker_id, error, retryable, delay_ms)
     JOIN faultline_jobs j ON j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
         AND j.worker_id = t.worker_id
+    ORDER BY j.id
     FOR UPDATE OF j
 ),
 failed AS (
