@@ -241,7 +241,7 @@ WHERE j.id = t.id AND j.lease_token = t.token AND j.state = 'running' AND j.work
 RETURNING j.id, j.lease_token, j.cancel_requested;
 
 -- name: complete_jobs :many
--- First write wins: mark a batch of current leases (job $1, token $2, holder $3) succeeded with their results and close their attempts. Every batch UPDATE of leased rows locks them in job-id order first (ORDER BY under FOR UPDATE), whatever join the planner picks, so two batches over the same leases cannot deadlock.
+-- First write wins: mark a batch of current leases (job $1, token $2, holder $3) succeeded with their results and close their attempts. The batch UPDATEs of leased rows (extend_leases, record_progress, complete_jobs, fail_jobs) lock them in job-id order first (ORDER BY under FOR UPDATE), whatever join the planner picks, so two batches over the same leases cannot deadlock; the rare resume and release batches rely on the deadlock retry in db/store.py.
 WITH locked AS MATERIALIZED (
     SELECT j.id, t.token, t.worker_id, t.result
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[]) AS t(id, token, worker_id, result)
