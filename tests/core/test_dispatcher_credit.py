@@ -6,47 +6,14 @@ the claims that failed, so nothing was dispatched again although workers were id
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from coordinator.actors.dispatcher import Dispatcher, DispatcherConfig
 from coordinator.errors import DatabaseUnavailableError
-from coordinator.model import Job, LeaseKey
 from coordinator.sessions import DispatchSignal, SessionRegistry
-
-
-class FakeSession:
-    def __init__(self, session_id: str, credit: int) -> None:
-        self.session_id = session_id
-        self.worker_id = f"worker-{session_id}"
-        self.queues = ("default",)
-        self.kinds = ("k",)
-        self._credit = credit
-
-    @property
-    def credit(self) -> int:
-        return self._credit
-
-    @property
-    def accepting(self) -> bool:
-        return True
-
-    def take_credit(self, n: int) -> None:
-        self._credit -= n
-
-    def return_credit(self, n: int) -> None:
-        self._credit += n
-
-    def deliver(self, jobs: Sequence[Job]) -> bool:
-        return True
-
-    def holds(self, job_id: int) -> LeaseKey | None:
-        return None
-
-    def push_cancel(self, key: LeaseKey, reason: str) -> None:
-        pass
+from tests.helpers.sessions import FakeSession
 
 
 class DownStore:

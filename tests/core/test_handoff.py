@@ -23,51 +23,13 @@ from coordinator.grants import Handoff, deliver
 from coordinator.model import Job, JobSpec, JobState, LeaseKey
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from tests.helpers.raw_worker import RawWorker
+from tests.helpers.sessions import FakeSession
 from tests.helpers.wait import eventually
 from worker_sdk import Client
 from worker_sdk import JobState as SdkJobState
 from worker_sdk._proto.faultline.v1 import worker_service_pb2 as wpb
 
 TTL_MS = 30_000
-
-
-class Session:
-    """A session whose credit and whose delivery (open or closed) the test sets."""
-
-    def __init__(self, name: str, credit: int, *, kinds: tuple[str, ...] = ("k",), open_: bool = True) -> None:
-        self.session_id = name
-        self.worker_id = f"worker-{name}"
-        self.queues = ("default",)
-        self.kinds = kinds
-        self._credit = credit
-        self.open = open_
-        self.delivered: list[Job] = []
-
-    @property
-    def credit(self) -> int:
-        return self._credit
-
-    @property
-    def accepting(self) -> bool:
-        return True
-
-    def take_credit(self, n: int) -> None:
-        self._credit -= n
-
-    def return_credit(self, n: int) -> None:
-        self._credit += n
-
-    def deliver(self, jobs: Sequence[Job]) -> bool:
-        if not self.open:
-            return False
-        self.delivered.extend(jobs)
-        return True
-
-    def holds(self, job_id: int) -> LeaseKey | None:
-        return None
-
-    def push_cancel(self, key: LeaseKey, reason: str) -> None:
-        pass
 
 
 def spec(*, priority: int = 0, kind: str = "k", key: str | None = None, run_at: datetime | None = None) -> JobSpec:
@@ -84,7 +46,7 @@ async def store(dsn: str) -> AsyncIterator[Store]:
     await pool.close()
 
 
-def handoff(store: Store, *sessions: Session, enabled: bool = True) -> tuple[Handoff, DispatchSignal]:
+def handoff(store: Store, *sessions: FakeSession, enabled: bool = True) -> tuple[Handoff, DispatchSignal]:
     signal = DispatchSignal()
     registry = SessionRegistry(signal)
     for s in sessions:
@@ -100,7 +62,7 @@ async def row(db: asyncpg.Connection[Any], job_id: int) -> Any:
 
 
 async def test_idle_worker_gets_the_job_leased_at_insert(store: Store, db: asyncpg.Connection[Any]) -> None:
-    w = Session("a", 2)
+    w = FakeSession("a", 2)
     h, _ = handoff(store, w)
     before = metrics.LEASES_GRANTED.labels("handoff")._value.get()
     [(job, created)] = await h.insert([spec()])
@@ -124,7 +86,7 @@ async def test_idle_worker_gets_the_job_leased_at_insert(store: Store, db: async
 async def test_queued_work_is_never_overtaken(store: Store, db: asyncpg.Connection[Any]) -> None:
     """With an equal-priority job waiting, the new one is queued behind it and the credit goes back."""
     [(older, _)] = await store.insert_jobs([spec()])
-    w = Session("a", 1)
+    w = FakeSession("a", 1)
     h, signal = handoff(store, w)
     [(job, created)] = await h.insert([spec()])
     assert created and job.state is JobState.QUEUED
@@ -140,14 +102,14 @@ async def test_queued_work_is_never_overtaken(store: Store, db: asyncpg.Connecti
 async def test_higher_priority_job_goes_ahead_of_lower_queued_work(store: Store) -> None:
     """Dispatch order is priority first: a job the dispatcher would pick before the queued one may be handed off."""
     await store.insert_jobs([spec(priority=0)])
-    w = Session("a", 1)
+    w = FakeSession("a", 1)
     h, _ = handoff(store, w)
     [(job, _)] = await h.insert([spec(priority=5)])
     assert job.state is JobState.RUNNING and [j.id for j in w.delivered] == [job.id]
 
 
 async def test_batch_credit_goes_to_the_jobs_dispatch_order_takes_first(store: Store) -> None:
-    w = Session("a", 2)
+    w = FakeSession("a", 2)
     h, _ = handoff(store, w)
     results = await h.insert([spec(priority=0), spec(priority=9), spec(priority=0), spec(priority=5)])
     states = [j.state for j, _ in results]
@@ -156,7 +118,7 @@ async def test_batch_credit_goes_to_the_jobs_dispatch_order_takes_first(store: S
 
 
 async def test_credit_is_spread_and_kinds_respected(store: Store) -> None:
-    a, b, other = Session("a", 1), Session("b", 1), Session("c", 5, kinds=("other",))
+    a, b, other = FakeSession("a", 1), FakeSession("b", 1), FakeSession("c", 5, kinds=("other",))
     h, _ = handoff(store, a, b, other)
     results = await h.insert([spec(), spec(), spec()])
     assert [j.state for j, _ in results] == [JobState.RUNNING, JobState.RUNNING, JobState.QUEUED]
@@ -165,7 +127,7 @@ async def test_credit_is_spread_and_kinds_respected(store: Store) -> None:
 
 
 async def test_scheduled_and_duplicate_jobs_are_not_handed_off(store: Store) -> None:
-    w = Session("a", 5)
+    w = FakeSession("a", 5)
     h, _ = handoff(store, w)
     [(first, created)] = await h.insert([spec(key="once")])
     assert created and first.state is JobState.RUNNING
@@ -178,7 +140,7 @@ async def test_scheduled_and_duplicate_jobs_are_not_handed_off(store: Store) -> 
 
 async def test_closed_session_releases_the_lease(store: Store, db: asyncpg.Connection[Any]) -> None:
     """The session closed between reserving credit and delivering: the job goes back to the queue, token bumped."""
-    w = Session("a", 1, open_=False)
+    w = FakeSession("a", 1, open_=False)
     h, signal = handoff(store, w)
     [(job, _)] = await h.insert([spec()])
     r = await row(db, job.id)
@@ -189,7 +151,7 @@ async def test_closed_session_releases_the_lease(store: Store, db: asyncpg.Conne
 
 async def test_cancelled_submit_still_delivers_the_handed_off_lease(store: Store, db: asyncpg.Connection[Any]) -> None:
     """Once credit is reserved the insert and delivery run to the end, or a committed lease would sit unsent."""
-    w = Session("a", 1)
+    w = FakeSession("a", 1)
     h, _ = handoff(store, w)
     task = asyncio.create_task(h.insert([spec()]))
     await asyncio.sleep(0)  # let it reserve credit and start the insert
@@ -201,14 +163,14 @@ async def test_cancelled_submit_still_delivers_the_handed_off_lease(store: Store
 
 
 async def test_disabled_handoff_queues(store: Store) -> None:
-    w = Session("a", 3)
+    w = FakeSession("a", 3)
     h, _ = handoff(store, w, enabled=False)
     [(job, _)] = await h.insert([spec()])
     assert job.state is JobState.QUEUED and w.credit == 3
 
 
 async def test_failed_insert_gives_the_credit_back(store: Store) -> None:
-    w = Session("a", 2)
+    w = FakeSession("a", 2)
     h, _ = handoff(store, w)
     bad = dataclasses.replace(spec(), max_attempts=0)  # violates a check constraint (validate.py never lets it through)
     with pytest.raises(StoreError, match="check constraint"):
@@ -254,7 +216,7 @@ async def test_undeliverable_grant_ends_its_attempt_span(store: Store, monkeypat
     monkeypatch.setattr(tracing, "_recording", lambda: True)  # a provider local to this test, not the global one
     tracer = tracing.JobTracer()
 
-    class HalfOpen(Session):
+    class HalfOpen(FakeSession):
         def deliver(self, jobs: Sequence[Job]) -> bool:
             for job in jobs:
                 tracer.attempt_started(job, worker_id=self.worker_id)

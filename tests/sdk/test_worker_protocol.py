@@ -671,11 +671,8 @@ async def test_buffered_lease_cancelled_before_start_fails_without_running_its_h
     assert ran == [first]
 
 
-async def test_stop_releases_unstarted_buffered_leases_when_the_coordinator_accepts_release(
-    fake: FakeCoordinator, start_worker: StartWorker
-) -> None:
-    """A buffered job that never started is handed back uncounted, so a shutdown spends no attempt of it."""
-    fake.accepts_release = True
+async def _stop_with_one_running_and_one_buffered(fake: FakeCoordinator, start_worker: StartWorker) -> tuple[str, str]:
+    """One handler slot stuck on the first job, the second buffered; stop() with a 50 ms grace. Returns both ids."""
     started = asyncio.Event()
     worker = make_worker(fake, concurrency=1, prefetch=1, drain_grace=timedelta(milliseconds=50))
 
@@ -690,6 +687,15 @@ async def test_stop_releases_unstarted_buffered_leases_when_the_coordinator_acce
     await fake.wait_for(lambda: len(fake.granted) == 2)
     await asyncio.wait_for(worker.stop(), WAIT_TIMEOUT_S)
     await asyncio.wait_for(task, WAIT_TIMEOUT_S)
+    return first, second
+
+
+async def test_stop_releases_unstarted_buffered_leases_when_the_coordinator_accepts_release(
+    fake: FakeCoordinator, start_worker: StartWorker
+) -> None:
+    """A buffered job that never started is handed back uncounted, so a shutdown spends no attempt of it."""
+    fake.accepts_release = True
+    first, second = await _stop_with_one_running_and_one_buffered(fake, start_worker)
     releases = fake.frames("release")
     assert [r.frame.release.lease.lease_id for r in releases] == [fake.lease_of(second)]
     assert releases[0].frame.release.reason == "worker shutdown before start"
@@ -703,21 +709,7 @@ async def test_a_refused_release_falls_back_to_a_retryable_fail(
     """Met across a reconnect, a coordinator that does not know Release answers INVALID: fail the lease back."""
     fake.accepts_release = True
     fake.status_for = lambda r: pb.REPLY_STATUS_INVALID if r.kind == "release" else pb.REPLY_STATUS_ACCEPTED
-    started = asyncio.Event()
-    worker = make_worker(fake, concurrency=1, prefetch=1, drain_grace=timedelta(milliseconds=50))
-
-    @worker.handler("stuck")
-    async def stuck(ctx: JobContext) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    task = start_worker(worker)
-    fake.add_job("stuck")
-    second = fake.add_job("stuck")
-    await asyncio.wait_for(started.wait(), WAIT_TIMEOUT_S)
-    await fake.wait_for(lambda: len(fake.granted) == 2)
-    await asyncio.wait_for(worker.stop(), WAIT_TIMEOUT_S)
-    await asyncio.wait_for(task, WAIT_TIMEOUT_S)
+    _, second = await _stop_with_one_running_and_one_buffered(fake, start_worker)
     lease_id = fake.lease_of(second)
     assert len(fake.frames("release", lease_id=lease_id)) == 1
     [fail] = [r.frame.fail for r in fake.frames("fail", lease_id=lease_id)]
@@ -728,20 +720,7 @@ async def test_a_refused_release_falls_back_to_a_retryable_fail(
 async def test_stop_fails_unstarted_buffered_leases_back_to_a_coordinator_without_release(
     fake: FakeCoordinator, start_worker: StartWorker
 ) -> None:
-    started = asyncio.Event()
-    worker = make_worker(fake, concurrency=1, prefetch=1, drain_grace=timedelta(milliseconds=50))
-
-    @worker.handler("stuck")
-    async def stuck(ctx: JobContext) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    task = start_worker(worker)
-    first, second = fake.add_job("stuck"), fake.add_job("stuck")
-    await asyncio.wait_for(started.wait(), WAIT_TIMEOUT_S)
-    await fake.wait_for(lambda: len(fake.granted) == 2)
-    await asyncio.wait_for(worker.stop(), WAIT_TIMEOUT_S)
-    await asyncio.wait_for(task, WAIT_TIMEOUT_S)
+    first, second = await _stop_with_one_running_and_one_buffered(fake, start_worker)
     fails = {r.frame.fail.lease.lease_id: r.frame.fail for r in fake.frames("fail")}
     running, buffered = fails[fake.lease_of(first)], fails[fake.lease_of(second)]
     assert (running.retryable, running.error, running.HasField("retry_delay")) == (True, "worker shutdown", False)
