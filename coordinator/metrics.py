@@ -77,6 +77,16 @@ FRAMES_REFUSED = Counter(
     "faultline_frames_refused", "Worker frames answered other than accepted, by reason.", ["frame", "reason"],
     registry=REGISTRY,
 )
+SESSIONS_ABORTED = Counter(
+    "faultline_sessions_aborted", "Worker streams the coordinator ended because the worker did not read them: "
+    "reason=slow_reader (its unsent frames stayed past the soft mark), outbox_full (they reached the hard cap).",
+    ["reason"], registry=REGISTRY,
+)
+SESSION_READER_PAUSES = Counter(
+    "faultline_session_reader_pauses", "Times a worker stream's reader stopped reading because the session's share "
+    "was used up: cause=inflight (too many of its frames unanswered), outbox (its worker is not reading).",
+    ["cause"], registry=REGISTRY,
+)
 MAINTENANCE_RUNS = Counter(
     "faultline_maintenance_runs", "VACUUM (op=vacuum, which analyzes too) and ANALYZE (op=analyze) of a job table "
     "by the coordinator's maintenance actor.", ["table", "op"], registry=REGISTRY,
@@ -97,6 +107,10 @@ for _frame in STALE_FRAMES:
     STALE_REJECTED.labels(_frame)
 for _kind in RECOVERY_KINDS:
     RECOVERIES.labels(_kind)
+for _reason in ("slow_reader", "outbox_full"):
+    SESSIONS_ABORTED.labels(_reason)
+for _cause in ("inflight", "outbox"):
+    SESSION_READER_PAUSES.labels(_cause)
 MAINTENANCE_TABLES = ("faultline_jobs", "faultline_attempts")  # db/store.py MaintenanceSession.STATEMENTS
 MAINTENANCE_OPS = ("vacuum", "analyze")
 for _table in MAINTENANCE_TABLES:

@@ -28,6 +28,7 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,8 +50,33 @@ from worker_sdk._proto.faultline.v1 import worker_service_pb2 as wpb
 logger = logging.getLogger(__name__)
 
 CAPACITY_MAX = 10_000
-OUTBOX_MAX = 100_000
+# -- per-session bounds: what one worker can make this process hold or do (floods, slow readers) ------
+# Frames in one ConnectRequest (the SDK sends at most MAX_FRAMES_PER_MESSAGE_DEFAULT, 1024); more ends the
+# stream INVALID_ARGUMENT.
+FRAMES_PER_MESSAGE_MAX = 1024
+# Work of this session handed to an actor or a statement and not answered yet, in units (a heartbeat counts
+# one per lease it names, every other frame one). At the limit the reader stops reading until answers come
+# back, so a flood waits in its own stream (gRPC flow control pushes back on the sender) and takes at most
+# this share of any actor's inbox. A single frame heavier than the limit is read when nothing else is owed.
+SESSION_INFLIGHT_MAX = 256
+# get_step, record_step and release statements of one session that run at once; the rest wait their turn.
+SESSION_STATEMENTS_MAX = 2
+# Frames the reader handles between yields to the event loop.
+READ_YIELD_EVERY = 64
+# The outbox: frames queued to write to the worker. A frame costs its wire size plus FRAME_OVERHEAD_BYTES.
+# Past OUTBOX_BYTES_SOFT the session shows no credit (new grants wait in Postgres) and its reader stops
+# reading; if it stays past the soft mark for SLOW_READER_GRACE_S, or ever reaches OUTBOX_BYTES_MAX or
+# OUTBOX_FRAMES_MAX, the worker is not reading its stream: the stream ends RESOURCE_EXHAUSTED.
+OUTBOX_BYTES_SOFT = 8 << 20
+OUTBOX_BYTES_MAX = 256 << 20
+OUTBOX_FRAMES_MAX = 50_000
+FRAME_OVERHEAD_BYTES = 256
+SLOW_READER_GRACE_S = 10.0
+# How long ending a stuck stream waits for its status to be queued before it cancels the RPC instead.
+ABORT_STATUS_TIMEOUT_S = 1.0
+# One ConnectResponse holds at most this many frames or (beyond its first frame) bytes.
 WRITE_BATCH_MAX = 1_000
+WRITE_BATCH_BYTES_MAX = 4 << 20
 PROGRESS_MESSAGE_MAX = 1024
 PROGRESS_DETAILS_MAX = 64 << 10
 ERROR_TEXT_MAX = 8 << 10
@@ -125,8 +151,22 @@ class WorkerSession:
         self._leases: dict[int, LeaseKey] = {}
         # Job ids of held leases whose Complete/Fail arrived: they no longer take a handler slot.
         self._closing: set[int] = set()
-        self._outbox: asyncio.Queue[Any] = asyncio.Queue(OUTBOX_MAX)
+        # Unbounded as a queue so that _CLOSE always fits; _send bounds it by frames and bytes. _sizes holds
+        # the cost of each frame in it (not of _CLOSE), in the same order.
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._sizes: deque[int] = deque()
+        self._outbox_bytes = 0
+        self._behind: asyncio.TimerHandle | None = None  # armed while the outbox is past its soft mark
+        self._abort: StreamAbort | None = None  # set when the worker fell too far behind; the writer ends the stream
+        self._writer: asyncio.Task[Any] | None = None
+        self._writing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Statements waiting for one of this session's SESSION_STATEMENTS_MAX runners (see _spawn).
+        self._statements: deque[Coroutine[Any, Any, None]] = deque()
+        self._runners = 0
+        # Units of work owed to this session (see SESSION_INFLIGHT_MAX), and the reader's wake-up.
+        self._load = 0
+        self._room = asyncio.Event()
         self._drained = asyncio.Event()
         # Frames handed to an actor or a task whose reply is not queued yet, and whether the worker
         # has half-closed its side: the stream ends only once every frame it sent is answered.
@@ -137,7 +177,8 @@ class WorkerSession:
 
     @property
     def credit(self) -> int:
-        return self._credit
+        # A worker that has not read what it was sent gets nothing more until it has (see OUTBOX_BYTES_SOFT).
+        return self._credit if self._outbox_bytes <= OUTBOX_BYTES_SOFT else 0
 
     @property
     def accepting(self) -> bool:
@@ -227,8 +268,10 @@ class WorkerSession:
     async def _write_loop(self, context: grpc.aio.ServicerContext[Any, Any], reader: asyncio.Task[None]) -> None:
         get: asyncio.Task[Any] | None = None
         reading = True
+        taken: list[Any] = []  # a frame taken from the outbox when the abort came: _end_behind looks at it too
+        self._writer = asyncio.current_task()
         try:
-            while True:
+            while self._abort is None:
                 if reading and reader.done():
                     if not self._half_closed(reader):
                         return  # the worker went away or broke the protocol
@@ -247,18 +290,104 @@ class WorkerSession:
                     # Frames are waiting (the usual case under load): no waiter task to create.
                     first = self._outbox.get_nowait()
                 if first is _CLOSE:
-                    return
+                    break
+                if self._abort is not None:
+                    taken.append(first)
+                    break
                 frames = [first]
-                while len(frames) < WRITE_BATCH_MAX and not self._outbox.empty():
+                size = self._sizes.popleft()
+                closing = False
+                while len(frames) < WRITE_BATCH_MAX and size < WRITE_BATCH_BYTES_MAX and not self._outbox.empty():
                     nxt = self._outbox.get_nowait()
                     if nxt is _CLOSE:
-                        await context.write(wpb.ConnectResponse(frames=frames))
-                        return
+                        closing = True
+                        break
                     frames.append(nxt)
-                await context.write(wpb.ConnectResponse(frames=frames))
+                    size += self._sizes.popleft()
+                self._writing = True
+                try:
+                    await context.write(wpb.ConnectResponse(frames=frames))
+                finally:
+                    self._writing = False
+                self._written(size)
+                if closing:
+                    break
+        except asyncio.CancelledError:
+            if self._abort is None:
+                raise
+            # _fell_behind cancelled a write that the worker was not reading; end the stream below.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
             if get is not None:
                 get.cancel()
+        if self._abort is not None:
+            await self._end_behind(context, self._abort, taken)
+
+    def _written(self, size: int) -> None:
+        """size bytes left the outbox: past the soft mark no longer, the worker gets credit and frames read again."""
+        self._outbox_bytes -= size
+        if self._behind is not None and self._outbox_bytes <= OUTBOX_BYTES_SOFT:
+            self._behind.cancel()
+            self._behind = None
+            self._room.set()
+            self._registry.signal.credit()
+
+    def _fell_behind(self, reason: str) -> None:
+        """The worker is not reading its stream: close the session now and have the writer end the stream."""
+        if self._abort is not None:
+            return
+        self._behind = None
+        self._abort = StreamAbort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"worker is not reading its stream: {self._outbox.qsize()} frames ({self._outbox_bytes} bytes) unsent",
+        )
+        metrics.SESSIONS_ABORTED.labels(reason).inc()
+        logger.warning("worker is not reading its stream; ending it", extra={
+            "session_id": self.session_id, "worker_id": self.worker_id, "reason": reason,
+            "unsent_frames": self._outbox.qsize(), "unsent_bytes": self._outbox_bytes})
+        self._close()
+        if self._writing and self._writer is not None:
+            self._writer.cancel()  # blocked in a write the worker will not read: see _write_loop
+
+    async def _end_behind(
+        self, context: grpc.aio.ServicerContext[Any, Any], abort: StreamAbort, taken: list[Any]
+    ) -> None:
+        """Release the grants the worker never got (still in the outbox), then end the stream with abort's status.
+
+        A grant already written may have reached the worker, which can resume it on a new stream (hello
+        held_leases) before its TTL: those leases are left to expire like those of any broken stream.
+        """
+        unsent: list[LeaseKey] = []
+        while not self._outbox.empty():
+            taken.append(self._outbox.get_nowait())
+        for f in taken:
+            if f is not _CLOSE and f.WhichOneof("frame") == "lease":
+                key = LeaseKey.parse(f.lease.lease_id, f.lease.fencing_token)
+                if key is not None:
+                    unsent.append(key)
+        self._sizes.clear()
+        self._outbox_bytes = 0
+        if unsent and self.worker_id:
+            try:
+                rows = await self._store.release_leases(unsent, holder=self.worker_id)
+            except DatabaseUnavailableError as exc:
+                logger.warning("unsent grants left to expire", extra={"session_id": self.session_id,
+                                                                      "count": len(unsent), "error": str(exc)})
+                rows = []
+            released = {r["id"] for r in rows}
+            for key in unsent:
+                if key.job_id in released:
+                    self._tracer.attempt_closed(key, "released", "worker is not reading its stream")
+            metrics.RECOVERIES.labels("released_undelivered").inc(len(rows))
+            if rows:
+                self._registry.signal.wake()
+        try:
+            async with asyncio.timeout(ABORT_STATUS_TIMEOUT_S):
+                await context.abort(abort.code, abort.message)
+        except TimeoutError:
+            # The status is queued behind bytes the worker does not read: cancel the call instead, so that
+            # nothing of it stays here. The worker sees the status if it ever reads up to it.
+            raise asyncio.CancelledError() from None
 
     def _half_closed(self, reader: asyncio.Task[None]) -> bool:
         """The worker closed its side cleanly: grant nothing more, answer what it sent, then end the stream."""
@@ -275,19 +404,38 @@ class WorkerSession:
             msg = await context.read()
             if msg is grpc.aio.EOF:
                 return
-            for frame in msg.frames:
+            if len(msg.frames) > FRAMES_PER_MESSAGE_MAX:
+                raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"ConnectRequest.frames: {len(msg.frames)} frames in one message; "
+                                  f"the limit is {FRAMES_PER_MESSAGE_MAX}")
+            for i, frame in enumerate(msg.frames):
+                if self._load >= SESSION_INFLIGHT_MAX or self._behind is not None:
+                    await self._wait_for_room()
+                elif i and not i % READ_YIELD_EVERY:
+                    await asyncio.sleep(0)  # a long message must not keep the other sessions waiting
                 await self._handle(frame)
+
+    async def _wait_for_room(self) -> None:
+        """Stop reading while this session's share is used up: its answers are owed, or its outbox is not read."""
+        metrics.SESSION_READER_PAUSES.labels("outbox" if self._behind is not None else "inflight").inc()
+        while self._load >= SESSION_INFLIGHT_MAX or self._behind is not None:
+            self._room.clear()
+            await self._room.wait()
 
     def _send(self, frame: Any) -> bool:
         if self.state is SessionState.CLOSED:
             return False
-        try:
-            self._outbox.put_nowait(frame)
-            return True
-        except asyncio.QueueFull:
-            logger.error("session outbox full; closing", extra={"session_id": self.session_id})
-            self._close()
+        size = frame.ByteSize() + FRAME_OVERHEAD_BYTES
+        if self._outbox_bytes + size > OUTBOX_BYTES_MAX or len(self._sizes) >= OUTBOX_FRAMES_MAX:
+            self._fell_behind("outbox_full")
             return False
+        self._outbox.put_nowait(frame)
+        self._sizes.append(size)
+        self._outbox_bytes += size
+        if self._behind is None and self._outbox_bytes > OUTBOX_BYTES_SOFT:
+            self._behind = asyncio.get_running_loop().call_later(
+                SLOW_READER_GRACE_S, self._fell_behind, "slow_reader")
+        return True
 
     def _close(self) -> None:
         if self.state is SessionState.CLOSED:
@@ -295,15 +443,17 @@ class WorkerSession:
         was_registered = self.state is not SessionState.AWAITING_HELLO
         self.state = SessionState.CLOSED
         self._drained.set()
+        if self._behind is not None:
+            self._behind.cancel()
+            self._behind = None
+        while self._statements:  # never started: nobody waits for their replies any more
+            self._statements.popleft().close()
         if was_registered:
             self._registry.remove(self.session_id)
             metrics.WORKERS_CONNECTED.set(len(self._registry))
             logger.info("worker disconnected", extra={"session_id": self.session_id, "worker_id": self.worker_id,
                                                       "leases_held": len(self._leases)})
-        try:
-            self._outbox.put_nowait(_CLOSE)
-        except asyncio.QueueFull:
-            pass
+        self._outbox.put_nowait(_CLOSE)
 
     def _maybe_close(self) -> None:
         """End the stream once nothing is owed: every frame answered, and (draining) no lease held."""
@@ -564,32 +714,48 @@ class WorkerSession:
             inbox.put_nowait(Request(item, fut))
         except asyncio.QueueFull:
             return False
+        weight = max(len(item.keys), 1) if isinstance(item, HeartbeatItem) else 1
         self._unanswered += 1
+        self._load += weight
 
         def done(f: asyncio.Future[Any]) -> None:
             try:
                 answer(f.result())
             finally:
-                self._answered()
+                self._answered(weight)
 
         fut.add_done_callback(done)
         return True
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a statement for this session: at most SESSION_STATEMENTS_MAX at once, the rest in order after."""
         self._unanswered += 1
+        self._load += 1
+        self._statements.append(coro)
+        if self._runners < SESSION_STATEMENTS_MAX:
+            self._runners += 1
+            task = asyncio.create_task(self._run_statements())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-        async def counted() -> None:
-            try:
-                await coro
-            finally:
-                self._answered()
+    async def _run_statements(self) -> None:
+        try:
+            while self._statements:
+                coro = self._statements.popleft()
+                try:
+                    await coro
+                except Exception:
+                    logger.exception("session statement failed", extra={"session_id": self.session_id})
+                finally:
+                    self._answered(1)
+        finally:
+            self._runners -= 1
 
-        task = asyncio.create_task(counted())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _answered(self) -> None:
+    def _answered(self, weight: int) -> None:
         self._unanswered -= 1
+        self._load -= weight
+        if self._load < SESSION_INFLIGHT_MAX:
+            self._room.set()
         self._maybe_close()
 
     def _drop_lease(self, key: LeaseKey) -> None:
