@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from coordinator import backoff, embedded, metrics, tracing
+from coordinator import backoff, embedded, memory, metrics, tracing
 from coordinator.actors.batching import Request
 from coordinator.actors.completer import Completer
 from coordinator.actors.dispatcher import Dispatcher, DispatcherConfig
@@ -288,6 +288,7 @@ def _pg_unavailable() -> tuple[type[BaseException], ...]:
 
 async def main(config: Config) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a supervisor escalation (exit 1)."""
+    memory.pin_malloc_threshold()
     coordinator = Coordinator(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
