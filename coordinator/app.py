@@ -84,6 +84,7 @@ class Coordinator:
     async def start(self) -> None:
         cfg = self.config
         tracing.setup_from_env()
+        metrics.limit_label_values(cfg.metric_label_values_max)
         # Not `a or await to_thread(...)`: mypy then infers to_thread's result from the `str | None` context.
         dsn = cfg.database_url
         if not dsn:

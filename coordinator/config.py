@@ -54,6 +54,8 @@ MAINTENANCE_STATEMENT_TIMEOUT = timedelta(hours=1)
 MAINTENANCE_LOCK_TIMEOUT = timedelta(seconds=5)
 DRAIN_GRACE_DEFAULT = timedelta(seconds=10)
 INBOX_SIZE_DEFAULT = 10_000
+# Distinct queue and kind label values that get metric series of their own; later ones read "other".
+METRIC_LABEL_VALUES_MAX_DEFAULT = 100
 # Supervisor: restart delays grow from BASE to MAX; more than INTENSITY restarts of one actor
 # within WINDOW means something is broken for good and the process exits non-zero.
 RESTART_BACKOFF_BASE = timedelta(milliseconds=100)
@@ -99,6 +101,7 @@ class Config:
     maintenance_interval: timedelta | None = MAINTENANCE_INTERVAL
     # Lease a job to a waiting worker in the statement that inserts it (coordinator/grants.py).
     handoff: bool = True
+    metric_label_values_max: int = METRIC_LABEL_VALUES_MAX_DEFAULT
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -144,6 +147,8 @@ class Config:
             ),
         )
         cfg = replace(cfg, handoff=_switch(env, "FAULTLINE_HANDOFF", default=True))
+        cfg = replace(cfg, metric_label_values_max=_int(
+            env, "FAULTLINE_METRIC_LABEL_VALUES_MAX", METRIC_LABEL_VALUES_MAX_DEFAULT, lo=1, hi=100_000))
         poll_ms = _int(env, "FAULTLINE_DISPATCH_POLL_MS", int(DISPATCH_FALLBACK_POLL.total_seconds() * 1000),
                        lo=10, hi=600_000)
         cfg = replace(cfg, dispatch_poll=timedelta(milliseconds=poll_ms))

@@ -1,39 +1,115 @@
-"""The coordinator's Prometheus metric families, in one registry; actors update them, /metrics serves them."""
+"""The coordinator's Prometheus metric families, in one registry; actors update them, /metrics serves them.
+
+Clients name queues and kinds, so those label values are bounded: each of the two labels gets series
+of its own for the first LABEL_VALUES_MAX distinct values this process sees (FAULTLINE_METRIC_LABEL_VALUES_MAX),
+and every later value is counted under OTHER_LABEL. Every family with a queue or kind label applies the
+budget inside labels(), so no caller can bypass it.
+"""
 
 from __future__ import annotations
+
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+LABEL_VALUES_MAX_DEFAULT = 100
+OTHER_LABEL = "other"
+BOUNDED_LABELS = ("queue", "kind")
+
+
+class LabelBudget:
+    """The first `limit` distinct values of one label keep their name; the rest read OTHER_LABEL."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        # Only touched on the event loop (metric updates); the /metrics thread reads the families, not this.
+        self._kept: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._kept:
+            return value
+        if len(self._kept) < self.limit:
+            self._kept.add(value)
+            return value
+        return OTHER_LABEL
+
+
+BUDGETS: dict[str, LabelBudget] = {name: LabelBudget(LABEL_VALUES_MAX_DEFAULT) for name in BOUNDED_LABELS}
+
+
+def limit_label_values(limit: int) -> None:
+    """Set how many distinct values of each bounded label get series of their own (values kept stay kept)."""
+    for budget in BUDGETS.values():
+        budget.limit = limit
+
+
+def queue_label(queue: str) -> str:
+    return BUDGETS["queue"](queue)
+
+
+M = TypeVar("M")
+
+
+def _bounded_labels(self: Any, parent: Any, values: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    names = self._labelnames
+    if kw:
+        kw = {k: BUDGETS[k](str(v)) if k in BUDGETS else v for k, v in kw.items()}
+    else:
+        values = tuple(BUDGETS[n](str(v)) if n in BUDGETS else v for n, v in zip(names, values, strict=False))
+    return parent.labels(self, *values, **kw)
+
+
+class BoundedCounter(Counter):
+    """A Counter whose queue and kind label values pass through BUDGETS."""
+
+    def labels(self: M, *labelvalues: Any, **labelkwargs: Any) -> M:
+        return _bounded_labels(self, Counter, labelvalues, labelkwargs)  # type: ignore[no-any-return]
+
+
+class BoundedHistogram(Histogram):
+    """A Histogram whose queue and kind label values pass through BUDGETS."""
+
+    def labels(self: M, *labelvalues: Any, **labelkwargs: Any) -> M:
+        return _bounded_labels(self, Histogram, labelvalues, labelkwargs)  # type: ignore[no-any-return]
+
+
+class BoundedGauge(Gauge):
+    """A Gauge whose queue label values pass through BUDGETS (sum or max what shares a series yourself)."""
+
+    def labels(self: M, *labelvalues: Any, **labelkwargs: Any) -> M:
+        return _bounded_labels(self, Gauge, labelvalues, labelkwargs)  # type: ignore[no-any-return]
+
+
 # Buckets from 1 ms to ~5 min: job waits and runs span sub-millisecond no-ops to long batch work.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-JOBS_SUBMITTED = Counter(
+JOBS_SUBMITTED = BoundedCounter(
     "faultline_jobs_submitted", "Jobs created by Submit and SubmitBatch (idempotent repeats excluded).",
     ["queue", "kind"], registry=REGISTRY,
 )
-JOBS_COMPLETED = Counter(
+JOBS_COMPLETED = BoundedCounter(
     "faultline_jobs_completed", "Attempts that ended, by outcome (succeeded, failed, dead_lettered, cancelled, "
     "lease_expired, heartbeat_timeout, execution_timeout, schedule_to_start_timeout).",
     ["queue", "kind", "outcome"], registry=REGISTRY,
 )
-JOB_DURATION = Histogram(
+JOB_DURATION = BoundedHistogram(
     "faultline_job_duration_seconds", "Execution time of an attempt, from lease to completion.",
     ["queue", "kind"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
-JOB_WAIT = Histogram(
+JOB_WAIT = BoundedHistogram(
     "faultline_job_wait_seconds", "Time from becoming ready (submit or run_at) to the start of an attempt.",
     ["queue"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
-QUEUE_DEPTH = Gauge(
+QUEUE_DEPTH = BoundedGauge(
     "faultline_queue_depth", "Jobs per queue and non-finished state (sampled).", ["queue", "state"], registry=REGISTRY,
 )
-OLDEST_READY_AGE = Gauge(
+OLDEST_READY_AGE = BoundedGauge(
     "faultline_oldest_ready_job_age_seconds", "Age of the oldest job ready to run, per queue (sampled).",
     ["queue"], registry=REGISTRY,
 )
-RETRIES = Counter(
+RETRIES = BoundedCounter(
     "faultline_retries", "Attempts that failed and were scheduled to retry.", ["queue", "kind"], registry=REGISTRY,
 )
 LEASE_EXPIRATIONS = Counter(

@@ -23,6 +23,8 @@ from coordinator.throughput import Throughput
 logger = logging.getLogger(__name__)
 
 CloseItem = Completion | Failure
+# Metric children cached per raw (queue, kind); clients name those, so the cache starts over past this size.
+CHILD_CACHE_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class Completer(BatchingActor[CloseItem, Verdict]):
                 queue, kind = r["queue"], r["kind"]
                 children = self._succeeded.get((queue, kind))
                 if children is None:
+                    if len(self._succeeded) >= CHILD_CACHE_MAX:
+                        self._succeeded.clear()
                     children = (metrics.JOBS_COMPLETED.labels(queue, kind, "succeeded"),
                                 metrics.JOB_DURATION.labels(queue, kind))
                     self._succeeded[(queue, kind)] = children

@@ -29,7 +29,8 @@ class MetricsSampler:
         self._registry = registry
         self._pool_max = pool_max
         self._interval_s = interval_s
-        # Only written by this actor: queues seen so far, so a drained queue reads 0 rather than vanishing.
+        # Only written by this actor: queue label values seen so far (bounded by the label budget), so a drained
+        # queue reads 0 rather than vanishing.
         self._queues: set[str] = set()
 
     async def run(self) -> None:
@@ -44,12 +45,19 @@ class MetricsSampler:
         self.sample_memory()
         depths = await self._store.queue_depths()
         oldest = await self._store.oldest_ready()
-        seen: dict[tuple[str, str], int] = {(r["queue"], r["state"]): r["depth"] for r in depths}
+        # Queues past the label budget share the metrics.OTHER_LABEL series: depths add up, the age is the oldest.
+        seen: dict[tuple[str, str], int] = {}
+        for r in depths:
+            key = (metrics.queue_label(r["queue"]), r["state"])
+            seen[key] = seen.get(key, 0) + r["depth"]
         self._queues |= {q for q, _ in seen}
         for q in self._queues:
             for s in _STATES:
                 metrics.QUEUE_DEPTH.labels(q, s).set(seen.get((q, s), 0))
-        ages: dict[str, float] = {r["queue"]: max((r["now"] - r["oldest_run_at"]).total_seconds(), 0.0) for r in oldest}
+        ages: dict[str, float] = {}
+        for r in oldest:
+            q = metrics.queue_label(r["queue"])
+            ages[q] = max(ages.get(q, 0.0), (r["now"] - r["oldest_run_at"]).total_seconds())
         for q in self._queues:
             metrics.OLDEST_READY_AGE.labels(q).set(ages.get(q, 0.0))
 
