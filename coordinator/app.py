@@ -25,6 +25,7 @@ from coordinator.actors.metrics_sampler import MetricsSampler
 from coordinator.actors.peers import Listener, Notifier
 from coordinator.actors.promoter import Promoter
 from coordinator.actors.reaper import LeaseReaper
+from coordinator.api.admission import SubmitAdmission
 from coordinator.api.job_service import JobServicer
 from coordinator.api.session import WorkerSession
 from coordinator.api.worker_service import WorkerServicer
@@ -32,11 +33,12 @@ from coordinator.config import (
     FLUSH_MAX_ITEMS_DEFAULT,
     HEALTH_PROBE_INTERVAL,
     INBOX_SIZE_DEFAULT,
+    SUBMIT_RETRY_AFTER,
     Config,
 )
 from coordinator.db.migrate import migrate
 from coordinator.db.pool import create_pool
-from coordinator.db.store import Store
+from coordinator.db.store import ProbeSession, Store
 from coordinator.errors import DatabaseUnavailableError
 from coordinator.grants import Handoff
 from coordinator.sessions import DispatchSignal, SessionRegistry
@@ -59,6 +61,10 @@ SERVICE_NAMES = (
 MIGRATE_RETRY_BASE_S = 0.5
 MIGRATE_RETRY_MAX_S = 10.0
 GRPC_MAX_MESSAGE_BYTES = 64 << 20
+# RPCs in progress at once over all connections (worker streams included; past it, RESOURCE_EXHAUSTED at
+# once), and streams at once on one HTTP/2 connection.
+GRPC_MAX_CONCURRENT_RPCS = 10_000
+GRPC_MAX_CONCURRENT_STREAMS = 1_000
 SERVER_STOP_GRACE_S = 2.0
 ACTOR_STOP_TIMEOUT_S = 5.0
 POOL_CLOSE_TIMEOUT_S = 5.0
@@ -79,6 +85,7 @@ class Coordinator:
     _health: HealthServicer | None = None
     _supervisor_task: asyncio.Task[None] | None = None
     _metrics_server: Any = None
+    _probe: ProbeSession | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
@@ -104,6 +111,7 @@ class Coordinator:
         completer_inbox: asyncio.Queue[Request[Any, Any]] = asyncio.Queue(INBOX_SIZE_DEFAULT)
         keeper_inbox: asyncio.Queue[Request[Any, Any]] = asyncio.Queue(INBOX_SIZE_DEFAULT)
         self._health = health = HealthServicer()
+        self._probe = probe = ProbeSession(dsn)  # outlives health actor restarts; closed in stop()
 
         async def on_db_change(up: bool) -> None:
             status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -133,7 +141,7 @@ class Coordinator:
             ChildSpec("listener", lambda: Listener(dsn=dsn, signal=signal_, sender=coordinator_id)),
             ChildSpec("health", lambda: HealthMonitor(
                 store=store, interval_s=HEALTH_PROBE_INTERVAL.total_seconds(), on_change=on_db_change,
-                initially_up=True)),
+                initially_up=True, probe=probe.ping)),
             ChildSpec("metrics_sampler", lambda: MetricsSampler(
                 store=store, registry=registry, pool_max=cfg.db_pool_max,
                 interval_s=cfg.metrics_sample_interval.total_seconds())),
@@ -152,9 +160,10 @@ class Coordinator:
                 max_payload=cfg.max_payload_bytes,
             )
 
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(maximum_concurrent_rpcs=GRPC_MAX_CONCURRENT_RPCS, options=[
             ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", GRPC_MAX_CONCURRENT_STREAMS),
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
@@ -166,7 +175,9 @@ class Coordinator:
             handoff=Handoff(store=store, registry=registry, signal=signal_, lease_ttl_ms=cfg.lease_ttl_ms,
                             enabled=cfg.handoff, on_released=tracer.attempt_closed),
             promoter_wake=promoter_wake.set, max_payload=cfg.max_payload_bytes,
-            max_attempts_default=cfg.max_attempts_default), server)
+            max_attempts_default=cfg.max_attempts_default,
+            admission=SubmitAdmission(max_requests=cfg.submit_inflight_max, max_bytes=cfg.submit_inflight_bytes_max,
+                                      retry_after=SUBMIT_RETRY_AFTER)), server)
         self._worker_servicer = WorkerServicer(session)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self._worker_servicer, server)
@@ -262,6 +273,8 @@ class Coordinator:
         if self._metrics_server is not None:
             server, _thread = self._metrics_server
             server.shutdown()
+        if self._probe is not None:
+            self._probe.close()
         if self.store is not None:
             try:
                 async with asyncio.timeout(POOL_CLOSE_TIMEOUT_S):

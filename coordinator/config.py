@@ -54,6 +54,11 @@ MAINTENANCE_STATEMENT_TIMEOUT = timedelta(hours=1)
 MAINTENANCE_LOCK_TIMEOUT = timedelta(seconds=5)
 DRAIN_GRACE_DEFAULT = timedelta(seconds=10)
 INBOX_SIZE_DEFAULT = 10_000
+# Submit and SubmitBatch work in flight (coordinator/api/admission.py): past either bound a call is answered
+# RESOURCE_EXHAUSTED with a RetryInfo of SUBMIT_RETRY_AFTER.
+SUBMIT_INFLIGHT_MAX_DEFAULT = 1_024
+SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT = 64 << 20
+SUBMIT_RETRY_AFTER = timedelta(milliseconds=200)
 # Distinct queue and kind label values that get metric series of their own; later ones read "other".
 METRIC_LABEL_VALUES_MAX_DEFAULT = 100
 # Supervisor: restart delays grow from BASE to MAX; more than INTENSITY restarts of one actor
@@ -102,6 +107,8 @@ class Config:
     # Lease a job to a waiting worker in the statement that inserts it (coordinator/grants.py).
     handoff: bool = True
     metric_label_values_max: int = METRIC_LABEL_VALUES_MAX_DEFAULT
+    submit_inflight_max: int = SUBMIT_INFLIGHT_MAX_DEFAULT
+    submit_inflight_bytes_max: int = SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -149,6 +156,13 @@ class Config:
         cfg = replace(cfg, handoff=_switch(env, "FAULTLINE_HANDOFF", default=True))
         cfg = replace(cfg, metric_label_values_max=_int(
             env, "FAULTLINE_METRIC_LABEL_VALUES_MAX", METRIC_LABEL_VALUES_MAX_DEFAULT, lo=1, hi=100_000))
+        cfg = replace(
+            cfg,
+            submit_inflight_max=_int(env, "FAULTLINE_SUBMIT_INFLIGHT_MAX", SUBMIT_INFLIGHT_MAX_DEFAULT,
+                                     lo=1, hi=100_000),
+            submit_inflight_bytes_max=_int(env, "FAULTLINE_SUBMIT_INFLIGHT_BYTES", SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT,
+                                           lo=1 << 20, hi=16 << 30),
+        )
         poll_ms = _int(env, "FAULTLINE_DISPATCH_POLL_MS", int(DISPATCH_FALLBACK_POLL.total_seconds() * 1000),
                        lo=10, hi=600_000)
         cfg = replace(cfg, dispatch_poll=timedelta(milliseconds=poll_ms))

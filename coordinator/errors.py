@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 
 class FaultlineError(Exception):
     """Unexpected Faultline error."""
@@ -36,6 +38,10 @@ class DatabaseUnavailableError(FaultlineError):
 
 class OverloadedError(FaultlineError):
     """The coordinator is at capacity; retry later."""
+
+    def __init__(self, message: str | None = None, *, retry_after: timedelta | None = None) -> None:
+        self.retry_after = retry_after  # sent as google.rpc.RetryInfo (api/status.py)
+        super().__init__(message)
 
 
 class RestartIntensityExceeded(FaultlineError):

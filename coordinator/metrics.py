@@ -153,6 +153,10 @@ FRAMES_REFUSED = Counter(
     "faultline_frames_refused", "Worker frames answered other than accepted, by reason.", ["frame", "reason"],
     registry=REGISTRY,
 )
+SUBMITS_REFUSED = Counter(
+    "faultline_submits_refused", "Submit and SubmitBatch calls answered RESOURCE_EXHAUSTED because the work in "
+    "flight was at its bound, by the bound reached (requests or bytes).", ["reason"], registry=REGISTRY,
+)
 SESSIONS_ABORTED = Counter(
     "faultline_sessions_aborted", "Worker streams the coordinator ended because the worker did not read them: "
     "reason=slow_reader (its unsent frames stayed past the soft mark), outbox_full (they reached the hard cap).",
@@ -183,6 +187,8 @@ for _frame in STALE_FRAMES:
     STALE_REJECTED.labels(_frame)
 for _kind in RECOVERY_KINDS:
     RECOVERIES.labels(_kind)
+for _reason in ("requests", "bytes"):
+    SUBMITS_REFUSED.labels(_reason)
 for _reason in ("slow_reader", "outbox_full"):
     SESSIONS_ABORTED.labels(_reason)
 for _cause in ("inflight", "outbox"):

@@ -1,4 +1,9 @@
-"""HealthMonitor: probes Postgres and drives grpc.health.v1 between SERVING and NOT_SERVING, without a restart."""
+"""HealthMonitor: probes Postgres and drives grpc.health.v1 between SERVING and NOT_SERVING, without a restart.
+
+Health says whether Postgres answers, not how loaded the coordinator is: the probe runs on a connection of
+its own (db/store.py ProbeSession), so a pool saturated by load does not read as an outage. Load is
+answered by back-pressure (api/admission.py, the sessions' bounds), never by going NOT_SERVING.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +26,12 @@ class HealthMonitor:
     name = "health"
 
     def __init__(
-        self, *, store: Store, interval_s: float, on_change: Callable[[bool], Awaitable[None]], initially_up: bool
+        self, *, store: Store, interval_s: float, on_change: Callable[[bool], Awaitable[None]], initially_up: bool,
+        probe: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        # probe(timeout_s): raises DatabaseUnavailableError when Postgres does not answer. Without one, the pool.
+        self._probe = probe
         self._interval_s = interval_s
         self._on_change = on_change
         # Only used by this actor.
@@ -41,7 +49,10 @@ class HealthMonitor:
     async def run_once(self) -> bool:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):  # not wait_for: see sessions.DispatchSignal.wait
-                await self._store.ping()
+                if self._probe is not None:
+                    await self._probe(PROBE_TIMEOUT_S)
+                else:
+                    await self._store.ping()
             up = True
         except (DatabaseUnavailableError, TimeoutError, FaultlineError) as exc:
             up = False

@@ -14,7 +14,9 @@ from google.protobuf.duration_pb2 import Duration
 
 from coordinator import logs, metrics
 from coordinator.api import convert, validate
-from coordinator.api.status import code_for
+from coordinator.api.admission import SubmitAdmission
+from coordinator.api.status import code_for, trailing_metadata_for
+from coordinator.config import SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT, SUBMIT_INFLIGHT_MAX_DEFAULT, SUBMIT_RETRY_AFTER
 from coordinator.db.store import Store
 from coordinator.errors import FailedPreconditionError, FaultlineError, InvalidArgumentError, JobNotFoundError
 from coordinator.grants import Handoff
@@ -46,7 +48,7 @@ def rpc(
             code = code_for(exc)
             if code is grpc.StatusCode.INTERNAL:
                 logger.error("rpc failed", extra={"rpc": fn.__name__}, exc_info=True)
-            await context.abort(code, str(exc))
+            await context.abort(code, str(exc), trailing_metadata_for(exc, code))
         raise AssertionError("unreachable")  # context.abort always raises
 
     return wrapper
@@ -83,6 +85,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         promoter_wake: Callable[[], None],
         max_payload: int,
         max_attempts_default: int,
+        admission: SubmitAdmission | None = None,
     ) -> None:
         self._store = store
         self._signal = signal
@@ -93,9 +96,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._promoter_wake = promoter_wake
         self._max_payload = max_payload
         self._max_attempts_default = max_attempts_default
+        self._admission = admission or SubmitAdmission(
+            max_requests=SUBMIT_INFLIGHT_MAX_DEFAULT, max_bytes=SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT,
+            retry_after=SUBMIT_RETRY_AFTER)
 
     async def _submit(self, rpc_name: str, reqs: list[Any], context: grpc.aio.ServicerContext[Any, Any],
                       prefix: Callable[[int], str]) -> list[tuple[Job, bool]]:
+        with self._admission.admit(rpc_name, len(reqs), sum(r.ByteSize() for r in reqs)):  # api/admission.py
+            return await self._submit_admitted(rpc_name, reqs, context, prefix)
+
+    async def _submit_admitted(self, rpc_name: str, reqs: list[Any], context: grpc.aio.ServicerContext[Any, Any],
+                               prefix: Callable[[int], str]) -> list[tuple[Job, bool]]:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         span = self._tracer.submit_span(rpc_name, metadata, **{"faultline.jobs": len(reqs)})
         try:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from coordinator.errors import (
     DatabaseUnavailableError,
@@ -20,6 +25,19 @@ STATUS_BY_ERROR: tuple[tuple[type[FaultlineError], grpc.StatusCode], ...] = (
     (DatabaseUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
+
+
+def trailing_metadata_for(exc: FaultlineError, code: grpc.StatusCode) -> Sequence[tuple[str, str | bytes]]:
+    """The google.rpc.Status details that go with exc's status: RetryInfo when the server asks for a wait."""
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is None:
+        return ()
+    delay = duration_pb2.Duration()
+    delay.FromTimedelta(retry_after)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(exc), details=[detail])
+    return tuple(rpc_status.to_status(status).trailing_metadata)
 
 
 def code_for(exc: FaultlineError) -> grpc.StatusCode:

@@ -466,3 +466,37 @@ async def maintenance_session(
                 con.terminate()
         else:
             con.terminate()
+
+
+PROBE_APPLICATION_NAME = "faultline-coordinator-probe"
+
+
+class ProbeSession:
+    """Postgres reachability on a connection of its own, outside the pool: a pool busy with load is not an outage.
+
+    The health actor's probe used the pool, and behind 200 concurrent 1 MiB Submits its ping waited longer
+    than the probe timeout for a connection while Postgres answered every statement: health flipped to
+    NOT_SERVING under load. This connection is opened on first use and again after any failure.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._con: asyncpg.Connection[Any] | None = None
+
+    async def ping(self, timeout_s: float) -> None:
+        try:
+            if self._con is None or self._con.is_closed():
+                self._con = await asyncpg.connect(self._dsn, timeout=timeout_s,
+                                                  server_settings={"application_name": PROBE_APPLICATION_NAME})
+            await run(self._con, QUERIES["ping"])
+        except (*_UNAVAILABLE, asyncpg.PostgresError, TimeoutError) as exc:
+            self.close()
+            raise DatabaseUnavailableError(f"probe: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            self.close()  # cancelled mid-statement (the probe's timeout): the connection's state is unknown
+            raise
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.terminate()
+            self._con = None
