@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import asyncpg
 
 from coordinator.config import RetryDefaults
+from coordinator.db.pool import APPLICATION_NAME
 from coordinator.db.queries import QUERIES, run
 from coordinator.errors import DatabaseUnavailableError, FaultlineError
 from coordinator.model import Job, JobSpec, JobState, LeaseKey, Outcome
@@ -468,15 +469,13 @@ async def maintenance_session(
             con.terminate()
 
 
-PROBE_APPLICATION_NAME = "faultline-coordinator-probe"
-
-
 class ProbeSession:
     """Postgres reachability on a connection of its own, outside the pool: a pool busy with load is not an outage.
 
     The health actor's probe used the pool, and behind 200 concurrent 1 MiB Submits its ping waited longer
     than the probe timeout for a connection while Postgres answered every statement: health flipped to
-    NOT_SERVING under load. This connection is opened on first use and again after any failure.
+    NOT_SERVING under load. This connection is opened on first use and again after any failure, under the
+    pool's application_name: whatever ends or refuses the coordinator's sessions ends or refuses it too.
     """
 
     def __init__(self, dsn: str) -> None:
@@ -487,7 +486,7 @@ class ProbeSession:
         try:
             if self._con is None or self._con.is_closed():
                 self._con = await asyncpg.connect(self._dsn, timeout=timeout_s,
-                                                  server_settings={"application_name": PROBE_APPLICATION_NAME})
+                                                  server_settings={"application_name": APPLICATION_NAME})
             await run(self._con, QUERIES["ping"])
         except (*_UNAVAILABLE, asyncpg.PostgresError, TimeoutError) as exc:
             self.close()

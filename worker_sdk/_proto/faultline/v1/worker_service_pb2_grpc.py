@@ -50,7 +50,9 @@ class WorkerServiceServicer:
         """Connect opens a worker session. The worker's first frame must be hello. Leases are pushed
         only against credit. Every heartbeat, progress, complete, fail and step frame gets exactly one
         reply frame carrying the same seq and a status that says whether it was accepted and, if not, why.
-        Messages batch frames: each side may pack any number of frames into one message.
+        Messages batch frames: the coordinator may pack any number into one message, a worker at most
+        1024 (see ConnectRequest.frames). A worker that does not read its stream is ended with
+        RESOURCE_EXHAUSTED ("worker is not reading its stream") once it falls too far behind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
