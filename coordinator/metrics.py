@@ -1,7 +1,8 @@
 """The coordinator's Prometheus metric families, in one registry; actors update them, /metrics serves them.
 
 Clients name queues and kinds, so those label values are bounded: each of the two labels gets series
-of its own for the first LABEL_VALUES_MAX distinct values this process sees (FAULTLINE_METRIC_LABEL_VALUES_MAX),
+of its own for the first N distinct values this process sees (FAULTLINE_METRIC_LABEL_VALUES_MAX, default
+config.METRIC_LABEL_VALUES_MAX_DEFAULT),
 and every later value is counted under OTHER_LABEL. Every family with a queue or kind label applies the
 budget inside labels(), so no caller can bypass it.
 """
@@ -12,9 +13,10 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from coordinator.config import METRIC_LABEL_VALUES_MAX_DEFAULT
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-LABEL_VALUES_MAX_DEFAULT = 100
 OTHER_LABEL = "other"
 BOUNDED_LABELS = ("queue", "kind")
 
@@ -36,7 +38,7 @@ class LabelBudget:
         return OTHER_LABEL
 
 
-BUDGETS: dict[str, LabelBudget] = {name: LabelBudget(LABEL_VALUES_MAX_DEFAULT) for name in BOUNDED_LABELS}
+BUDGETS: dict[str, LabelBudget] = {name: LabelBudget(METRIC_LABEL_VALUES_MAX_DEFAULT) for name in BOUNDED_LABELS}
 
 
 def limit_label_values(limit: int) -> None:
