@@ -1,8 +1,11 @@
 """Load: many clients submitting large payloads at once get back-pressure, not a sick coordinator.
 
-A real coordinator process; CLIENTS clients (a channel each) submit 1 MiB jobs at once, ROUNDS each.
-Every answer is OK or RESOURCE_EXHAUSTED carrying a google.rpc.RetryInfo; health stays SERVING
-throughout (Postgres is fine: load is not an outage); the coordinator's RSS stays bounded.
+A real coordinator process; CLIENTS clients (a channel each) submit 1 MiB jobs at once, ROUNDS each, while
+another session holds faultline_jobs in SHARE mode, so the admitted inserts wait and the bound is reached on
+every machine, fast or slow (a fast one once answered all 400 before eight were in flight). The lock is let go
+once a refusal has been seen. Every answer is OK or RESOURCE_EXHAUSTED carrying a google.rpc.RetryInfo;
+health stays SERVING throughout (Postgres is fine: load is not an outage); the coordinator's RSS stays
+bounded.
 """
 
 from __future__ import annotations
@@ -51,8 +54,7 @@ def retry_delay_s(exc: grpc.aio.AioRpcError) -> float | None:
 async def test_many_clients_submitting_large_payloads_get_back_pressure_and_health_stays_truthful(
     coordinator_proc_factory: Callable[..., Awaitable[Proc]], dsn: str
 ) -> None:
-    # A bound below what this machine's 200 clients reach at once, so that refusals happen and are checked; the
-    # default (SUBMIT_INFLIGHT_MAX_DEFAULT) is larger.
+    # A bound far below CLIENTS; the default (SUBMIT_INFLIGHT_MAX_DEFAULT) is larger.
     coord = await coordinator_proc_factory(env={"FAULTLINE_SUBMIT_INFLIGHT_MAX": str(SUBMIT_INFLIGHT_MAX)})
     addr = str(coord.extra["addr"])
     payload = b"L" * PAYLOAD_BYTES
@@ -100,11 +102,24 @@ async def test_many_clients_submitting_large_payloads_get_back_pressure_and_heal
                             delays.append(d)
                 latencies.append(time.monotonic() - t)
 
+    blocker = await asyncpg.connect(dsn)
+    blocker_tx = blocker.transaction()
+    await blocker_tx.start()
+    await blocker.execute("LOCK TABLE faultline_jobs IN SHARE MODE")  # inserts wait; reads and the probe do not
     watcher = asyncio.create_task(watch())
     t0 = time.monotonic()
+    clients = asyncio.ensure_future(asyncio.gather(*(client(i) for i in range(CLIENTS))))
     try:
-        await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(CLIENTS))), RPC_TIMEOUT_S * ROUNDS + 60)
+        deadline = time.monotonic() + RPC_TIMEOUT_S / 2
+        while not outcomes["RESOURCE_EXHAUSTED"] and not clients.done():
+            assert time.monotonic() < deadline, f"no refusal with inserts held back: {dict(outcomes)}"
+            await asyncio.sleep(0.05)
+        assert outcomes["ok"] == 0, f"a Submit answered OK while its insert could not run: {dict(outcomes)}"
+        await blocker_tx.rollback()
+        await asyncio.wait_for(clients, RPC_TIMEOUT_S * ROUNDS + 60)
     finally:
+        clients.cancel()
+        await blocker.close()
         stop.set()
         await watcher
     elapsed = time.monotonic() - t0
