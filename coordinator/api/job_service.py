@@ -56,18 +56,6 @@ def _encode_page_token(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"{PAGE_TOKEN_PREFIX}{last_id}".encode()).decode()
 
 
-def _decode_page_token(token: str) -> int | None:
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgumentError("page_token", "is not a token this server issued") from None
-    if not raw.startswith(PAGE_TOKEN_PREFIX) or not raw[len(PAGE_TOKEN_PREFIX):].isdigit():
-        raise InvalidArgumentError("page_token", "is not a token this server issued")
-    return int(raw[len(PAGE_TOKEN_PREFIX):])
-
-
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     """See the module docstring."""
 
@@ -166,7 +154,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         kind = validate.name(request.kind, "kind") if request.kind else None
         state_pb = validate.state(request.state)
         size = validate.page_size(request.page_size)
-        before = _decode_page_token(request.page_token)
+        before = validate.page_token(request.page_token, PAGE_TOKEN_PREFIX)
         jobs = await self._store.list_jobs(
             queue=queue, kind=kind, state=convert.PB_TO_STATE[state_pb] if state_pb is not None else None,
             before_id=before, limit=size + 1,

@@ -45,6 +45,14 @@ class StoreError(FaultlineError):
     """A statement failed."""
 
 
+class StoreDataError(StoreError):
+    """A statement refused one of its values (SQLSTATE class 22: out of a column's range, bad text, ...).
+
+    The edge validates every value before it reaches a statement, so this is the second line of
+    defence: a batching actor that sees it writes the batch's items one by one (actors/batching.py).
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """A worker's successful end of a lease."""
@@ -128,6 +136,8 @@ class Store:
                 logger.warning("statement retried after a deadlock", extra={"query": name, "attempt": attempt})
             except _UNAVAILABLE as exc:
                 raise DatabaseUnavailableError(f"{name}: {type(exc).__name__}: {exc}") from exc
+            except asyncpg.DataError as exc:
+                raise StoreDataError(f"{name} refused a value: {exc}") from exc
             except asyncpg.PostgresError as exc:
                 raise StoreError(f"{name} failed: {exc}") from exc
 
