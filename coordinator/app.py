@@ -25,6 +25,7 @@ from coordinator.actors.metrics_sampler import MetricsSampler
 from coordinator.actors.peers import Listener, Notifier
 from coordinator.actors.promoter import Promoter
 from coordinator.actors.reaper import LeaseReaper
+from coordinator.api.decode import DecodeGuard
 from coordinator.api.job_service import JobServicer
 from coordinator.api.session import WorkerSession
 from coordinator.api.worker_service import WorkerServicer
@@ -151,7 +152,7 @@ class Coordinator:
                 max_payload=cfg.max_payload_bytes,
             )
 
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[DecodeGuard()], options=[
             ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 20_000),
