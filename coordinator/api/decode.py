@@ -35,12 +35,13 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        found = await continuation(handler_call_details)
+        if found is None or found.request_deserializer is None:
+            return found
+        handler: Any = found  # a grpc._utilities.RpcMethodHandler namedtuple: _replace() makes the copy
         parse = handler.request_deserializer
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
@@ -51,12 +52,12 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
                 except DecodeError as exc:
                     return _Undecodable(_problem(exc))
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async def unary(request: Any, context: Any) -> Any:
                 if isinstance(request, _Undecodable):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
                 return await behavior(request, context)
 
-            return handler._replace(request_deserializer=lenient, unary_unary=unary)  # type: ignore[attr-defined,no-any-return]
+            return handler._replace(request_deserializer=lenient, unary_unary=unary)  # type: ignore[no-any-return]
         if handler.stream_stream is not None:
             def strict(raw: bytes) -> Any:
                 try:
@@ -64,5 +65,5 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
                 except DecodeError as exc:
                     raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, _problem(exc)) from None
 
-            return handler._replace(request_deserializer=strict)  # type: ignore[attr-defined,no-any-return]
-        return handler
+            return handler._replace(request_deserializer=strict)  # type: ignore[no-any-return]
+        return found

@@ -18,6 +18,7 @@ from worker_sdk._proto.faultline.v1 import worker_service_pb2 as wpb
 
 U64_MAX = 2**64 - 1
 BIG_TOKENS = [2**63, 2**63 + 1, U64_MAX]
+ARABIC_ONE = "\u0661"  # a Unicode digit: str.isdigit() and int() take it
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ async def _jobs(db: Any) -> int:
     return int(await db.fetchval("SELECT count(*) FROM faultline_jobs"))
 
 
-@pytest.mark.parametrize("name", ["echo\n", "echo\r", "\techo", "ec ho", "echo\x7f", "écho", "_echo", "-x", "١"])
+@pytest.mark.parametrize("name", ["echo\n", "echo\r", "\techo", "ec ho", "echo\x7f", "écho", "_echo", "-x", ARABIC_ONE])
 async def test_names_outside_the_alphabet_are_refused(stub: Any, db: Any, name: str) -> None:
     await _invalid(stub.Submit(jpb.SubmitRequest(kind=name), timeout=30), "kind")
     await _invalid(stub.Submit(jpb.SubmitRequest(kind="echo", queue=name), timeout=30), "queue")
@@ -59,7 +60,7 @@ async def test_bad_labels_are_refused(stub: Any, db: Any, labels: dict[str, str]
     assert await _jobs(db) == 0
 
 
-@pytest.mark.parametrize("job_id", ["1\n", " 1", "+1", "²", "١", "01", "0", "-1", "9223372036854775808",
+@pytest.mark.parametrize("job_id", ["1\n", " 1", "+1", "²", ARABIC_ONE, "01", "0", "-1", "9223372036854775808",
                                     "18446744073709551615", "1.0"])
 async def test_malformed_job_ids_are_refused(stub: Any, db: Any, job_id: str) -> None:
     await stub.Submit(jpb.SubmitRequest(kind="echo"), timeout=30)  # job 1 exists: "1\n" must not find it
@@ -69,7 +70,8 @@ async def test_malformed_job_ids_are_refused(stub: Any, db: Any, job_id: str) ->
     assert await db.fetchval("SELECT state FROM faultline_jobs") == "queued"
 
 
-@pytest.mark.parametrize("raw", ["v1:9223372036854775808", "v1:²", "v1:١", "v1:1\n", "v1:-1", "v1:", "v2:1", "x"])
+@pytest.mark.parametrize("raw", ["v1:9223372036854775808", "v1:²", "v1:" + ARABIC_ONE, "v1:1\n", "v1:-1", "v1:",
+                                 "v2:1", "x"])
 async def test_corrupt_page_tokens_are_refused(stub: Any, raw: str) -> None:
     token = base64.urlsafe_b64encode(raw.encode()).decode()
     await _invalid(stub.ListJobs(jpb.ListJobsRequest(page_token=token), timeout=30), "page_token")
@@ -127,7 +129,8 @@ async def test_huge_tokens_get_one_invalid_reply_per_frame_and_crash_nothing(add
         job = grant.lease_id.split(".")[0]
         refs = [wpb.LeaseRef(lease_id=f"{job}.{t}", fencing_token=t) for t in BIG_TOKENS]
         refs += [wpb.LeaseRef(lease_id=f"{9223372036854775808 + i}.1", fencing_token=1) for i in range(2)]
-        refs += [wpb.LeaseRef(lease_id=f"{job}.1\n", fencing_token=1), wpb.LeaseRef(lease_id=f"{job}.²", fencing_token=2),
+        refs += [wpb.LeaseRef(lease_id=f"{job}.1\n", fencing_token=1),
+                 wpb.LeaseRef(lease_id=f"{job}.²", fencing_token=2),
                  wpb.LeaseRef(lease_id=f"{job}.0", fencing_token=0)]
         for _ in range(3):  # more than one batch, as the report saw
             for ref in refs:
