@@ -20,13 +20,13 @@ from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2
 #   label key:       [A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}  (room for "app.example.com/team")
 #   label value:     0-256 printable characters, no control characters
 #   worker id:       1-128 printable ASCII characters, no spaces (hostname-pid-hex by default)
-#   idempotency key: 1-255 printable ASCII characters, no spaces (a UUID, "order-42:charge", ...)
+#   idempotency key: 1-256 printable ASCII characters, no spaces (a UUID, "order-42:charge", ...)
 NAME_MAX = 128
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}", re.ASCII)
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,63}", re.ASCII)
 TOKEN_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)  # printable ASCII without space
 QUEUE_DEFAULT = "default"
-IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_KEY_MAX = 256  # as documented since v1; narrowing it would break keys already in use
 WORKER_ID_MAX = 128
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 MAX_ATTEMPTS_LIMIT = 1000
@@ -73,7 +73,7 @@ def worker_id(value: str, field: str) -> str:
 
 
 def idempotency_key(value: str, field: str) -> str | None:
-    """None when empty; otherwise 1-255 printable ASCII characters without spaces."""
+    """None when empty; otherwise 1-256 printable ASCII characters without spaces."""
     if not value:
         return None
     if len(value) > IDEMPOTENCY_KEY_MAX or not TOKEN_RE.fullmatch(value):
@@ -221,3 +221,12 @@ def page_token(token: str, prefix: str) -> int | None:
     if last is None:
         raise InvalidArgumentError("page_token", "is not a token this server issued")
     return last
+
+
+def view(value: int, field: str = "view") -> bool:
+    """True for JOB_VIEW_FULL; BASIC and UNSPECIFIED (the default) are False; anything else is refused."""
+    if value in (job_pb2.JOB_VIEW_UNSPECIFIED, job_pb2.JOB_VIEW_BASIC):
+        return False
+    if value == job_pb2.JOB_VIEW_FULL:
+        return True
+    raise InvalidArgumentError(field, f"unknown view {value}")

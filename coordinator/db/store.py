@@ -168,19 +168,20 @@ class Store:
             raise ValueError("holders must name one worker (or None) per spec")
         rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms)
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
-        missing: dict[str, list[int]] = {}
+        missing: dict[tuple[str, str], list[int]] = {}  # (queue, idempotency key) -> indexes
         for row in rows:
             idx = row["ord"] - 1
             if row["id"] is None:
                 key = specs[idx].idempotency_key
                 assert key is not None, "only keyed rows can conflict"
-                missing.setdefault(key, []).append(idx)
+                missing.setdefault((specs[idx].queue, key), []).append(idx)
             else:
                 out[idx] = (Job.inserted(specs[idx], row), True)
         if missing:
             # Rows that lost the race to an earlier submit (or to an earlier row of this batch).
-            existing = {r["idempotency_key"]: Job.from_record(r)
-                        for r in await self._run("get_jobs_by_keys", list(missing))}
+            pairs = list(missing)
+            existing = {(r["queue"], r["idempotency_key"]): Job.from_record(r) for r in await self._run(
+                "get_jobs_by_keys", [q for q, _ in pairs], [k for _, k in pairs])}
             for key, idxs in missing.items():
                 job = existing.get(key)
                 if job is None:
@@ -195,9 +196,16 @@ class Store:
         return None if row is None else Job.from_record(row)
 
     async def list_jobs(
-        self, *, queue: str | None, kind: str | None, state: JobState | None, before_id: int | None, limit: int
+        self, *, queue: str | None, kind: str | None, state: JobState | None, before_id: int | None, limit: int,
+        full: bool = False, budget_bytes: int = 0,
     ) -> list[Job]:
-        rows = await self._run("list_jobs", queue, kind, state.value if state else None, before_id, limit)
+        """A page, newest first. full=False (BASIC) never reads payload, result or progress details (they come
+        back empty). full=True stops after the first job that brings the page's bytes to budget_bytes."""
+        args = (queue, kind, state.value if state else None, before_id, limit)
+        if full:
+            rows = await self._run("list_jobs", *args, budget_bytes)
+        else:
+            rows = await self._run("list_jobs_basic", *args)
         return [Job.from_record(r) for r in rows]
 
     async def cancel_job(self, job_id: int) -> Job | None:
