@@ -26,6 +26,7 @@ from coordinator.actors.peers import Listener, Notifier
 from coordinator.actors.promoter import Promoter
 from coordinator.actors.reaper import LeaseReaper
 from coordinator.api.admission import SubmitAdmission
+from coordinator.api.decode import DecodeGuard
 from coordinator.api.job_service import JobServicer
 from coordinator.api.session import WorkerSession
 from coordinator.api.worker_service import WorkerServicer
@@ -160,7 +161,8 @@ class Coordinator:
                 max_payload=cfg.max_payload_bytes,
             )
 
-        server = grpc.aio.server(maximum_concurrent_rpcs=GRPC_MAX_CONCURRENT_RPCS, options=[
+        server = grpc.aio.server(interceptors=[DecodeGuard()], maximum_concurrent_rpcs=GRPC_MAX_CONCURRENT_RPCS,
+                                 options=[
             ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
             ("grpc.max_concurrent_streams", GRPC_MAX_CONCURRENT_STREAMS),

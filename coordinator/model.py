@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -34,6 +35,22 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
+    # The frame's values do not fit the store (a number out of a column's range, text Postgres refuses).
+    INVALID = "invalid"
+
+
+#: Largest value of a Postgres bigint: the bound of every job id and fencing token.
+BIGINT_MAX = 2**63 - 1
+# A positive decimal integer in ASCII digits, no sign, no leading zero, nothing around it (fullmatch).
+_POSITIVE_DECIMAL = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
+
+
+def positive_bigint(text: str) -> int | None:
+    """`text` as a job id or token: ASCII digits only ("1\\n", " 1", "²" and "+1" are not), 1..BIGINT_MAX."""
+    if not _POSITIVE_DECIMAL.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= BIGINT_MAX else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +66,16 @@ class LeaseKey:
 
     @classmethod
     def parse(cls, lease_id: str, token: int) -> LeaseKey | None:
-        """The lease named by a worker, or None when the id is malformed or disagrees with the token."""
+        """The lease named by a worker, or None when the id is malformed or disagrees with the token.
+
+        Both parts must be positive bigints (the columns' type): a wire token is a uint64, and one at
+        2^63 or above would make every batch statement it joins fail, so it is refused here, at the edge.
+        """
         job, _, tok = lease_id.partition(".")
-        if not (job.isdigit() and tok.isdigit()) or len(job) > 19 or int(tok) != token:
+        job_id, token_in_id = positive_bigint(job), positive_bigint(tok)
+        if job_id is None or token_in_id is None or token_in_id != token:
             return None
-        return cls(int(job), token)
+        return cls(job_id, token)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

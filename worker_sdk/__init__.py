@@ -28,6 +28,7 @@ from worker_sdk._errors import (
     NonRetryableError,
     ProtocolError,
     RetryJob,
+    SubmitOutcomeUnknownError,
     UnavailableError,
     WorkerSDKError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "QueueStats",
     "RetryJob",
     "RetryPolicy",
+    "SubmitOutcomeUnknownError",
     "UnavailableError",
     "Worker",
     "WorkerInfo",

@@ -3,10 +3,17 @@
 Every call carries the caller's OpenTelemetry context as W3C trace headers in its metadata, so the
 coordinator can store it with a submitted job and the worker's handler span becomes its child.
 gRPC status codes map onto the SDK's exceptions here and only here, keeping the server's message.
+
+Submits and retries: a submit whose every job carries an idempotency key is retried by the client
+after a transient failure (the reply lost with the connection, UNAVAILABLE, DEADLINE_EXCEEDED,
+RESOURCE_EXHAUSTED), because the coordinator answers a repeated key in the same queue with the job
+it already stored. A submit without a key is never retried: after a failure that may have reached
+the coordinator it raises SubmitOutcomeUnknownError, since a retry could store the job twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -22,15 +29,26 @@ from worker_sdk._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     JobNotFoundError,
+    SubmitOutcomeUnknownError,
     UnavailableError,
     WorkerSDKError,
 )
-from worker_sdk._proto.faultline.v1 import job_service_pb2, job_service_pb2_grpc
+from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from worker_sdk._tracing import outgoing_metadata
 from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, WorkerInfo
 
 #: Deadline of each unary call unless the Client is given another.
 CALL_TIMEOUT_DEFAULT = timedelta(seconds=10)
+
+#: Attempts of a keyed submit (the first one included) before its transient error is raised.
+SUBMIT_ATTEMPTS_DEFAULT = 4
+#: Delay before the second attempt of a keyed submit; it doubles each time, up to SUBMIT_RETRY_DELAY_MAX.
+SUBMIT_RETRY_DELAY = timedelta(milliseconds=200)
+SUBMIT_RETRY_DELAY_MAX = timedelta(seconds=2)
+# Codes after which a submit may or may not have been stored (a keyed submit is then safe to retry).
+_SUBMIT_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+                               grpc.StatusCode.CANCELLED})
 
 _T = TypeVar("_T")
 
@@ -70,9 +88,13 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, int | str]] = (),
         metadata: Mapping[str, str] | None = None,
+        submit_attempts: int = SUBMIT_ATTEMPTS_DEFAULT,
     ) -> None:
         if timeout <= timedelta(0):
             raise InvalidArgumentError("timeout must be positive")
+        if submit_attempts < 1:
+            raise InvalidArgumentError("submit_attempts must be at least 1")
+        self._submit_attempts = submit_attempts
         self._target = target
         self._timeout = timeout.total_seconds()
         self._credentials = credentials
@@ -109,6 +131,29 @@ class Client:
         except grpc.aio.AioRpcError as exc:
             raise _map_rpc_error(exc) from exc
 
+    async def _submit_call(self, method_name: str, request: object, *, keyed: bool) -> _T:
+        """A Submit or SubmitBatch call: retried after transient errors when keyed, never when not."""
+        delay = SUBMIT_RETRY_DELAY.total_seconds()
+        attempt = 1
+        while True:
+            metadata = self._metadata + outgoing_metadata()
+            method = getattr(self._ensure_stub(), method_name)
+            try:
+                response: _T = await method(request, timeout=self._timeout, metadata=metadata)
+                return response
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _SUBMIT_TRANSIENT:
+                    raise _map_rpc_error(exc) from exc
+                if not keyed:
+                    raise SubmitOutcomeUnknownError(
+                        f"{exc.code().name}: {exc.details() or ''}: the job may or may not be stored; "
+                        "it is not retried because it has no idempotency_key") from exc
+                if attempt >= self._submit_attempts:
+                    raise _map_rpc_error(exc) from exc
+            attempt += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SUBMIT_RETRY_DELAY_MAX.total_seconds())
+
     # ---- submitting ----------------------------------------------------------------------
 
     async def submit(
@@ -124,8 +169,13 @@ class Client:
         retry_policy: RetryPolicy | None = None,
         timeouts: JobTimeouts | None = None,
         labels: Mapping[str, str] | None = None,
+        full: bool = False,
     ) -> Job:
-        """Enqueue one job and return it as stored (the existing job if idempotency_key matched)."""
+        """Enqueue one job and return it as stored (the existing job if idempotency_key matched in this queue).
+
+        The job comes back without payload and result (JOB_VIEW_BASIC); get() reads them. With an
+        idempotency_key the submit is retried after a lost reply; without one it never is (see the module doc).
+        """
         job, _ = await self.submit_ex(
             kind,
             payload,
@@ -137,6 +187,7 @@ class Client:
             retry_policy=retry_policy,
             timeouts=timeouts,
             labels=labels,
+            full=full,
         )
         return job
 
@@ -153,8 +204,11 @@ class Client:
         retry_policy: RetryPolicy | None = None,
         timeouts: JobTimeouts | None = None,
         labels: Mapping[str, str] | None = None,
+        full: bool = False,
     ) -> tuple[Job, bool]:
-        """Like submit(), also returning whether the job was created (False: idempotency key matched)."""
+        """Like submit(), also returning whether the job was created (False: idempotency key matched).
+
+        full=True asks for the job with its payload and result (JOB_VIEW_FULL)."""
         spec = JobSpec(
             kind=kind,
             payload=payload,
@@ -168,7 +222,9 @@ class Client:
             labels=labels,
         )
         request = self._submit_request(spec)
-        response = await self._unary(self._ensure_stub().Submit, request)
+        request.view = job_pb2.JOB_VIEW_FULL if full else job_pb2.JOB_VIEW_BASIC
+        response: job_service_pb2.SubmitResponse = await self._submit_call(
+            "Submit", request, keyed=bool(idempotency_key))
         return _convert.job_from_pb(response.job), response.created
 
     async def submit_batch(self, specs: Iterable[JobSpec]) -> builtins.list[Job]:
@@ -186,7 +242,8 @@ class Client:
                 raise InvalidArgumentError(str(exc)) from exc
         if not request.jobs:
             return []
-        response = await self._unary(self._ensure_stub().SubmitBatch, request)
+        response: job_service_pb2.SubmitBatchResponse = await self._submit_call(
+            "SubmitBatch", request, keyed=all(j.idempotency_key for j in request.jobs))
         return [(_convert.job_from_pb(r.job), r.created) for r in response.results]
 
     @staticmethod
@@ -211,14 +268,20 @@ class Client:
         state: JobState | str | None = None,
         page_size: int = 0,
         page_token: str | None = None,
+        full: bool = False,
     ) -> tuple[builtins.list[Job], str | None]:
-        """One page of jobs, newest first: (jobs, next_page_token or None on the last page)."""
+        """One page of jobs, newest first: (jobs, next_page_token or None on the last page).
+
+        Without full=True the jobs come without payload, result and progress details (JOB_VIEW_BASIC). A page
+        may hold fewer than page_size jobs when it reaches the coordinator's response budget; the token goes on.
+        """
         request = job_service_pb2.ListJobsRequest(
             queue=queue or "",
             kind=kind or "",
             state=_convert.job_state_to_pb(JobState(state) if state is not None else None),
             page_size=page_size,
             page_token=page_token or "",
+            view=job_pb2.JOB_VIEW_FULL if full else job_pb2.JOB_VIEW_BASIC,
         )
         response = await self._unary(self._ensure_stub().ListJobs, request)
         return [_convert.job_from_pb(j) for j in response.jobs], response.next_page_token or None

@@ -60,5 +60,13 @@ class UnavailableError(WorkerSDKError):
     """The coordinator is unreachable or could not serve the request; it may be retried."""
 
 
+class SubmitOutcomeUnknownError(UnavailableError):
+    """A submit without an idempotency key failed after it may have reached the coordinator.
+
+    The job may or may not be stored, and the SDK does not retry it: a blind retry could store it twice.
+    Submit with an idempotency_key to make a retry safe (the SDK then retries by itself).
+    """
+
+
 class ProtocolError(WorkerSDKError):
     """The coordinator sent something this SDK does not understand."""

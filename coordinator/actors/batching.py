@@ -2,6 +2,8 @@
 
 Batches form by themselves: while one flush is in the database, new requests queue up, and the
 next flush takes all of them (up to max_items). An idle actor answers a lone request at once.
+A batch whose statement refuses a value (StoreDataError) is written again one item at a time, so
+the item that carried the value is refused alone and its neighbours are written as usual.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from coordinator.db.store import StoreDataError
 from coordinator.errors import DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +54,10 @@ class BatchingActor(ABC, Generic[T, R]):
         if not live:
             return 0
         try:
-            answers = await self.flush([r.item for r in live])
+            try:
+                answers = await self.flush([r.item for r in live])
+            except StoreDataError:
+                answers = await self._flush_alone([r.item for r in live])
         except DatabaseUnavailableError as exc:
             for r in live:
                 if not r.reply.done():
@@ -67,6 +73,22 @@ class BatchingActor(ABC, Generic[T, R]):
             if not r.reply.done():
                 r.reply.set_result(answer)
         return len(live)
+
+    async def _flush_alone(self, items: list[T]) -> list[R]:
+        """Each item in a flush of its own; an item whose values the store refuses gets refused()."""
+        answers: list[R] = []
+        for item in items:
+            try:
+                [answer] = await self.flush([item])
+            except StoreDataError as exc:
+                logger.warning("item refused by the store", extra={"actor": self.name, "error": str(exc)})
+                answer = self.refused(item, str(exc))
+            answers.append(answer)
+        return answers
+
+    def refused(self, item: T, message: str) -> R:
+        """The answer to an item whose values the store refused; by default the unavailable answer."""
+        return self.unavailable(message)
 
     @abstractmethod
     async def flush(self, items: list[T]) -> list[R]:

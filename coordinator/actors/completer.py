@@ -65,6 +65,9 @@ class Completer(BatchingActor[CloseItem, Verdict]):
     def unavailable(self, message: str) -> Verdict:
         return Verdict(Outcome.UNAVAILABLE, message)
 
+    def refused(self, item: CloseItem, message: str) -> Verdict:
+        return Verdict(Outcome.INVALID, message)
+
     async def flush(self, items: list[CloseItem]) -> list[Verdict]:
         completions = [i for i in items if isinstance(i, Completion)]
         failures = [i for i in items if isinstance(i, Failure)]

@@ -52,6 +52,10 @@ class LeaseKeeper(BatchingActor[KeeperItem, KeeperAnswer]):
     def unavailable(self, message: str) -> KeeperAnswer:
         return (Verdict(Outcome.UNAVAILABLE, message),)
 
+    def refused(self, item: KeeperItem, message: str) -> KeeperAnswer:
+        n = len(item.keys) if isinstance(item, HeartbeatItem) else 1
+        return tuple(Verdict(Outcome.INVALID, message) for _ in range(n))
+
     async def flush(self, items: list[KeeperItem]) -> list[KeeperAnswer]:
         beat_pairs = list(
             dict.fromkeys((k, i.worker_id) for i in items if isinstance(i, HeartbeatItem) for k in i.keys)

@@ -49,19 +49,22 @@ def from_timestamp(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
 
-def job_to_pb(job: Job) -> job_pb2.Job:
+def job_to_pb(job: Job, *, full: bool = True) -> job_pb2.Job:
+    """The job on the wire; full=False is JOB_VIEW_BASIC: payload, result and progress.details left out."""
     # Only fields that hold something are passed: an unset field reads the same on the wire (proto3
     # defaults), and every keyword costs a conversion (this runs for every grant and Submit response).
     fields: dict[str, Any] = {
         "id": str(job.id), "kind": job.kind, "queue": job.queue, "state": STATE_TO_PB[job.state],
-        "payload": job.payload, "attempts": job.attempts, "max_attempts": job.max_attempts,
+        "attempts": job.attempts, "max_attempts": job.max_attempts,
         "created_at": timestamp(job.created_at), "run_at": timestamp(job.run_at),
         "updated_at": timestamp(job.updated_at),
     }
+    if full:
+        fields["payload"] = job.payload
+        if job.result:
+            fields["result"] = job.result
     if job.priority:
         fields["priority"] = job.priority
-    if job.result:
-        fields["result"] = job.result
     if job.last_error:
         fields["last_error"] = job.last_error
     if job.idempotency_key:
@@ -77,7 +80,7 @@ def job_to_pb(job: Job) -> job_pb2.Job:
     if job.progress_fraction is not None or job.progress_message:
         fields["progress"] = job_pb2.JobProgress(
             fraction=job.progress_fraction or 0.0, message=job.progress_message or "",
-            details=job.progress_details or b"",
+            details=(job.progress_details or b"") if full else b"",
         )
     if (job.backoff_initial_ms is not None or job.backoff_max_ms is not None or job.backoff_multiplier is not None
             or job.backoff_jitter is not None):

@@ -33,6 +33,13 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 PAGE_TOKEN_PREFIX = "v1:"
 REQUEUE_EXTRA_MAX = 1000
+# The most bytes any JobService response carries: below grpc's default 4 MiB receive limit of every client
+# (grpcurl, generated stubs), so no reply is ever too big to deliver. A ListJobs page stops early at it; a
+# Submit or SubmitBatch whose response could not fit is refused before anything is stored.
+RESPONSE_BUDGET_BYTES = 4_000_000
+# What a SubmitResponse adds to the fields it echoes from its SubmitRequest (id, state, attempts,
+# timestamps, created, framing), in bytes: a generous bound used to size a reply before storing.
+SUBMIT_RESPONSE_OVERHEAD_BYTES = 128
 
 
 def rpc(
@@ -58,16 +65,20 @@ def _encode_page_token(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"{PAGE_TOKEN_PREFIX}{last_id}".encode()).decode()
 
 
-def _decode_page_token(token: str) -> int | None:
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgumentError("page_token", "is not a token this server issued") from None
-    if not raw.startswith(PAGE_TOKEN_PREFIX) or not raw[len(PAGE_TOKEN_PREFIX):].isdigit():
-        raise InvalidArgumentError("page_token", "is not a token this server issued")
-    return int(raw[len(PAGE_TOKEN_PREFIX):])
+def _page_bytes(jobs: list[Job]) -> int:
+    """The bytes the store's budget counts for these jobs (see list_jobs in queries.sql)."""
+    return sum(len(j.payload) + len(j.result or b"") + len(j.progress_details or b"") for j in jobs)
+
+
+def _check_batch_response_fits(request: jpb.SubmitBatchRequest, *, full: bool) -> None:
+    """Refuse, before storing anything, a batch whose response would pass RESPONSE_BUDGET_BYTES."""
+    estimate = 0
+    for r in request.jobs:
+        estimate += r.ByteSize() + SUBMIT_RESPONSE_OVERHEAD_BYTES - (0 if full else len(r.payload))
+    if estimate > RESPONSE_BUDGET_BYTES:
+        raise InvalidArgumentError(
+            "jobs", f"the response would take about {estimate} bytes, over the {RESPONSE_BUDGET_BYTES}-byte "
+                    "budget of a reply: split the batch" + ("" if not full else " or ask for view BASIC"))
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -141,8 +152,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def Submit(
         self, request: jpb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jpb.SubmitResponse:
+        full = validate.view(request.view)
         [(job, created)] = await self._submit("Submit", [request], context, lambda _: "")
-        return jpb.SubmitResponse(job=convert.job_to_pb(job), created=created)
+        return jpb.SubmitResponse(job=convert.job_to_pb(job, full=full), created=created)
 
     @rpc
     async def SubmitBatch(
@@ -152,9 +164,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             raise InvalidArgumentError("jobs", "at least one job is required")
         if len(request.jobs) > validate.BATCH_MAX:
             raise InvalidArgumentError("jobs", f"at most {validate.BATCH_MAX} jobs per batch, got {len(request.jobs)}")
+        full = validate.view(request.view)
+        _check_batch_response_fits(request, full=full)
         results = await self._submit("SubmitBatch", list(request.jobs), context, lambda i: f"jobs[{i}].")
         return jpb.SubmitBatchResponse(
-            results=[jpb.SubmitResponse(job=convert.job_to_pb(j), created=c) for j, c in results]
+            results=[jpb.SubmitResponse(job=convert.job_to_pb(j, full=full), created=c) for j, c in results]
         )
 
     async def _get(self, job_id: int) -> Job:
@@ -177,16 +191,28 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         kind = validate.name(request.kind, "kind") if request.kind else None
         state_pb = validate.state(request.state)
         size = validate.page_size(request.page_size)
-        before = _decode_page_token(request.page_token)
+        before = validate.page_token(request.page_token, PAGE_TOKEN_PREFIX)
+        full = validate.view(request.view)
         jobs = await self._store.list_jobs(
             queue=queue, kind=kind, state=convert.PB_TO_STATE[state_pb] if state_pb is not None else None,
-            before_id=before, limit=size + 1,
+            before_id=before, limit=size + 1, full=full, budget_bytes=RESPONSE_BUDGET_BYTES,
         )
-        more = len(jobs) > size
-        jobs = jobs[:size]
+        # The store stopped a FULL page after the job that reached the budget (or gave size + 1 jobs); the
+        # page itself stops before the first job that would take it past the budget, keeping at least one.
+        page: list[Any] = []
+        used = 0
+        for j in jobs[:size]:
+            pb = convert.job_to_pb(j, full=full)
+            cost = pb.ByteSize() + 8  # the field's tag and length
+            if page and used + cost > RESPONSE_BUDGET_BYTES:
+                break
+            page.append(pb)
+            used += cost
+        more = len(jobs) > len(page)
+        if full and not more and len(jobs) <= size and _page_bytes(jobs) >= RESPONSE_BUDGET_BYTES:
+            more = True  # the store cut this page at the budget: later jobs may follow
         return jpb.ListJobsResponse(
-            jobs=[convert.job_to_pb(j) for j in jobs],
-            next_page_token=_encode_page_token(jobs[-1].id) if more else "",
+            jobs=page, next_page_token=_encode_page_token(int(page[-1].id)) if more and page else "",
         )
 
     @rpc

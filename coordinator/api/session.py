@@ -91,6 +91,7 @@ _STATUS = {
     Outcome.CANCELLED: wpb.REPLY_STATUS_CANCELLED,
     Outcome.NOT_FOUND: wpb.REPLY_STATUS_NOT_FOUND,
     Outcome.UNAVAILABLE: wpb.REPLY_STATUS_UNAVAILABLE,
+    Outcome.INVALID: wpb.REPLY_STATUS_INVALID,
 }
 _CLOSE = object()
 
@@ -498,6 +499,7 @@ class WorkerSession:
 
     async def _hello(self, hello: Any) -> None:
         try:
+            validate.hello(hello)  # worker id alphabet, labels and SDK strings bounded
             worker_id = hello.worker_id
             if not worker_id or len(worker_id) > 128 or not worker_id.isprintable():
                 raise InvalidArgumentError("hello.worker_id", "must be 1-128 printable characters")

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import base64
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
 from coordinator.errors import InvalidArgumentError
-from coordinator.model import JobSpec
+from coordinator.model import JobSpec, positive_bigint
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+# The alphabets of names a client chooses (docs: README "Names"). Every pattern is matched with
+# fullmatch (a `$` would let "echo\n" through) and re.ASCII (no Unicode digits or letters).
+#   kind, queue:     [A-Za-z0-9][A-Za-z0-9_.:-]{0,127}  (starts with a letter or digit)
+#   label key:       [A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}  (room for "app.example.com/team")
+#   label value:     0-256 printable characters, no control characters
+#   worker id:       1-128 printable ASCII characters, no spaces (hostname-pid-hex by default)
+#   idempotency key: 1-256 printable ASCII characters, no spaces (a UUID, "order-42:charge", ...)
+NAME_MAX = 128
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}", re.ASCII)
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,63}", re.ASCII)
+TOKEN_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)  # printable ASCII without space
 QUEUE_DEFAULT = "default"
-IDEMPOTENCY_KEY_MAX = 256
+IDEMPOTENCY_KEY_MAX = 256  # as documented since v1; narrowing it would break keys already in use
+WORKER_ID_MAX = 128
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 MAX_ATTEMPTS_LIMIT = 1000
 LABELS_MAX = 64
@@ -24,26 +38,64 @@ MULTIPLIER_MIN, MULTIPLIER_MAX = 1.0, 100.0
 BATCH_MAX = 10_000
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
-JOB_ID_RE = re.compile(r"^[1-9][0-9]{0,18}$")
 RUN_AT_MAX_YEARS = 10
+RUN_AT_MIN_YEAR = 1970
 
 
 def name(value: str, field: str, *, default: str | None = None) -> str:
+    """A kind or queue name (NAME_RE); empty gives `default` when there is one."""
     if not value:
         if default is not None:
             return default
         raise InvalidArgumentError(field, "is required")
-    if not NAME_RE.match(value):
-        raise InvalidArgumentError(field, "must be 1-128 characters of [A-Za-z0-9_.:-]")
+    if not NAME_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            field, f"{value[:40]!r} is not a name: 1-{NAME_MAX} characters of [A-Za-z0-9_.:-], "
+                   "starting with a letter or digit")
     return value
 
 
 def job_id(value: str, field: str = "id") -> int:
+    """A job id as the API spells it: a positive decimal bigint in ASCII digits, nothing around it."""
     if not value:
         raise InvalidArgumentError(field, "is required")
-    if not JOB_ID_RE.match(value) or int(value) > 2**63 - 1:
-        raise InvalidArgumentError(field, f"malformed job id {value[:40]!r}: expected a positive decimal integer")
-    return int(value)
+    parsed = positive_bigint(value)
+    if parsed is None:
+        raise InvalidArgumentError(
+            field, f"malformed job id {value[:40]!r}: expected a positive decimal integer below 2^63")
+    return parsed
+
+
+def worker_id(value: str, field: str) -> str:
+    if not value or len(value) > WORKER_ID_MAX or not TOKEN_RE.fullmatch(value):
+        raise InvalidArgumentError(field, f"must be 1-{WORKER_ID_MAX} printable ASCII characters without spaces")
+    return value
+
+
+def idempotency_key(value: str, field: str) -> str | None:
+    """None when empty; otherwise 1-256 printable ASCII characters without spaces."""
+    if not value:
+        return None
+    if len(value) > IDEMPOTENCY_KEY_MAX or not TOKEN_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            field, f"must be at most {IDEMPOTENCY_KEY_MAX} printable ASCII characters without spaces")
+    return value
+
+
+def labels(value: Mapping[str, str], field: str) -> dict[str, str]:
+    """Labels of a job or a worker: at most LABELS_MAX, keys LABEL_KEY_RE, values printable and bounded."""
+    if len(value) > LABELS_MAX:
+        raise InvalidArgumentError(field, f"at most {LABELS_MAX} labels, got {len(value)}")
+    out = dict(value)
+    for k, v in out.items():
+        if not LABEL_KEY_RE.fullmatch(k):
+            raise InvalidArgumentError(
+                field, f"key {k[:40]!r} must be 1-{LABEL_KEY_MAX} characters of [A-Za-z0-9_.:/-], "
+                       "starting with a letter or digit")
+        if len(v) > LABEL_VALUE_MAX or not v.isprintable():
+            raise InvalidArgumentError(
+                f"{field}[{k}]", f"values must be at most {LABEL_VALUE_MAX} printable characters")
+    return out
 
 
 def _duration_ms(d: Duration, field: str, *, positive: bool = False) -> int | None:
@@ -61,6 +113,19 @@ def _duration_ms(d: Duration, field: str, *, positive: bool = False) -> int | No
     return ms
 
 
+SDK_TEXT_MAX = 128
+
+
+def hello(h: Any) -> None:
+    """A worker's Hello, beyond what the session checks itself: worker id, labels, SDK name and version."""
+    worker_id(h.worker_id, "hello.worker_id")
+    labels(h.labels, "hello.labels")
+    for f in ("sdk_name", "sdk_version"):
+        text = getattr(h, f)
+        if len(text) > SDK_TEXT_MAX or not text.isprintable():
+            raise InvalidArgumentError(f"hello.{f}", f"must be at most {SDK_TEXT_MAX} printable characters")
+
+
 def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, max_attempts_default: int,
            trace_context: dict[str, str] | None) -> JobSpec:
     """One SubmitRequest -> JobSpec; `field` prefixes field names (e.g. "jobs[3].")."""
@@ -68,11 +133,7 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
     queue = name(req.queue, f"{field}queue", default=QUEUE_DEFAULT)
     if len(req.payload) > max_payload:
         raise InvalidArgumentError(f"{field}payload", f"is {len(req.payload)} bytes; the limit is {max_payload}")
-    key = req.idempotency_key or None
-    if key is not None and (len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable()):
-        raise InvalidArgumentError(
-            f"{field}idempotency_key", f"must be at most {IDEMPOTENCY_KEY_MAX} printable characters"
-        )
+    key = idempotency_key(req.idempotency_key, f"{field}idempotency_key")
     if req.max_attempts < 0 or req.max_attempts > MAX_ATTEMPTS_LIMIT:
         raise InvalidArgumentError(
             f"{field}max_attempts",
@@ -90,8 +151,9 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
             run_at = req.run_at.ToDatetime(tzinfo=UTC)
         except (ValueError, OverflowError):
             raise InvalidArgumentError(f"{field}run_at", "is not a valid timestamp") from None
-        if run_at.year > datetime.now(UTC).year + RUN_AT_MAX_YEARS:
-            raise InvalidArgumentError(f"{field}run_at", f"must be within {RUN_AT_MAX_YEARS} years")
+        if not RUN_AT_MIN_YEAR <= run_at.year <= datetime.now(UTC).year + RUN_AT_MAX_YEARS:
+            raise InvalidArgumentError(
+                f"{field}run_at", f"must be after {RUN_AT_MIN_YEAR} and within {RUN_AT_MAX_YEARS} years")
     rp = req.retry_policy
     initial = _duration_ms(rp.initial_backoff, f"{field}retry_policy.initial_backoff", positive=True)
     maximum = _duration_ms(rp.max_backoff, f"{field}retry_policy.max_backoff", positive=True)
@@ -110,18 +172,7 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
             raise InvalidArgumentError(f"{field}retry_policy.jitter", "must be in [0, 1]")
         jitter = rp.jitter
     to = req.timeouts
-    labels = dict(req.labels)
-    if len(labels) > LABELS_MAX:
-        raise InvalidArgumentError(f"{field}labels", f"at most {LABELS_MAX} labels")
-    for k, v in labels.items():
-        if not k or len(k) > LABEL_KEY_MAX:
-            raise InvalidArgumentError(f"{field}labels", f"keys must be 1-{LABEL_KEY_MAX} characters")
-        if len(v) > LABEL_VALUE_MAX:
-            raise InvalidArgumentError(
-                f"{field}labels[{k[:64]}]", f"values must be at most {LABEL_VALUE_MAX} characters"
-            )
-        if "\x00" in k or "\x00" in v:
-            raise InvalidArgumentError(f"{field}labels", "must not contain NUL characters")
+    job_labels = labels(req.labels, f"{field}labels")
     return JobSpec(
         queue=queue,
         kind=kind,
@@ -137,7 +188,7 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
         execution_timeout_ms=_duration_ms(to.execution, f"{field}timeouts.execution"),
         heartbeat_timeout_ms=_duration_ms(to.heartbeat, f"{field}timeouts.heartbeat", positive=True),
         schedule_to_start_ms=_duration_ms(to.schedule_to_start, f"{field}timeouts.schedule_to_start"),
-        labels=labels,
+        labels=job_labels,
         trace_context=trace_context,
     )
 
@@ -156,3 +207,26 @@ def page_size(value: int) -> int:
     if not 1 <= value <= PAGE_SIZE_MAX:
         raise InvalidArgumentError("page_size", f"must be in [1, {PAGE_SIZE_MAX}], got {value}")
     return value
+
+
+def page_token(token: str, prefix: str) -> int | None:
+    """The last job id a ListJobs page token carries (None: the first page); anything else is refused."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+    except (ValueError, UnicodeError):
+        raise InvalidArgumentError("page_token", "is not a token this server issued") from None
+    last = positive_bigint(raw[len(prefix):]) if raw.startswith(prefix) else None
+    if last is None:
+        raise InvalidArgumentError("page_token", "is not a token this server issued")
+    return last
+
+
+def view(value: int, field: str = "view") -> bool:
+    """True for JOB_VIEW_FULL; BASIC and UNSPECIFIED (the default) are False; anything else is refused."""
+    if value in (job_pb2.JOB_VIEW_UNSPECIFIED, job_pb2.JOB_VIEW_BASIC):
+        return False
+    if value == job_pb2.JOB_VIEW_FULL:
+        return True
+    raise InvalidArgumentError(field, f"unknown view {value}")

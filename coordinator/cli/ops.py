@@ -160,7 +160,7 @@ async def _submit(client: Client, args: argparse.Namespace) -> _View:
         payload = args.payload.encode()
     job, created = await client.submit_ex(
         args.kind, payload, queue=args.queue, idempotency_key=args.idempotency_key,
-        max_attempts=args.max_attempts, priority=args.priority, labels=labels or None,
+        max_attempts=args.max_attempts, priority=args.priority, labels=labels or None, full=True,
     )
     where = f"queue {job.queue}, kind {job.kind}, state {job.state.value}"
     text = (f"job {job.id} submitted ({where})" if created else

@@ -35,7 +35,7 @@ INSERT INTO faultline_schema_migrations (version) VALUES ($1);
 SELECT 1;
 
 -- name: insert_jobs :many
--- Insert a batch in one statement; returns only what the caller does not know; a row whose idempotency key exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual.
+-- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual.
 WITH input AS MATERIALIZED (
     SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*,
         (t.holder IS NOT NULL AND NOT COALESCE(t.run_at > now(), false) AND NOT EXISTS (
@@ -75,7 +75,7 @@ ins AS (
         CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END
     FROM input
     ORDER BY ord
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, state, run_at, created_at, updated_at, worker_id, started_at, lease_expires_at
 ),
 opened AS (
@@ -88,16 +88,42 @@ FROM input LEFT JOIN ins ON ins.id = input.new_id
 ORDER BY input.ord;
 
 -- name: get_jobs_by_keys :many
--- Jobs holding the given idempotency keys (the winners of conflicting submits).
-SELECT * FROM faultline_jobs WHERE idempotency_key = ANY($1::text[]);
+-- Jobs holding the given (queue $1[i], idempotency key $2[i]) pairs (the winners of conflicting submits).
+SELECT j.* FROM faultline_jobs j
+JOIN unnest($1::text[], $2::text[]) AS t(queue, idempotency_key)
+  ON j.queue = t.queue AND j.idempotency_key = t.idempotency_key;
 
 -- name: get_job :one
 -- One job by id.
 SELECT * FROM faultline_jobs WHERE id = $1;
 
 -- name: list_jobs :many
--- A page of jobs, newest first, below cursor $4, with optional queue, kind and state filters.
-SELECT * FROM faultline_jobs
+-- A page of jobs (view FULL), newest first, below cursor $4, with optional queue, kind and state filters; stops after the first row that takes the page's payload+result+details bytes to $6 (octet_length reads a TOASTed value's size without reading the value).
+WITH page AS (
+    SELECT id, sum(octet_length(payload) + COALESCE(octet_length(result), 0)
+                   + COALESCE(octet_length(progress_details), 0)) OVER (ORDER BY id DESC) AS bytes_to_here,
+           octet_length(payload) + COALESCE(octet_length(result), 0)
+               + COALESCE(octet_length(progress_details), 0) AS bytes
+    FROM faultline_jobs
+    WHERE ($1::text IS NULL OR queue = $1)
+      AND ($2::text IS NULL OR kind = $2)
+      AND ($3::faultline_job_state IS NULL OR state = $3)
+      AND ($4::bigint IS NULL OR id < $4)
+    ORDER BY id DESC
+    LIMIT $5
+)
+SELECT j.* FROM page JOIN faultline_jobs j USING (id)
+WHERE page.bytes_to_here - page.bytes < $6
+ORDER BY j.id DESC;
+
+-- name: list_jobs_basic :many
+-- A page of jobs (view BASIC), newest first, below cursor $4, with optional filters: every column but payload, result and progress details, which are never read.
+SELECT id, queue, kind, state, priority, ''::bytea AS payload, NULL::bytea AS result, last_error, attempts,
+    max_attempts, idempotency_key, labels, backoff_initial_ms, backoff_max_ms, backoff_multiplier,
+    backoff_jitter, execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, trace_context,
+    lease_token, worker_id, lease_expires_at, cancel_requested, progress_fraction, progress_message,
+    NULL::bytea AS progress_details, created_at, run_at, started_at, finished_at, updated_at
+FROM faultline_jobs
 WHERE ($1::text IS NULL OR queue = $1)
   AND ($2::text IS NULL OR kind = $2)
   AND ($3::faultline_job_state IS NULL OR state = $3)

@@ -46,6 +46,14 @@ class StoreError(FaultlineError):
     """A statement failed."""
 
 
+class StoreDataError(StoreError):
+    """A statement refused one of its values (SQLSTATE class 22: out of a column's range, bad text, ...).
+
+    The edge validates every value before it reaches a statement, so this is the second line of
+    defence: a batching actor that sees it writes the batch's items one by one (actors/batching.py).
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """A worker's successful end of a lease."""
@@ -129,6 +137,8 @@ class Store:
                 logger.warning("statement retried after a deadlock", extra={"query": name, "attempt": attempt})
             except _UNAVAILABLE as exc:
                 raise DatabaseUnavailableError(f"{name}: {type(exc).__name__}: {exc}") from exc
+            except asyncpg.DataError as exc:
+                raise StoreDataError(f"{name} refused a value: {exc}") from exc
             except asyncpg.PostgresError as exc:
                 raise StoreError(f"{name} failed: {exc}") from exc
 
@@ -159,19 +169,20 @@ class Store:
             raise ValueError("holders must name one worker (or None) per spec")
         rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms)
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
-        missing: dict[str, list[int]] = {}
+        missing: dict[tuple[str, str], list[int]] = {}  # (queue, idempotency key) -> indexes
         for row in rows:
             idx = row["ord"] - 1
             if row["id"] is None:
                 key = specs[idx].idempotency_key
                 assert key is not None, "only keyed rows can conflict"
-                missing.setdefault(key, []).append(idx)
+                missing.setdefault((specs[idx].queue, key), []).append(idx)
             else:
                 out[idx] = (Job.inserted(specs[idx], row), True)
         if missing:
             # Rows that lost the race to an earlier submit (or to an earlier row of this batch).
-            existing = {r["idempotency_key"]: Job.from_record(r)
-                        for r in await self._run("get_jobs_by_keys", list(missing))}
+            pairs = list(missing)
+            existing = {(r["queue"], r["idempotency_key"]): Job.from_record(r) for r in await self._run(
+                "get_jobs_by_keys", [q for q, _ in pairs], [k for _, k in pairs])}
             for key, idxs in missing.items():
                 job = existing.get(key)
                 if job is None:
@@ -186,9 +197,16 @@ class Store:
         return None if row is None else Job.from_record(row)
 
     async def list_jobs(
-        self, *, queue: str | None, kind: str | None, state: JobState | None, before_id: int | None, limit: int
+        self, *, queue: str | None, kind: str | None, state: JobState | None, before_id: int | None, limit: int,
+        full: bool = False, budget_bytes: int = 0,
     ) -> list[Job]:
-        rows = await self._run("list_jobs", queue, kind, state.value if state else None, before_id, limit)
+        """A page, newest first. full=False (BASIC) never reads payload, result or progress details (they come
+        back empty). full=True stops after the first job that brings the page's bytes to budget_bytes."""
+        args = (queue, kind, state.value if state else None, before_id, limit)
+        if full:
+            rows = await self._run("list_jobs", *args, budget_bytes)
+        else:
+            rows = await self._run("list_jobs_basic", *args)
         return [Job.from_record(r) for r in rows]
 
     async def cancel_job(self, job_id: int) -> Job | None:

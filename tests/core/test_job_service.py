@@ -41,7 +41,8 @@ async def test_200_concurrent_duplicate_submits_make_exactly_one_job(stub: Any, 
 
 async def test_duplicate_returns_stored_job_unchanged(stub: Any) -> None:
     first = await stub.Submit(jpb.SubmitRequest(kind="echo", payload=b"one", idempotency_key="k"))
-    second = await stub.Submit(jpb.SubmitRequest(kind="other", payload=b"two", idempotency_key="k", priority=5))
+    second = await stub.Submit(jpb.SubmitRequest(kind="other", payload=b"two", idempotency_key="k", priority=5,
+                                                  view=job_pb2.JOB_VIEW_FULL))
     assert not second.created
     assert second.job.id == first.job.id
     assert second.job.kind == "echo" and second.job.payload == b"one" and second.job.priority == 0
@@ -52,7 +53,7 @@ async def test_submit_batch_is_one_transaction_and_keeps_order(stub: Any, db: An
     reqs = [jpb.SubmitRequest(kind="echo", payload=str(i).encode(), idempotency_key=f"b{i}") for i in range(50)]
     reqs.append(jpb.SubmitRequest(kind="echo", idempotency_key="pre"))
     reqs.append(jpb.SubmitRequest(kind="echo", idempotency_key="b3"))  # repeats an earlier row of this batch
-    resp = await stub.SubmitBatch(jpb.SubmitBatchRequest(jobs=reqs))
+    resp = await stub.SubmitBatch(jpb.SubmitBatchRequest(jobs=reqs, view=job_pb2.JOB_VIEW_FULL))
     assert [r.job.payload for r in resp.results[:50]] == [str(i).encode() for i in range(50)]
     assert all(r.created for r in resp.results[:50])
     assert not resp.results[50].created and not resp.results[51].created

@@ -21,6 +21,12 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_DEAD_LETTERED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
     JOB_STATE_SCHEDULED: _ClassVar[JobState]
+
+class JobView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_VIEW_UNSPECIFIED: _ClassVar[JobView]
+    JOB_VIEW_BASIC: _ClassVar[JobView]
+    JOB_VIEW_FULL: _ClassVar[JobView]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -29,6 +35,9 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_DEAD_LETTERED: JobState
 JOB_STATE_CANCELLED: JobState
 JOB_STATE_SCHEDULED: JobState
+JOB_VIEW_UNSPECIFIED: JobView
+JOB_VIEW_BASIC: JobView
+JOB_VIEW_FULL: JobView
 
 class RetryPolicy(_message.Message):
     __slots__ = ("initial_backoff", "max_backoff", "multiplier", "jitter")

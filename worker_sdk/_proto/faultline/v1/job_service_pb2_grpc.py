@@ -82,7 +82,8 @@ class JobServiceServicer:
     """
 
     def Submit(self, request, context):
-        """Submit enqueues one job. With an idempotency_key that already names a job, that job is returned unchanged.
+        """Submit enqueues one job. With an idempotency_key that already names a job in the same queue, that job is
+        returned unchanged (created = false) and nothing is stored: a key is scoped to its queue.
         When a worker is waiting for this kind and nothing queued would run first, the job is leased to it in the
         same transaction and the response shows it RUNNING (attempt 1).
         """
@@ -91,7 +92,9 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitBatch(self, request, context):
-        """SubmitBatch enqueues many jobs in one transaction; either all are stored or none.
+        """SubmitBatch enqueues many jobs in one transaction; either all are stored or none. Its response, like every
+        JobService response, stays below the coordinator's response budget (8 MiB): a FULL view that would not is
+        refused with INVALID_ARGUMENT before anything is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,7 +108,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """ListJobs pages through jobs, newest first, optionally filtered.
+        """ListJobs pages through jobs, newest first, optionally filtered. A page ends early, before page_size jobs,
+        when it reaches the response budget (8 MiB); next_page_token then continues where it stopped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
