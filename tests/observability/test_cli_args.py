@@ -10,9 +10,9 @@ import uuid
 import pytest
 
 from coordinator import __version__
-from worker_sdk import Client, JobContext, JobState, NonRetryableError, Worker
 from tests.helpers.wait import eventually
 from tests.observability.conftest import Ran, faultline_cli, run
+from worker_sdk import Client, JobContext, JobState, NonRetryableError, Worker
 
 # Raw bytes that must never reach a terminal: ESC (CSI colour, OSC title), BEL, C1 CSI, a bidi override.
 HOSTILE = "\x1b[31mred\x1b]0;pwned\x07\x9b2J\u202etxt"
