@@ -8,9 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . /app
-# Editable, so that the installed packages are the files under /app: the coordinator finds migrations/
-# beside them and `python examples/worker.py` imports the same worker_sdk as the coordinator's image.
-RUN pip install -e '.[coordinator,fast]' \
+# A normal (not editable) install of the faultline-jobs distribution: its wheel carries the migrations.
+# examples/ stays under /app for `python examples/worker.py`, which imports the installed worker_sdk.
+RUN pip install '.[coordinator,fast]' \
     && useradd --system --home-dir /app --shell /usr/sbin/nologin faultline
 
 USER faultline

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import signal
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +38,12 @@ from coordinator.config import (
     INBOX_SIZE_DEFAULT,
     SUBMIT_RETRY_AFTER,
     Config,
+    dsn_target,
 )
-from coordinator.db.migrate import migrate
+from coordinator.db.migrate import discover, migrate
 from coordinator.db.pool import create_pool
 from coordinator.db.store import ProbeSession, Store
-from coordinator.errors import DatabaseUnavailableError
+from coordinator.errors import DatabaseUnavailableError, StartupError
 from coordinator.grants import Handoff
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.supervisor import ChildSpec, Supervisor
@@ -88,9 +91,15 @@ class Coordinator:
     _metrics_server: Any = None
     _probe: ProbeSession | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
+        """Up to serving. Raises StartupError for what waiting cannot fix; retries only an unreachable Postgres."""
         cfg = self.config
+        # Fail fast on a taken address, before a possibly long wait for Postgres; the real bind below decides.
+        check_free(cfg.grpc_addr, "FAULTLINE_GRPC_ADDR")
+        if cfg.metrics_addr:
+            check_free(cfg.metrics_addr, "FAULTLINE_METRICS_ADDR")
         tracing.setup_from_env()
         metrics.limit_label_values(cfg.metric_label_values_max)
         # Not `a or await to_thread(...)`: mypy then infers to_thread's result from the `str | None` context.
@@ -163,6 +172,9 @@ class Coordinator:
 
         server = grpc.aio.server(interceptors=[DecodeGuard()], maximum_concurrent_rpcs=GRPC_MAX_CONCURRENT_RPCS,
                                  options=[
+            # gRPC sets SO_REUSEPORT by default, which lets a second coordinator share the port and split the
+            # clients between two processes; off, a taken port fails the bind.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
             ("grpc.max_concurrent_streams", GRPC_MAX_CONCURRENT_STREAMS),
@@ -185,26 +197,37 @@ class Coordinator:
             self._worker_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
-        self.port = server.add_insecure_port(cfg.grpc_addr)
+        try:
+            self.port = server.add_insecure_port(cfg.grpc_addr)
+        except RuntimeError:  # grpcio raises "Failed to bind" where older releases returned 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.grpc_addr}")
-        await on_db_change(True)
+            raise StartupError(f"cannot listen on {cfg.grpc_addr} (FAULTLINE_GRPC_ADDR): address in use or not "
+                               "available")
         self.server = server
-        await server.start()
         if cfg.metrics_addr:
             from prometheus_client import start_http_server
 
             host, port = cfg.metrics_addr.rsplit(":", 1)
-            self._metrics_server = start_http_server(int(port), addr=host.strip("[]"), registry=metrics.REGISTRY)
+            try:
+                self._metrics_server = start_http_server(int(port), addr=host.strip("[]"),
+                                                         registry=metrics.REGISTRY)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {cfg.metrics_addr} (FAULTLINE_METRICS_ADDR): "
+                                   f"{exc.strerror or exc}") from None
+        await on_db_change(True)
+        await server.start()
         self._supervisor_task = asyncio.create_task(self.supervisor.run(), name="supervisor")
         logger.info("coordinator serving", extra={"grpc": cfg.grpc_addr, "port": self.port,
                                                    "metrics": cfg.metrics_addr or "off"})
 
     async def _migrate_with_retry(self) -> None:
+        """Migrate, retrying only "not reachable yet"; anything else (credentials, no such database) is fatal."""
         assert self.store is not None
-        retry_on: tuple[type[BaseException], ...] = (
-            OSError, TimeoutError, DatabaseUnavailableError, *_pg_unavailable()
-        )
+        import asyncpg
+
+        discover()  # a broken install is a StartupError now, not a wait that blames Postgres
+        target = dsn_target(self.dsn)
         attempt = 0
         while True:
             try:
@@ -213,14 +236,19 @@ class Coordinator:
                 if applied:
                     logger.info("migrations applied", extra={"versions": ",".join(applied)})
                 return
-            except retry_on as exc:
+            except _not_reachable_yet() as exc:
                 attempt += 1
                 delay = backoff.exponential(
                     min(attempt, 20), base=_s(MIGRATE_RETRY_BASE_S), cap=_s(MIGRATE_RETRY_MAX_S)
                 )
-                logger.warning("waiting for Postgres to migrate", extra={"error": str(exc), "retry_in_s":
-                                                                         round(delay.total_seconds(), 2)})
+                logger.warning("Postgres not reachable yet; retrying", extra={
+                    "target": target, "error": _one_line(exc), "retry_in_s": round(delay.total_seconds(), 2)})
                 await asyncio.sleep(delay.total_seconds())
+            except asyncpg.PostgresError as exc:
+                raise StartupError(f"Postgres at {target} refused the coordinator: {_one_line(exc)} "
+                                   f"({type(exc).__name__}; check DATABASE_URL)") from None
+            except asyncpg.ClientConfigurationError as exc:
+                raise StartupError(f"DATABASE_URL: {_one_line(exc)}") from None
 
     async def wait(self) -> None:
         """Until stop() or a supervisor escalation (which re-raises here)."""
@@ -234,8 +262,15 @@ class Coordinator:
     def request_stop(self) -> None:
         self._stopped.set()
 
-    async def stop(self) -> None:
-        """Drain workers, stop serving, stop the actors, close the pool; every phase is bounded and timed."""
+    def hurry(self) -> None:
+        """End a drain at once (a second Ctrl-C): workers' leases are left to expire."""
+        self._hurry.set()
+
+    async def stop(self, *, quiet: bool = False) -> None:
+        """Drain workers, stop serving, stop the actors, close the pool; every phase is bounded and timed.
+
+        Safe after a failed or cancelled start(); `quiet` logs the closing line at debug (the caller says why).
+        """
         cfg = self.config
         phases: dict[str, float] = {}
         clock = asyncio.get_running_loop().time
@@ -255,12 +290,19 @@ class Coordinator:
                 logger.warning("health shutdown timed out")
         mark("health")
         if self._worker_servicer is not None:
-            await self._worker_servicer.drain(cfg.drain_grace)
+            drain = asyncio.ensure_future(self._worker_servicer.drain(cfg.drain_grace))
+            hurry = asyncio.ensure_future(self._hurry.wait())
+            await asyncio.wait({drain, hurry}, return_when=asyncio.FIRST_COMPLETED)
+            hurry.cancel()
+            if not drain.done():
+                drain.cancel()
+                logger.warning("drain cut short by a second signal; unfinished leases will expire")
         mark("drain")
         if self.server is not None:
+            grace = 0.0 if self._hurry.is_set() else SERVER_STOP_GRACE_S
             try:
                 async with asyncio.timeout(SERVER_STOP_GRACE_S + ACTOR_STOP_TIMEOUT_S):
-                    await self.server.stop(SERVER_STOP_GRACE_S)
+                    await self.server.stop(grace)
             except TimeoutError:
                 logger.warning("grpc server stop timed out")
         mark("server")
@@ -286,7 +328,8 @@ class Coordinator:
                 self.store.pool.terminate()
         mark("pool")
         tracing.shutdown()
-        logger.info("coordinator stopped", extra={f"{k}_s": v for k, v in phases.items()})
+        logger.log(logging.DEBUG if quiet else logging.INFO, "coordinator stopped",
+                   extra={f"{k}_s": v for k, v in phases.items()})
 
 
 def _s(seconds: float) -> Any:
@@ -295,21 +338,77 @@ def _s(seconds: float) -> Any:
     return timedelta(seconds=seconds)
 
 
-def _pg_unavailable() -> tuple[type[BaseException], ...]:
+def _not_reachable_yet() -> tuple[type[BaseException], ...]:
+    """What waiting can fix: no route or refused connection, a server starting, restarting or full."""
     import asyncpg
 
-    return (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
-            asyncpg.TooManyConnectionsError)
+    return (OSError, TimeoutError, DatabaseUnavailableError, asyncpg.PostgresConnectionError,
+            asyncpg.OperatorInterventionError, asyncpg.InterfaceError, asyncpg.TooManyConnectionsError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
+
+
+def check_free(addr: str, var: str) -> None:
+    """Raise StartupError when addr (host:port) cannot be bound now; port 0 and unresolvable hosts pass."""
+    host, port = addr.rsplit(":", 1)
+    if int(port) == 0:
+        return
+    try:
+        family, type_, proto, _, sockaddr = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except OSError:
+        return
+    with socket.socket(family, type_, proto) as sock:
+        # As gRPC and prometheus_client bind: SO_REUSEADDR (TIME_WAIT is no conflict), no SO_REUSEPORT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                raise StartupError(f"cannot listen on {addr} ({var}): {exc.strerror}") from None
+            raise
 
 
 async def main(config: Config) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or a supervisor escalation (exit 1)."""
+    """Run until SIGTERM/SIGINT (exit 0) or a supervisor escalation (exit 1); a StartupError propagates.
+
+    A signal during start-up (a wait for Postgres, say) cancels the start; the first signal after it starts
+    the drain; a second one ends the drain at once.
+    """
     memory.pin_malloc_threshold()
     coordinator = Coordinator(config)
     loop = asyncio.get_running_loop()
+    starting = asyncio.ensure_future(coordinator.start())
+    signals = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals
+        signals += 1
+        if not starting.done():
+            logger.info("signal during start-up: stopping", extra={"signal": sig.name})
+            starting.cancel()
+        elif signals == 1:
+            logger.info("signal: draining", extra={"signal": sig.name})
+            coordinator.request_stop()
+        else:
+            logger.info("second signal: ending the drain now", extra={"signal": sig.name})
+            coordinator.hurry()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, coordinator.request_stop)
-    await coordinator.start()
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await starting
+    except asyncio.CancelledError:
+        if not starting.cancelled():
+            raise
+        await coordinator.stop()
+        return 0
+    except BaseException:
+        await coordinator.stop(quiet=True)
+        raise
     code = 0
     try:
         await coordinator.wait()

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from coordinator.errors import ConfigError
 
@@ -70,6 +71,11 @@ RESTART_WINDOW = timedelta(seconds=60)
 RESTART_HEALTHY_AFTER = timedelta(seconds=30)
 EMBEDDED_DATA_DIR_DEFAULT = Path.home() / ".local" / "share" / "faultline" / "pgdata"
 
+# DATABASE_URL: the URL form that asyncpg accepts, and libpq's sslmode values.
+DSN_SCHEMES = ("postgresql", "postgres")
+DSN_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+DSN_PORT_DEFAULT = 5432
+
 _ADDR = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
 
 
@@ -129,7 +135,7 @@ class Config:
         if retry.max_ms < retry.base_ms:
             raise ConfigError("FAULTLINE_BACKOFF_MAX_MS must be >= FAULTLINE_BACKOFF_BASE_MS")
         cfg = cls(
-            database_url=env.get("DATABASE_URL") or None,
+            database_url=_dsn(env, "DATABASE_URL"),
             grpc_addr=_addr(env, "FAULTLINE_GRPC_ADDR", GRPC_ADDR_DEFAULT),
             metrics_addr=None if metrics in ("", "off") else _addr(env, "FAULTLINE_METRICS_ADDR", metrics),
             retry=retry,
@@ -171,6 +177,69 @@ class Config:
         if cfg.db_pool_min > cfg.db_pool_max:
             raise ConfigError("FAULTLINE_DB_POOL_MIN must be <= FAULTLINE_DB_POOL_MAX")
         return cfg
+
+
+def _dsn(env: Mapping[str, str], name: str) -> str | None:
+    """A postgresql:// URL, checked before the first connection: a typo is a configuration error, not an outage."""
+    raw = env.get(name)
+    if not raw:
+        return None
+    check_dsn(raw, name)
+    return raw
+
+
+def check_dsn(dsn: str, name: str = "DATABASE_URL") -> None:
+    """Raise ConfigError naming `name` when dsn is not a URL that asyncpg can connect with."""
+    shown = redact_dsn(dsn)
+    usage = "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...]"
+    parts = urlsplit(dsn)
+    if parts.scheme not in DSN_SCHEMES or not dsn.startswith(f"{parts.scheme}://"):
+        raise ConfigError(f"{name} must be a URL of the form {usage}, got {shown!r}")
+    hostlist = parts.netloc.rpartition("@")[2]
+    for hostport in hostlist.split(",") if hostlist else []:
+        host, port = _split_hostport(hostport)
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"{name} has an invalid port {port!r} (1-65535) in {shown!r}")
+        if not host and port is not None:
+            raise ConfigError(f"{name} has a port but no host in {shown!r}")
+    try:
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ConfigError(f"{name} has a malformed query string in {shown!r}") from None
+    for mode in query.get("sslmode", []):
+        if mode not in DSN_SSLMODES:
+            raise ConfigError(f"{name} has an invalid sslmode {mode!r}: one of {', '.join(DSN_SSLMODES)}")
+    for port in query.get("port", []):
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"{name} has an invalid port {port!r} (1-65535) in {shown!r}")
+
+
+def _split_hostport(hostport: str) -> tuple[str, str | None]:
+    if hostport.startswith("["):  # [v6]:port
+        host, _, rest = hostport[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else None
+    host, sep, port = hostport.rpartition(":")
+    return (host, port) if sep else (hostport, None)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", dsn)
+
+
+def dsn_target(dsn: str) -> str:
+    """`host:port` (or the socket directory) of a checked DSN, for "not reachable" log lines."""
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    hostlist = parts.netloc.rpartition("@")[2]
+    targets: list[str] = []
+    for hostport in hostlist.split(",") if hostlist else []:
+        host, port = _split_hostport(hostport)
+        targets.append(f"{unquote(host) or 'localhost'}:{port or query.get('port', [DSN_PORT_DEFAULT])[0]}")
+    if not targets:
+        host = query.get("host", [os.environ.get("PGHOST") or "localhost"])[0]
+        targets.append(host if host.startswith("/") else f"{host}:{query.get('port', [DSN_PORT_DEFAULT])[0]}")
+    return ",".join(targets)
 
 
 def _switch(env: Mapping[str, str], name: str, *, default: bool) -> bool:

@@ -18,7 +18,7 @@ def start(data_dir: Path) -> str:
     except ImportError:
         raise ConfigError(
             "DATABASE_URL is not set and the embedded Postgres is not installed: "
-            "pip install 'faultline[embedded]' or set DATABASE_URL"
+            "pip install 'faultline-jobs[coordinator,embedded]' or set DATABASE_URL"
         ) from None
     data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir, cleanup_mode="stop")

@@ -16,6 +16,10 @@ class ConfigError(FaultlineError):
     """Invalid configuration."""
 
 
+class StartupError(FaultlineError):
+    """The coordinator cannot start, and waiting will not help (bad credentials, no database, a taken port)."""
+
+
 class InvalidArgumentError(FaultlineError):
     """Invalid argument."""
 

@@ -4,7 +4,9 @@
 
 Environment: FAULTLINE_ADDR (default 127.0.0.1:50051), FAULTLINE_QUEUES (comma-separated, default
 "default"), FAULTLINE_CONCURRENCY (default 16). Ctrl-C or SIGTERM drains: running jobs get 30 s to
-finish; a second Ctrl-C cancels them at once (they are retried elsewhere).
+finish; a second Ctrl-C cancels them at once (they are retried elsewhere). It prints one line each time
+it is connected and ready for work, so a run that never prints it never reached the coordinator (the
+warnings above say why: the address, the gRPC status and its message).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker_sdk import JobContext, NonRetryableError, RetryJob, Worker
+from worker_sdk import ConnState, JobContext, NonRetryableError, RetryJob, Worker
 
 ADDR = os.environ.get("FAULTLINE_ADDR", "127.0.0.1:50051")
 QUEUES = [q for q in os.environ.get("FAULTLINE_QUEUES", "default").split(",") if q]
@@ -31,7 +33,24 @@ CONCURRENCY = int(os.environ.get("FAULTLINE_CONCURRENCY", "16"))
 RESIZE_TILE_DELAY = timedelta(milliseconds=50)
 RESIZE_TILES = 4
 
-worker = Worker(ADDR, queues=QUEUES, concurrency=CONCURRENCY)
+
+
+class ReadyLine:
+    """A WorkerObserver that prints one line whenever the worker's session becomes ready."""
+
+    def lease_started(self, kind: str, queue: str) -> None:
+        pass
+
+    def lease_finished(self, kind: str, queue: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def connection_changed(self, state: ConnState) -> None:
+        if state is ConnState.READY:
+            print(f"worker ready: connected to {ADDR}, queues {','.join(QUEUES)}, kinds {','.join(worker.kinds)}, "
+                  f"concurrency {CONCURRENCY}", flush=True)
+
+
+worker = Worker(ADDR, queues=QUEUES, concurrency=CONCURRENCY, observer=ReadyLine())
 
 
 @worker.handler("echo")

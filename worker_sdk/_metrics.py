@@ -64,7 +64,7 @@ class WorkerMetrics:
             import prometheus_client as prom
         except ImportError as exc:
             raise WorkerSDKError(
-                "worker metrics need prometheus-client: pip install 'faultline[worker-metrics]'"
+                "worker metrics need prometheus-client: pip install 'faultline-jobs[worker-metrics]'"
             ) from exc
         self._prom = prom
         self._host = host

@@ -312,7 +312,11 @@ class LeaseStream:
                     end = await self._run_session()
                 except grpc.aio.AioRpcError as exc:
                     logger.warning(
-                        "worker stream failed",
+                        "worker stream failed: %s from %s: %s", exc.code().name,
+                        # The channel's target (a private attribute of grpc.aio; "?" should that change).
+                        str(getattr(getattr(self._stub.Connect, "_channel", None), "target", "?"))
+                        .removeprefix("b'").removesuffix("'"),
+                        exc.details(),
                         extra={"code": exc.code().name, "details": exc.details(), "session_id": self._session_id},
                     )
                 except WorkerSDKError as exc:

@@ -23,10 +23,14 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self._factory = session_factory
         # Owned here: every session whose stream is open, including those still awaiting hello.
         self._open: set[WorkerSession] = set()
+        # Set by drain(): a session opened after it would only be told to drain, so it is refused outright.
+        self._draining = False
 
     async def Connect(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
         session = self._factory()
         self._open.add(session)
         try:
@@ -36,6 +40,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 
     async def drain(self, grace: timedelta) -> int:
         """Tell every worker to drain; wait until they hold no leases or grace runs out. Returns sessions drained."""
+        self._draining = True
         sessions = list(self._open)
         for s in sessions:
             s.drain(grace)

@@ -8,17 +8,20 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from coordinator.bench.runner import DATABASE_URL_DEFAULT, IDLE_JOBS_DEFAULT, BenchConfig, FaultlineHarness, run_system
+from coordinator.bench.runner import IDLE_JOBS_DEFAULT, BenchConfig, FaultlineHarness, run_system
 from coordinator.bench.stats import RunResult, fmt, median_result
 
 EXIT_FAILED = 1
+EXIT_CONFIG = 2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench", help="measure end-to-end throughput and submit-to-start latency (optionally beside PgQueuer)",
-        description="Starts its own coordinator on a fresh database of DATABASE_URL's server (or targets --addr), "
+        description="Starts its own coordinator on a fresh database of DATABASE_URL's server (else "
+                    "FAULTLINE_TEST_DSN's, else the embedded Postgres, as `faultline drill` does; or targets --addr), "
                     "W worker processes and N producer tasks. The last line is `jobs_per_s=N p50_ms=N p99_ms=N` "
                     "(median end-to-end jobs/s, median idle submit-to-start p50/p99).")
     p.add_argument("--jobs", type=int, default=20_000, help="jobs in the load phase (default 20000)")
@@ -51,13 +54,36 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _pick_postgres() -> tuple[str, str]:
+    """The server to create bench databases on, and where it came from: as `faultline drill` picks it."""
+    from coordinator.config import EMBEDDED_DATA_DIR_DEFAULT, check_dsn, dsn_target
+
+    for var in ("DATABASE_URL", "FAULTLINE_TEST_DSN"):
+        dsn = os.environ.get(var)
+        if dsn:
+            check_dsn(dsn, var)
+            return dsn, f"{var} ({dsn_target(dsn)})"
+    from coordinator import embedded
+
+    data_dir = Path(os.environ.get("FAULTLINE_EMBEDDED_DATA_DIR") or EMBEDDED_DATA_DIR_DEFAULT)
+    return embedded.start(data_dir), f"the embedded Postgres in {data_dir} (DATABASE_URL not set)"
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    from coordinator.errors import ConfigError
+
+    try:
+        database_url, where = _pick_postgres()
+    except ConfigError as exc:
+        print(f"faultline bench: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    _say(f"faultline bench: Postgres from {where}")
     try:
         cfg = BenchConfig(
             jobs=args.jobs, producers=args.producers, workers=args.workers, concurrency=args.concurrency,
             prefetch=args.prefetch,
             batch=args.batch, sleep_ms=args.sleep_ms, idle_jobs=args.idle_jobs, runs=args.runs,
-            database_url=os.environ.get("DATABASE_URL") or DATABASE_URL_DEFAULT, addr=args.addr,
+            database_url=database_url, addr=args.addr,
             drain=args.drain or args.backlog > 0, backlog=args.backlog, profile=args.profile,
             keep_logs=args.keep_logs,
         )
@@ -69,7 +95,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from coordinator.bench import peers as peer_mod
 
         if not peer_mod.available():
-            print("faultline bench: --peer pgqueuer needs PgQueuer (pip install 'faultline[bench]')", file=sys.stderr)
+            print("faultline bench: --peer pgqueuer needs PgQueuer (pip install 'faultline-jobs[bench]')",
+                  file=sys.stderr)
             return 2
         for shape in [s.strip() for s in args.peer_shapes.split(",") if s.strip()]:
             peer_mod.shape_args(shape, cfg.concurrency)  # validates

@@ -60,7 +60,10 @@ def _wait_serving(addr: str, coordinator: subprocess.Popen[bytes], log: Path) ->
                 return False
             try:
                 if check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
+                    # SERVING from our own coordinator only: one that failed to bind has exited by now.
+                    if coordinator.poll() is None:
+                        return True
+                    continue
             except grpc.RpcError:
                 pass
             time.sleep(HEALTH_POLL_S)
@@ -69,11 +72,37 @@ def _wait_serving(addr: str, coordinator: subprocess.Popen[bytes], log: Path) ->
     return False
 
 
+def _addresses_free(env: dict[str, str]) -> bool:
+    """False (and says which) when the coordinator's gRPC or metrics address is taken, by an earlier demo say.
+
+    Checked before the coordinator starts: its health answer must not come from another process on the port.
+    """
+    from coordinator.app import check_free
+    from coordinator.errors import StartupError
+
+    metrics_addr = env.get("FAULTLINE_METRICS_ADDR", "127.0.0.1:9464")
+    try:
+        check_free(env["FAULTLINE_GRPC_ADDR"], "FAULTLINE_GRPC_ADDR")
+        if metrics_addr not in ("", "off"):
+            check_free(metrics_addr, "FAULTLINE_METRICS_ADDR")
+    except StartupError as exc:
+        print(f"faultline demo: {exc}; is another demo or coordinator running? Stop it, or set that variable",
+              file=sys.stderr)
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
+    if not EXAMPLES.is_dir():
+        print(f"faultline demo: needs a source checkout (no examples/ beside the package in {ROOT})",
+              file=sys.stderr)
+        return 1
     LOG_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
     addr = env.setdefault("FAULTLINE_GRPC_ADDR", "127.0.0.1:50051")
     env.setdefault("FAULTLINE_ADDR", addr)
+    if not _addresses_free(env):
+        return 1
     log = LOG_DIR / "demo-coordinator.log"
     where = env.get("DATABASE_URL") or "an embedded Postgres (DATABASE_URL not set)"
     print(f"faultline demo: starting the coordinator on {addr} with {where}; its log: {log}")

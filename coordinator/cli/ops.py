@@ -2,8 +2,12 @@
 
 They talk to a coordinator over gRPC only, through the SDK's Client; none of them touches Postgres.
 Output is an aligned table (or a key/value block for one job) by default and JSON with --json.
-Every failure is one line on stderr and exit code 1: an unreachable coordinator, or the server's own
-message for NotFound, InvalidArgument and FailedPrecondition. Usage errors exit 2 (argparse).
+Every failure is one line on stderr and exit code 1: an unreachable coordinator, the server's own
+message for NotFound, InvalidArgument and FailedPrecondition, or `jobs cancel` of a job that already
+finished. Usage errors exit 2 (argparse): every flag is range-checked here (int32 fields, a finite
+--timeout, a host:port --addr, UTF-8 text), so no bad argument reaches the wire or a traceback.
+Text output never carries control characters from stored data (labels, errors, worker ids): they are
+shown escaped, as \x1b; --json escapes them as JSON does.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import argparse
 import asyncio
 import base64
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
@@ -33,6 +39,10 @@ PAGE_SIZE_MAX = 500
 CELL_MAX_CHARS = 60
 EXIT_OK = 0
 EXIT_ERROR = 1
+# Flags that become int32 proto fields are range-checked against it; the server narrows further.
+INT32_MAX = 2**31 - 1
+TIMEOUT_S_MAX = 86_400.0
+LIST_LIMIT_MAX = 1_000_000
 # Columns of `faultline queues`, in lifecycle order.
 QUEUE_STATES = (JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, JobState.RETRYING, JobState.DEAD_LETTERED)
 
@@ -41,22 +51,24 @@ Handler = Callable[[Client, argparse.Namespace], Awaitable[Any]]
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--addr", default=os.environ.get(ADDR_ENV) or ADDR_DEFAULT,
+    common.add_argument("--addr", type=_addr, default=os.environ.get(ADDR_ENV) or ADDR_DEFAULT,
                         help=f"coordinator gRPC address (default: ${ADDR_ENV} or {ADDR_DEFAULT})")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    common.add_argument("--timeout", type=float, default=TIMEOUT_S_DEFAULT,
+    common.add_argument("--timeout", type=_seconds, default=TIMEOUT_S_DEFAULT,
                         help="seconds per call (default: %(default)s)")
 
     p = sub.add_parser("submit", parents=[common], help="submit one job")
-    p.add_argument("kind")
+    p.add_argument("kind", type=_text)
     body = p.add_mutually_exclusive_group()
-    body.add_argument("--payload", default="", help="payload as text (UTF-8)")
+    body.add_argument("--payload", type=_text, default="", help="payload as text (UTF-8)")
     body.add_argument("--payload-file", type=Path, help="payload read from a file ('-' for stdin)")
-    p.add_argument("--queue", default="default")
-    p.add_argument("--key", dest="idempotency_key", help="idempotency key: a repeat returns the same job")
-    p.add_argument("--max-attempts", type=int, help="attempts allowed (default: the coordinator's)")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first within a queue")
-    p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label (repeatable)")
+    p.add_argument("--queue", type=_text, default="default")
+    p.add_argument("--key", dest="idempotency_key", type=_text,
+                   help="idempotency key: a repeat returns the same job")
+    p.add_argument("--max-attempts", type=_int_in(1, INT32_MAX), help="attempts allowed (default: the coordinator's)")
+    p.add_argument("--priority", type=_int_in(-INT32_MAX - 1, INT32_MAX), default=0,
+                   help="higher runs first within a queue")
+    p.add_argument("--label", type=_label, action="append", default=[], metavar="K=V", help="a label (repeatable)")
     _bind(p, _submit)
 
     jobs = sub.add_parser("jobs", help="list, show and cancel jobs").add_subparsers(dest="jobs_command", required=True,
@@ -66,10 +78,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.add_argument("--state", choices=[s.value for s in JobState])
     _bind(ls, _jobs_ls)
     show = jobs.add_parser("show", parents=[common], help="one job in full")
-    show.add_argument("id")
+    show.add_argument("id", type=_text)
     _bind(show, _jobs_show)
     cancel = jobs.add_parser("cancel", parents=[common], help="cancel a job (a running job's worker is told to stop)")
-    cancel.add_argument("id")
+    cancel.add_argument("id", type=_text)
     _bind(cancel, _jobs_cancel)
 
     dlq = sub.add_parser("dlq", help="the dead-letter queue").add_subparsers(dest="dlq_command", required=True,
@@ -78,8 +90,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _list_filters(dls)
     _bind(dls, _dlq_ls)
     rq = dlq.add_parser("requeue", parents=[common], help="send a dead-lettered or cancelled job back to its queue")
-    rq.add_argument("id")
-    rq.add_argument("--extra-attempts", type=int, default=0,
+    rq.add_argument("id", type=_text)
+    rq.add_argument("--extra-attempts", type=_int_in(0, INT32_MAX), default=0,
                     help="attempts granted on top of those already spent (default: 1)")
     _bind(rq, _dlq_requeue)
 
@@ -91,9 +103,67 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _list_filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--queue")
-    p.add_argument("--kind")
-    p.add_argument("--limit", type=int, default=LIST_LIMIT_DEFAULT, help="most jobs shown (default: %(default)s)")
+    p.add_argument("--queue", type=_text)
+    p.add_argument("--kind", type=_text)
+    p.add_argument("--limit", type=_int_in(1, LIST_LIMIT_MAX), default=LIST_LIMIT_DEFAULT,
+                   help="most jobs shown (default: %(default)s)")
+
+
+# ---- argument types: a bad value is argparse's one-line usage error (exit 2) ------------------
+
+
+def _text(value: str) -> str:
+    """UTF-8 text: argv that is not valid UTF-8 arrives with surrogate escapes, which protobuf cannot send."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"not valid UTF-8: {value.encode('utf-8', 'surrogateescape')!r} (use --payload-file for bytes)") from None
+    return value
+
+
+def _label(value: str) -> tuple[str, str]:
+    key, sep, val = _text(value).partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"must be K=V, got {_safe(value)!r}")
+    return key, val
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {_safe(value)!r}") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{n} is out of range [{lo}, {hi}]")
+        return n
+
+    parse.__name__ = "integer"  # argparse names the type in its message
+    return parse
+
+
+def _seconds(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {_safe(value)!r}") from None
+    if not (math.isfinite(s) and 0 < s <= TIMEOUT_S_MAX):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, {TIMEOUT_S_MAX:.0f}], got {value!r}")
+    return s
+
+
+_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._\-]+):(\d{1,5})$")
+
+
+def _addr(value: str) -> str:
+    """host:port with a port in 1-65535; gRPC target URIs (dns:, unix:, ipv4:, ipv6:) pass through."""
+    if re.match(r"^(dns|unix|unix-abstract|ipv4|ipv6|vsock):", value):
+        return _text(value)
+    m = _HOSTPORT.match(value)
+    if not m or not 0 < int(m[2]) < 65536:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port in 1-65535, got {_safe(value)!r}")
+    return value
 
 
 def _bind(p: argparse.ArgumentParser, handler: Handler) -> None:
@@ -102,9 +172,6 @@ def _bind(p: argparse.ArgumentParser, handler: Handler) -> None:
 
 def run(handler: Handler, args: argparse.Namespace) -> int:
     """Call the coordinator and print; every expected failure is one stderr line and exit code 1."""
-    if args.timeout <= 0:
-        return _fail("--timeout must be positive")
-
     async def go() -> Any:
         async with Client(args.addr, timeout=timedelta(seconds=args.timeout)) as client:
             return await handler(client, args)
@@ -127,7 +194,7 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"faultline: {message}", file=sys.stderr)
+    print(f"faultline: {_safe(message)}", file=sys.stderr)
     return EXIT_ERROR
 
 
@@ -148,12 +215,7 @@ class _View:
 
 
 async def _submit(client: Client, args: argparse.Namespace) -> _View:
-    labels: dict[str, str] = {}
-    for item in args.label:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _UsageError(f"--label must be K=V, got {item!r}")
-        labels[key] = value
+    labels: dict[str, str] = dict(args.label)
     if args.payload_file is not None:
         payload = sys.stdin.buffer.read() if str(args.payload_file) == "-" else args.payload_file.read_bytes()
     else:
@@ -162,9 +224,9 @@ async def _submit(client: Client, args: argparse.Namespace) -> _View:
         args.kind, payload, queue=args.queue, idempotency_key=args.idempotency_key,
         max_attempts=args.max_attempts, priority=args.priority, labels=labels or None, full=True,
     )
-    where = f"queue {job.queue}, kind {job.kind}, state {job.state.value}"
+    where = f"queue {_safe(job.queue)}, kind {_safe(job.kind)}, state {job.state.value}"
     text = (f"job {job.id} submitted ({where})" if created else
-            f"job {job.id} already submitted: idempotency key {job.idempotency_key!r} matched ({where})")
+            f"job {job.id} already submitted: idempotency key {_safe(job.idempotency_key or '')!r} matched ({where})")
     return _View({"created": created, "job": job}, text)
 
 
@@ -206,14 +268,14 @@ async def _jobs_cancel(client: Client, args: argparse.Namespace) -> _View:
         note = "cancelled"
     elif job.state is JobState.RUNNING:
         note = "cancel requested; its worker is told to stop"
-    else:
-        note = f"not cancelled: it is already {job.state.value}"
+    else:  # finished before the call: a failure by the README's rule (one line, exit 1), not a success
+        raise _CommandError(f"job {job.id} not cancelled: it already finished ({job.state.value})")
     return _View(job, f"job {job.id}: {note}\n{_job_block(job)}")
 
 
 async def _dlq_requeue(client: Client, args: argparse.Namespace) -> _View:
     job = await client.requeue(args.id, extra_attempts=args.extra_attempts)
-    return _View(job, f"job {job.id} requeued\n{_job_block(job)}")
+    return _View(job, f"job {_safe(job.id)} requeued\n{_job_block(job)}")
 
 
 async def _queues(client: Client, args: argparse.Namespace) -> _View:
@@ -238,6 +300,10 @@ class _UsageError(WorkerSDKError):
     """A flag value the coordinator would refuse anyway, caught before the call."""
 
 
+class _CommandError(WorkerSDKError):
+    """The call worked but did not do what was asked (cancel of a finished job)."""
+
+
 def _depth(q: QueueStats, state: JobState) -> int:
     return int(q.depth.get(state, q.depth.get(state.value, 0)))
 
@@ -249,8 +315,18 @@ def _render(out: object) -> str:
     return out.text if isinstance(out, _View) else str(out)
 
 
+# C0 and C1 controls, DEL, bidi overrides and isolates, line and paragraph separators: each could move the
+# cursor, recolour or rewrite the terminal, or reorder what an operator reads.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]")
+
+
+def _safe(text: str) -> str:
+    """Stored text made safe for a terminal: unsafe characters shown as escapes (\\x1b, \\n, \\u202e)."""
+    return _UNSAFE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [list(header), *([_cut(str(c)) for c in row] for row in rows)]
+    cells = [list(header), *([_cut(_safe(str(c))) for c in row] for row in rows)]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
@@ -277,7 +353,7 @@ def _job_block(job: Job) -> str:
         ("finished", _ts(job.finished_at)),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)
+    return "\n".join(f"{k + ':':<{width + 1}} {_safe(str(v))}" for k, v in rows)
 
 
 def _bytes_text(data: bytes) -> str:

@@ -11,11 +11,14 @@ from typing import Any
 
 from coordinator import logs
 from coordinator.config import Config
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, StartupError
 
 logger = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2
+# Could not start for a reason that waiting does not fix: bad credentials, no such database, a taken port.
+EXIT_STARTUP = 1
+EXIT_INTERRUPTED = 130
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,6 +57,11 @@ def run_coordinator(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"faultline: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"faultline: cannot start the coordinator: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:  # before main() installed its handlers
+        return EXIT_INTERRUPTED
 
 
 def run_migrate(args: argparse.Namespace) -> int:
@@ -66,10 +74,16 @@ def run_migrate(args: argparse.Namespace) -> int:
         import asyncpg
 
         from coordinator import embedded
-        from coordinator.db.migrate import migrate
+        from coordinator.config import dsn_target
+        from coordinator.db.migrate import discover, migrate
 
+        discover()
         dsn = cfg.database_url or embedded.start(cfg.embedded_data_dir)
-        con = await asyncpg.connect(dsn)
+        try:
+            con = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.ClientConfigurationError) as exc:
+            raise StartupError(f"cannot connect to Postgres at {dsn_target(dsn)}: {' '.join(str(exc).split())} "
+                               f"({type(exc).__name__})") from None
         try:
             applied = await migrate(con)
         finally:
@@ -77,4 +91,13 @@ def run_migrate(args: argparse.Namespace) -> int:
         print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
         return 0
 
-    return _run(go())
+    try:
+        return _run(go())
+    except ConfigError as exc:
+        print(f"faultline: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"faultline migrate: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -87,8 +87,9 @@ async def test_errors_are_one_line_with_the_servers_message_and_exit_1(addr: str
     assert "priority" in one_line_error(invalid)
     assert "987654321" in one_line_error(not_dead)
     assert "coordinator unavailable at 127.0.0.1:" in one_line_error(unreachable)
+    # A bad flag is a usage error (exit 2, one line) before any call: tests/observability/test_cli_args.py.
     usage = await cli("submit", "echo", "--addr", addr, "--label", "novalue")
-    assert "--label must be K=V" in one_line_error(usage)
+    assert usage.code == 2 and "--label: must be K=V" in usage.err and len(usage.err.splitlines()) == 1, usage
 
 
 async def test_dlq_queues_and_workers_show_what_the_coordinator_holds(coordinator: Coordinator) -> None:
