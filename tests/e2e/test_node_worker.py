@@ -46,6 +46,13 @@ def _events(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _start_node(node: str, addr: str, out_path: Path, err_path: Path) -> subprocess.Popen[bytes]:
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        return subprocess.Popen([node, str(NODE_DIR / "worker.js"), "--addr", addr, "--worker-id", "node-1",
+                                 "--capacity", "8", "--protos", str(ROOT / "protos")],
+                                stdout=out, stderr=err, cwd=NODE_DIR)
+
+
 @pytest.mark.timeout(240)
 async def test_node_worker_runs_the_protocol(coordinator_proc_factory: Callable[..., Awaitable[Proc]],
                                              tmp_path: Path) -> None:
@@ -53,10 +60,7 @@ async def test_node_worker_runs_the_protocol(coordinator_proc_factory: Callable[
     coord = await coordinator_proc_factory()
     addr = str(coord.extra["addr"])
     out_path = tmp_path / "node-worker.jsonl"
-    with open(out_path, "wb") as out, open(tmp_path / "node-worker.err", "wb") as err:
-        worker = subprocess.Popen([node, str(NODE_DIR / "worker.js"), "--addr", addr, "--worker-id", "node-1",
-                                   "--capacity", "8", "--protos", str(ROOT / "protos")],
-                                  stdout=out, stderr=err, cwd=NODE_DIR)
+    worker = _start_node(node, addr, out_path, tmp_path / "node-worker.err")
     try:
         def seen(event: str, **match: Any) -> list[dict[str, Any]]:
             return [e for e in _events(out_path) if e["event"] == event
