@@ -4,6 +4,11 @@ Faultline's own tables are read only through the `check_*` statements of coordin
 (via QUERIES), the effects ledger through ledger.sql. check() returns a CheckReport: one line per
 invariant (ok or violated, with up to a few offending rows), the figures the drill prints, and the
 list of violations, which is empty exactly when the drill passed.
+
+check_sessions() is INV-013, the one invariant that also reads the coordinator: once the system has
+settled, what each connected worker session holds (JobService.ListWorkers: lease ids, credit) must
+equal the running rows Postgres says that worker holds, and a session that holds nothing has credit.
+A session that keeps counting a lease the reaper took back offers that slot to nobody, for ever.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ TERMINAL_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 LEASE_SLACK_MS_DEFAULT = 2_000
 # Offending rows quoted per violated invariant.
 SAMPLE_ROWS = 5
+# Lease ids quoted per worker in an INV-013 violation.
+SAMPLE_LEASES = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,3 +160,46 @@ async def held_by(con: Any, worker_id: str) -> list[tuple[int, int]]:
 async def attempts_of(con: Any, job_ids: Sequence[int]) -> list[Any]:
     """Every attempt of these jobs, ordered by job and attempt."""
     return list(await _q(con, "check_attempts_of", list(job_ids)))
+
+
+# -- INV-013: worker sessions agree with Postgres -----------------------------------------------------
+
+
+async def session_disagreements(con: Any, workers: Sequence[Any]) -> list[dict[str, Any]]:
+    """INV-013's offending workers: sessions (WorkerInfo from ListWorkers) whose held lease ids differ from the
+    running rows Postgres has for that worker id, or that hold nothing and yet have no credit."""
+    by_worker: dict[str, list[Any]] = {}
+    for w in workers:
+        by_worker.setdefault(w.worker_id, []).append(w)
+    bad: list[dict[str, Any]] = []
+    for worker_id, sessions in sorted(by_worker.items()):
+        in_session = {lease for w in sessions for lease in w.lease_ids}
+        in_postgres = {f"{job}.{token}" for job, token in await held_by(con, worker_id)}
+        credit = sum(w.credit for w in sessions)
+        capacity = sum(w.capacity for w in sessions)
+        if in_session != in_postgres:
+            only_session = sorted(in_session - in_postgres)
+            only_pg = sorted(in_postgres - in_session)
+            bad.append({
+                "worker": worker_id, "capacity": capacity, "credit": credit,
+                "session_leases": len(in_session), "running_in_postgres": len(in_postgres),
+                "cause": (f"the session still counts {len(only_session)} lease(s) Postgres no longer runs for it "
+                          f"(e.g. {', '.join(only_session[:SAMPLE_LEASES])})" if only_session else "")
+                + ("; " if only_session and only_pg else "")
+                + (f"Postgres runs {len(only_pg)} lease(s) for it that its session does not know "
+                   f"(e.g. {', '.join(only_pg[:SAMPLE_LEASES])})" if only_pg else ""),
+            })
+        elif not in_session and credit <= 0 and not any(w.draining for w in sessions):
+            bad.append({"worker": worker_id, "capacity": capacity, "credit": credit, "session_leases": 0,
+                        "running_in_postgres": 0,
+                        "cause": "idle with every slot free, but no credit: the coordinator will never grant it work"})
+    return bad
+
+
+def check_sessions(report: CheckReport, bad: Sequence[Any], *, workers: int, settle_s: float) -> None:
+    """Add INV-013's line to the report (bad: session_disagreements() after the drill waited settle_s for it)."""
+    report.figures["sessions_checked"] = workers
+    report.invariant(
+        "INV-013", "after the system settles, every connected worker session holds exactly the leases Postgres runs "
+        "for that worker, and an idle session has credit", [{**r, "waited_s": settle_s} for r in bad],
+        detail=f"{workers} session(s) agree with Postgres")

@@ -3,6 +3,7 @@
 Never the shared server: the cluster lives in its own temporary directory on its own port, started
 with the Debian binaries (/usr/lib/postgresql/N/bin, as user postgres via runuser when we are root)
 or, when those are missing, with the binaries of the pgserver wheel. stop()/start() are the fault.
+The port is a stack.PortHold for the cluster's whole life (Postgres binds with SO_REUSEADDR).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from coordinator.drills.stack import DrillError, free_port
+from coordinator.drills.stack import DrillError, PortHold
 
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 START_TIMEOUT_S = 60
@@ -41,7 +42,9 @@ class PrivateCluster:
 
     def __init__(self, *, max_connections: int = 100) -> None:
         self.bin = _bin_dir()
-        self.port = free_port()
+        # Held until destroy(): nobody else gets the port, not even while the cluster is stopped (an outage).
+        self._port_hold = PortHold()
+        self.port = self._port_hold.port
         self.max_connections = max_connections
         self.root = Path(tempfile.mkdtemp(prefix="faultline-drill-pg-"))
         self.data = self.root / "data"
@@ -88,3 +91,4 @@ class PrivateCluster:
         if keep_log_in is not None and self.log.exists():
             shutil.copy(self.log, keep_log_in / "postgres.log")
         shutil.rmtree(self.root, ignore_errors=True)
+        self._port_hold.close()

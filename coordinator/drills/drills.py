@@ -27,6 +27,16 @@ SETTLE_TIMEOUT_S = 120.0
 STALE_COMPLETE_LOG = "stale complete refused"
 STALE_FAIL_LOG = "stale fail refused"
 STALE_METRIC = "faultline_stale_completions_rejected_total"
+# A producer started until_stopped submits at most this many jobs (the drill stops it long before).
+PRODUCER_CAP = 1_000_000
+# Queued jobs a long-running drill producer keeps ahead of the workers: enough that every fault lands on
+# work in flight, few enough that the drill does not spend its time draining a backlog.
+BACKLOG = 150
+# How long the drill waits for the worker sessions to agree with Postgres (INV-013), in seconds.
+SESSIONS_SETTLE_S = 15.0
+# After the faults, a fresh batch must be finished by the same worker processes within this, in seconds.
+FRESH_BATCH_DEADLINE_S = 30.0
+FRESH_BATCH_JOBS = 100
 
 
 @dataclass(slots=True)
@@ -86,6 +96,7 @@ async def finish(
 ) -> CheckReport:
     """Run the checker, then the drill's own assertions and figures."""
     report = await checker.check(con, expect)
+    await _check_sessions(stack, con, report)
     report.figures["stale_completions_refused"] = (stack.coordinator_log_count(STALE_COMPLETE_LOG)
                                                    + stack.coordinator_log_count(STALE_FAIL_LOG))
     by_frame = await stack.metric(STALE_METRIC)
@@ -94,6 +105,106 @@ async def finish(
                         + (", ".join(f"{k}={int(v)}" for k, v in sorted(by_frame.items()) if v) or "none"))
     report_hook(report)
     return report
+
+
+async def _check_sessions(stack: Stack, con: Any, report: CheckReport) -> None:
+    """INV-013: wait (up to SESSIONS_SETTLE_S) until every session agrees with Postgres, then report."""
+    from worker_sdk import Client
+
+    coord = stack.live_coordinator()
+    t0 = time.monotonic()
+    async with Client(coord.extra["addr"]) as client:
+        while True:
+            workers = await client.list_workers()
+            bad = await checker.session_disagreements(con, workers)
+            if not bad or time.monotonic() - t0 > SESSIONS_SETTLE_S:
+                break
+            await asyncio.sleep(0.2)
+    checker.check_sessions(report, bad, workers=len(workers), settle_s=round(time.monotonic() - t0, 1))
+
+
+def _producing(p: Proc, progress: str) -> None:
+    """A drill's faults need work in flight: a producer that should still run but exited is the drill's failure."""
+    if not p.alive():
+        raise DrillError(f"fault injection: the producer {p.name} exited (code {p.popen and p.popen.returncode}) "
+                         f"with only {progress} done, so later faults would land on an idle system:\n"
+                         f"{p.output()[-2000:]}")
+
+
+async def _wait_in_flight(stack: Stack, con: Any, producer: Proc, fault: str) -> None:
+    """Until some job is running: every fault must land on work in flight."""
+
+    async def running() -> bool:
+        _producing(producer, f"the faults before {fault}")
+        return (await checker.state_counts(con)).get("running", 0) > 0
+
+    await wait_for(running, timeout=SETTLE_TIMEOUT_S, what=f"a job running when {fault} lands")
+
+
+@dataclass(slots=True)
+class FreshBatch:
+    """What same_workers_drain() saw: the fresh batch after the faults, and who ran it."""
+
+    jobs: int
+    workers: dict[str, int]
+    finished: bool
+    elapsed_s: float
+    ran_by: dict[str, int]
+    gone: list[str]
+    snapshot: list[dict[str, Any]]
+
+    def violations(self) -> list[Any]:
+        bad: list[Any] = [f"{w} is no longer the process it was (pid {pid})" for w, pid in self.workers.items()
+                          if w in self.gone]
+        if not self.finished:
+            bad.append(f"the fresh batch of {self.jobs} jobs was not finished within {FRESH_BATCH_DEADLINE_S:g}s "
+                       "with these workers connected")
+            bad.extend(self.snapshot)
+        strangers = {w: n for w, n in self.ran_by.items() if w not in self.workers}
+        if strangers:
+            bad.append(f"jobs of the fresh batch ran on other workers: {strangers}")
+        return bad
+
+
+async def same_workers_drain(stack: Stack, con: Any, addr: str, workers: Sequence[Proc], tag: str) -> FreshBatch:
+    """After the faults, submit a fresh batch and see whether the same worker processes (no restart) finish it."""
+    from worker_sdk import Client
+
+    pids = {w.name: w.pid for w in workers}
+    total = sum((await checker.state_counts(con)).values())
+    p = stack.start_producer(f"fresh-{tag}", addr, count=FRESH_BATCH_JOBS, payload={"ms": 10})
+    await stack.wait_exit(p, timeout=SETTLE_TIMEOUT_S, what="the fresh batch's producer")
+    ids = [int(r["id"]) for r in stack.read_jsonl(p.extra["acks"]) if "id" in r]
+    t0 = time.monotonic()
+    try:
+        await wait_terminal(stack, con, total + len(ids), timeout=FRESH_BATCH_DEADLINE_S)
+        finished = True
+    except DrillError:
+        finished = False
+    elapsed = time.monotonic() - t0
+    ran_by: dict[str, int] = {}
+    for a in await checker.attempts_of(con, ids):
+        if a["outcome"] == "succeeded":
+            ran_by[a["worker_id"]] = ran_by.get(a["worker_id"], 0) + 1
+    snapshot: list[dict[str, Any]] = []
+    if not finished:  # the cause: what each session holds and offers, against what Postgres runs for it
+        async with Client(addr) as client:
+            for w in await client.list_workers():
+                snapshot.append({"worker": w.worker_id, "capacity": w.capacity, "credit": w.credit,
+                                 "session_leases": len(w.lease_ids),
+                                 "running_in_postgres": len(await checker.held_by(con, w.worker_id))})
+    gone = [w.name for w in workers if not w.alive() or w.pid != pids[w.name]]
+    return FreshBatch(jobs=len(ids), workers=pids, finished=finished, elapsed_s=elapsed, ran_by=ran_by, gone=gone,
+                      snapshot=snapshot)
+
+
+def _fresh_invariant(report: CheckReport, fresh: FreshBatch, who: str) -> None:
+    report.figures.update(fresh_batch_jobs=fresh.jobs, fresh_batch_s=round(fresh.elapsed_s, 2))
+    report.invariant("DRILL", f"after the faults, {who} (the same processes, pids "
+                     f"{', '.join(map(str, fresh.workers.values()))}) drained a fresh batch of {fresh.jobs} jobs",
+                     fresh.violations(),
+                     detail=f"in {fresh.elapsed_s:.1f}s, by "
+                            + ", ".join(f"{w}={n}" for w, n in sorted(fresh.ran_by.items())))
 
 
 def recovery_times(kills: Sequence[tuple[float, list[tuple[int, int]]]], attempts: Sequence[Any]) -> list[float]:
@@ -124,26 +235,31 @@ async def worker_kill(stack: Stack, short: bool) -> CheckReport:
     name = "worker-kill"
     jobs, kills = (2_000, 10) if short else (10_000, 100)
     n_workers, concurrency, work_ms = 4, 8, 20
-    say(name, f"{jobs} jobs, {kills} SIGKILLs, {n_workers} workers x {concurrency}, {work_ms} ms per job")
+    say(name, f"about {jobs} jobs, {kills} SIGKILLs, {n_workers} workers x {concurrency}, {work_ms} ms per job; "
+              "the producer keeps submitting until the last kill")
     await stack.create_database()
     coord = await stack.start_coordinator()
     addr = coord.extra["addr"]
     generation = 0
     workers: list[Proc] = [stack.start_worker(f"w{i}-g0", addr, concurrency=concurrency) for i in range(n_workers)]
-    stack.start_producer("producer", addr, count=jobs, payload={"ms": work_ms}, batch=250,
-                         extra=["--max-attempts", "100"])
+    producer = stack.start_producer("producer", addr, count=PRODUCER_CAP, payload={"ms": work_ms}, batch=50,
+                                    extra=["--max-attempts", "100", "--max-backlog", str(BACKLOG)],
+                                    until_stopped=True)
     con = await stack.connect()
     faults: list[tuple[float, list[tuple[int, int]]]] = []
     rng = random.Random(5)
     deadline = time.monotonic() + SETTLE_TIMEOUT_S + jobs / 20
+    step = jobs // (kills + 1)  # finished jobs between two kills
+    due = step
+    finished = 0
     while len(faults) < kills:
         if time.monotonic() > deadline:
-            raise DrillError(f"only {len(faults)} of {kills} kills happened before the deadline")
+            raise DrillError(f"fault injection: only {len(faults)} of {kills} kills landed in time, because no live "
+                             f"worker held a lease when one was due ({finished} jobs finished)")
+        _producing(producer, f"{len(faults)} of {kills} kills")
         counts = await checker.state_counts(con)
         finished = sum(counts.get(s, 0) for s in TERMINAL)
-        if finished >= jobs:
-            raise DrillError(f"all jobs finished after only {len(faults)} of {kills} kills; slow the jobs down")
-        if finished < (len(faults) + 1) * jobs // (kills + 2):
+        if finished < due:
             await asyncio.sleep(0.02)
             continue
         candidates = [w for w in workers if w.alive()]
@@ -154,6 +270,7 @@ async def worker_kill(stack: Stack, short: bool) -> CheckReport:
                 t = time.time()
                 victim.kill()
                 faults.append((t, held))
+                due = finished + step
                 generation += 1
                 workers[workers.index(victim)] = stack.start_worker(
                     f"w{workers.index(victim)}-g{generation}", addr, concurrency=concurrency)
@@ -162,8 +279,9 @@ async def worker_kill(stack: Stack, short: bool) -> CheckReport:
                 break
         else:
             await asyncio.sleep(0.02)
-    say(name, f"{kills} kills done; waiting for every job to finish")
-    await wait_terminal(stack, con, jobs)
+    produced = await stack.stop_producer(producer)
+    say(name, f"{kills} kills done; the producer stopped at {produced} jobs; waiting for every job to finish")
+    await wait_terminal(stack, con, produced)
     acked = stack.acknowledged()
     attempts = await checker.attempts_of(con, sorted({j for _, held in faults for j, _ in held}))
     rec = recovery_times(faults, attempts)
@@ -178,7 +296,6 @@ async def worker_kill(stack: Stack, short: bool) -> CheckReport:
     report = await finish(stack, con, Expectations(acknowledged=acked, final_states=EFFECT_OK), extra)
     await con.close()
     return report
-
 
 
 EFFECT_OK = {"effect": frozenset({"succeeded"})}
@@ -282,8 +399,13 @@ async def zombie_worker(stack: Stack, short: bool) -> CheckReport:
         for h in helpers:
             await asyncio.to_thread(h.stop)
         helpers = []
+    # The SDK zombies are the only workers left: the queue must not stop with them attached and idle.
+    fresh = await same_workers_drain(stack, con, addr, [sdk for _, sdk in zombies], "after-zombies")
+    say(name, f"fresh batch of {fresh.jobs} jobs after the pauses: "
+              f"{'finished' if fresh.finished else 'NOT finished'} in {fresh.elapsed_s:.1f}s by {fresh.ran_by}")
 
     def extra(report: CheckReport) -> None:
+        _fresh_invariant(report, fresh, "the resumed SDK zombies")
         raw_hb, raw_effects, raw_completes, sdk_lost, sdk_sent = [], [], [], 0, []
         for raw, sdk in zombies:
             raw_hb += [e for e in _events(stack, raw, "heartbeat verdict") if e["phase"] == "after pause"]
@@ -326,14 +448,16 @@ async def coordinator_kill(stack: Stack, short: bool) -> CheckReport:
     name = "coordinator-kill"
     jobs, kills = (2_000, 2) if short else (10_000, 10)
     n_workers, work_ms = 3, 20
-    say(name, f"{jobs} jobs, {kills} coordinator SIGKILLs under load, restarted on the same port")
+    say(name, f"about {jobs} jobs, {kills} coordinator SIGKILLs under load, restarted on the same (held) port; "
+              "the producer keeps submitting until the last restart has completed jobs")
     await stack.create_database()
     coord = await stack.start_coordinator()
     addr, port = coord.extra["addr"], coord.extra["port"]
     for i in range(n_workers):
         stack.start_worker(f"w{i}", addr, concurrency=8)
-    stack.start_producer("producer", addr, count=jobs, payload={"ms": work_ms}, batch=50,
-                         extra=["--max-attempts", "100", "--pace-ms", "20"])
+    producer = stack.start_producer("producer", addr, count=PRODUCER_CAP, payload={"ms": work_ms}, batch=50,
+                                    extra=["--max-attempts", "100", "--max-backlog", str(BACKLOG)],
+                                    until_stopped=True)
     con = await stack.connect()
     restarts: list[float] = []
     recoveries: list[float] = []
@@ -341,11 +465,13 @@ async def coordinator_kill(stack: Stack, short: bool) -> CheckReport:
     from worker_sdk import Client
 
     for k in range(kills):
-        async def progressed(goal: int = (k + 1) * jobs // (kills + 2)) -> bool:
+        async def progressed(goal: int = (k + 1) * jobs // (kills + 1), k: int = k) -> bool:
+            _producing(producer, f"{k} of {kills} kills")
             counts = await checker.state_counts(con)
             return sum(counts.get(s, 0) for s in TERMINAL) >= goal
 
         await wait_for(progressed, timeout=SETTLE_TIMEOUT_S, what=f"progress before kill {k + 1}")
+        await _wait_in_flight(stack, con, producer, f"kill {k + 1}")
         counts = await checker.state_counts(con)
         before = counts.get("succeeded", 0)
         t_kill = time.monotonic()
@@ -359,11 +485,13 @@ async def coordinator_kill(stack: Stack, short: bool) -> CheckReport:
         reconnects.append(time.monotonic() - t_kill)
 
         await wait_for(lambda before=before: _more_succeeded(con, before), timeout=60,
-                       what="jobs completing after the restart")
+                       what=f"jobs completing after restart {k + 1} (work was in flight and the producer is running)")
         recoveries.append(time.monotonic() - t_kill)
         say(name, f"kill {k + 1}/{kills}: SERVING again {restarts[-1]:.2f}s after SIGKILL, all workers back "
                   f"{reconnects[-1]:.2f}s, completing {recoveries[-1]:.2f}s")
-    await wait_terminal(stack, con, jobs)
+    produced = await stack.stop_producer(producer)
+    say(name, f"the producer stopped at {produced} jobs; waiting for every job to finish")
+    await wait_terminal(stack, con, produced)
 
     def extra(report: CheckReport) -> None:
         report.figures.update(coordinator_kills=kills)
@@ -391,17 +519,17 @@ async def postgres_restart(stack: Stack, short: bool) -> CheckReport:
     name = "postgres-restart"
     jobs, outages, outage_s = (1_000, 1, 4.0) if short else (5_000, 3, 6.0)
     cluster = PrivateCluster().init()
-    say(name, f"{jobs} jobs; private cluster on port {cluster.port} ({cluster.bin}); {outages} outage(s) of "
-              f"{outage_s:g}s (pg_ctl stop -m fast, then start)")
+    say(name, f"about {jobs} jobs; private cluster on port {cluster.port} ({cluster.bin}); {outages} outage(s) of "
+              f"{outage_s:g}s (pg_ctl stop -m fast, then start); the producer runs until the last outage is over")
     cluster.start()
     try:
         await stack.create_database(admin=cluster.dsn)
         coord = await stack.start_coordinator()
         addr = coord.extra["addr"]
-        for i in range(3):
-            stack.start_worker(f"w{i}", addr, concurrency=8)
-        stack.start_producer("producer", addr, count=jobs, payload={"ms": 20}, batch=25,
-                             extra=["--max-attempts", "100", "--pace-ms", "60"])
+        workers = [stack.start_worker(f"w{i}", addr, concurrency=8) for i in range(3)]
+        producer = stack.start_producer("producer", addr, count=PRODUCER_CAP, payload={"ms": 20}, batch=25,
+                                        extra=["--max-attempts", "100", "--max-backlog", str(BACKLOG)],
+                                        until_stopped=True)
         con = await stack.connect()
         probes: list[int] = []
         down_codes: list[str] = []
@@ -409,11 +537,13 @@ async def postgres_restart(stack: Stack, short: bool) -> CheckReport:
         serving_after: list[float] = []
         completing_after: list[float] = []
         for k in range(outages):
-            async def progressed(con: Any = con, goal: int = (k + 1) * jobs // (outages + 2)) -> bool:
+            async def progressed(con: Any = con, goal: int = (k + 1) * jobs // (outages + 1), k: int = k) -> bool:
+                _producing(producer, f"{k} of {outages} outages")
                 counts = await checker.state_counts(con)
                 return sum(counts.get(s, 0) for s in TERMINAL) >= goal
 
             await wait_for(progressed, timeout=SETTLE_TIMEOUT_S, what=f"progress before outage {k + 1}")
+            await _wait_in_flight(stack, con, producer, f"outage {k + 1}")
             await con.close()
             t_down = time.monotonic()
             await asyncio.to_thread(cluster.stop)
@@ -434,15 +564,21 @@ async def postgres_restart(stack: Stack, short: bool) -> CheckReport:
             before = (await checker.state_counts(con)).get("succeeded", 0)
 
             await wait_for(lambda con=con, before=before: _more_succeeded(con, before), timeout=60,
-                           what="jobs completing after the outage")
+                           what=f"jobs completing after outage {k + 1} (work was in flight, the producer runs)")
             completing_after.append(time.monotonic() - t_up)
             job, _created = await _submit(addr, "effect", b"{}", f"probe-{k}")
             probes.append(int(job.id))
             say(name, f"outage {k + 1}: SERVING {serving_after[-1]:.2f}s after Postgres started, completing "
                       f"after {completing_after[-1]:.2f}s; probe retried with its key -> job {job.id}")
-        await wait_terminal(stack, con, jobs + outages)
+        produced = await stack.stop_producer(producer)
+        say(name, f"the producer stopped at {produced} jobs; waiting for every job to finish")
+        await wait_terminal(stack, con, produced + outages)
+        fresh = await same_workers_drain(stack, con, addr, workers, "after-outages")
+        say(name, f"fresh batch of {fresh.jobs} jobs after the outages: "
+                  f"{'finished' if fresh.finished else 'NOT finished'} in {fresh.elapsed_s:.1f}s by {fresh.ran_by}")
 
         def extra(report: CheckReport) -> None:
+            _fresh_invariant(report, fresh, "the workers that lived through the outages")
             report.figures.update(outages=outages, outage_s=outage_s)
             for label, vals in (("not_serving", not_serving_after), ("serving_again", serving_after),
                                 ("first_completion", completing_after)):
@@ -837,8 +973,8 @@ async def pool_exhaustion(stack: Stack, short: bool) -> CheckReport:
     jobs, hold_s = (500, 4.0) if short else (3_000, 10.0)
     max_conn = 30
     cluster = PrivateCluster(max_connections=max_conn).init()
-    say(name, f"{jobs} jobs; private cluster with max_connections={max_conn}; for {hold_s:g}s the drill holds every "
-              "free connection slot and Postgres refuses the coordinator's role, whose sessions are cut")
+    say(name, f"about {jobs} jobs; private cluster with max_connections={max_conn}; for {hold_s:g}s the drill holds "
+              "every free connection slot and Postgres refuses the coordinator's role, whose sessions are cut")
     cluster.start()
     hog: list[Any] = []
     su: Any = None
@@ -852,17 +988,20 @@ async def pool_exhaustion(stack: Stack, short: bool) -> CheckReport:
         addr = coord.extra["addr"]
         for i in range(2):
             stack.start_worker(f"w{i}", addr, concurrency=4)
-        stack.start_producer("producer", addr, count=jobs, payload={"ms": 20}, batch=25,
-                             extra=["--max-attempts", "100", "--pace-ms", "60"])
+        producer = stack.start_producer("producer", addr, count=PRODUCER_CAP, payload={"ms": 20}, batch=25,
+                                        extra=["--max-attempts", "100", "--max-backlog", str(BACKLOG)],
+                                        until_stopped=True)
         await su.close()
         su = await asyncpg.connect(with_database(cluster.dsn, stack.db_name))  # the checker reads as superuser
         con = su
 
         async def progressed() -> bool:
+            _producing(producer, "no exhaustion")
             counts = await checker.state_counts(con)
-            return sum(counts.get(s, 0) for s in TERMINAL) >= jobs // 3
+            return sum(counts.get(s, 0) for s in TERMINAL) >= jobs // 2
 
         await wait_for(progressed, timeout=SETTLE_TIMEOUT_S, what="progress before the exhaustion")
+        await _wait_in_flight(stack, con, producer, "the exhaustion")
         t0 = time.monotonic()
         await su.execute(REFUSE_COORDINATOR_SQL)
         while True:
@@ -888,7 +1027,14 @@ async def pool_exhaustion(stack: Stack, short: bool) -> CheckReport:
         await wait_for(lambda: _is(health_status(addr), SERVING), timeout=60, what="health SERVING again")
         serving_again = time.monotonic() - t_up
         job, _ = await _submit(addr, "effect", b"{}", "probe-exhausted")
-        await wait_terminal(stack, con, jobs + 1)
+
+        async def completing(before: int = (await checker.state_counts(con)).get("succeeded", 0)) -> bool:
+            _producing(producer, "the exhaustion")
+            return await _more_succeeded(con, before)
+
+        await wait_for(completing, timeout=60, what="jobs completing after the exhaustion (the producer is running)")
+        produced = await stack.stop_producer(producer)
+        await wait_terminal(stack, con, produced + 1)
         say(name, f"SERVING {serving_again:.2f}s after Postgres admitted the coordinator again")
 
         def extra(report: CheckReport) -> None:

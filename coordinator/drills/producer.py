@@ -6,6 +6,11 @@ Job i has the key "{prefix}-{i}". A batch that fails (coordinator down, Postgres
 re-sent with the same keys, so a batch that was stored before its answer was lost yields the same
 jobs, not new ones. Each acknowledged job is appended to the acks file as {"key", "id", "created"};
 the last line carries {"stats": ...}: batches sent, retries by error, and jobs created vs found.
+
+With --until FILE the producer keeps submitting (--count is then only a cap) until FILE exists, so that
+a drill has work in flight for as long as it injects faults; it then finishes the batch it is on.
+With --max-backlog N it submits a batch only while the queue holds fewer than N queued jobs (ListQueues),
+so that a long-running producer keeps the workers busy without building a backlog the drill must drain.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import random
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from worker_sdk import Client, InvalidArgumentError, JobSpec, JobTimeouts, WorkerSDKError
 
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 1.0
+# How often a producer held back by --max-backlog looks at the queue again, in seconds.
+BACKLOG_POLL_S = 0.02
 CALL_TIMEOUT = timedelta(seconds=5)
 
 
@@ -33,7 +41,14 @@ async def main(args: argparse.Namespace) -> int:
     stats: Counter[str] = Counter()
     with open(args.acks, "a", buffering=1) as acks:  # noqa: ASYNC230 - line writes to a local file, once per batch
         async with Client(args.target, timeout=CALL_TIMEOUT) as client:
+            until = Path(args.until) if args.until else None
             for start in range(0, args.count, args.batch):
+                if until is not None and until.exists():
+                    break
+                while args.max_backlog and await _queued(client) >= args.max_backlog:
+                    if until is not None and until.exists():
+                        break
+                    await asyncio.sleep(BACKLOG_POLL_S)
                 specs = [
                     JobSpec(kind=args.kind, payload=payload, idempotency_key=f"{args.prefix}-{i}",
                             max_attempts=args.max_attempts or None, timeouts=timeouts)
@@ -60,6 +75,15 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _queued(client: Client) -> int:
+    """Jobs queued in the default queue; 0 when the coordinator cannot say (the batch then goes and retries)."""
+    try:
+        queues = await client.list_queues()
+    except WorkerSDKError:
+        return 0
+    return sum(int(n) for q in queues if q.name == "default" for st, n in q.depth.items() if st == "queued")
+
+
 def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", required=True)
@@ -72,6 +96,8 @@ def cli() -> None:
     p.add_argument("--max-attempts", type=int, default=0)
     p.add_argument("--execution-timeout-ms", type=int, default=0)
     p.add_argument("--pace-ms", type=int, default=0, help="pause between batches, to spread submits over the drill")
+    p.add_argument("--max-backlog", type=int, default=0, help="submit only while fewer jobs than this are queued")
+    p.add_argument("--until", default="", help="stop (after the current batch) once this file exists")
     args: Any = p.parse_args()
     raise SystemExit(asyncio.run(main(args)))
 

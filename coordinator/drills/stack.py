@@ -4,11 +4,18 @@ Every process is a child of the drill, with its output in a log file under the d
 directory; the drill kills them (SIGKILL, SIGSTOP/SIGCONT) and always stops the survivors at the end.
 The database is a fresh one on the server of DATABASE_URL (else FAULTLINE_TEST_DSN, else the
 embedded pgserver), or a private cluster (cluster.py) for drills that stop Postgres itself.
+
+Ports are never picked and then bound by someone else later (another test may take the port in
+between): every port a drill gives a server is a PortHold, bound by the drill for the whole drill
+with SO_REUSEADDR and never listening. The server (gRPC, the metrics http.server and Postgres all
+set SO_REUSEADDR) can then bind and listen on it, while the kernel hands it to nobody else, even
+while that server is down (a coordinator killed and restarted on the same port, a Postgres outage).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -38,6 +45,8 @@ POLL_S = 0.05
 PROC_STOP_TIMEOUT_S = 10.0
 SERVING_TIMEOUT_S = 60.0
 METRICS_SCRAPE_TIMEOUT_S = 1.0
+# A stopped producer finishes the batch it is on (retrying through an outage) before it exits.
+PRODUCER_STOP_TIMEOUT_S = 60.0
 # Settings every drill coordinator runs with: short leases and backoffs, so recovery takes seconds.
 DRILL_LEASE_TTL_MS = 2_000
 DRILL_COORDINATOR_ENV = {
@@ -54,10 +63,21 @@ class DrillError(Exception):
     """The drill could not run its script (as opposed to a checker violation)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class PortHold:
+    """A loopback TCP port reserved until close(): bound with SO_REUSEADDR and never listening (module docstring)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, 0))
+        self.port = int(self._sock.getsockname()[1])
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+# What a scrape of a coordinator that is down, restarting or not yet listening can raise.
+SCRAPE_ERRORS = (OSError, http.client.HTTPException)
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -198,6 +218,8 @@ class Stack:
         self._metrics: dict[int, dict[str, float]] = {}
         self._watch: asyncio.Task[None] | None = None
         self._seq = 0
+        # Ports reserved for this drill's servers, released in close().
+        self._holds: list[PortHold] = []
 
     async def __aenter__(self) -> Stack:
         return self
@@ -252,11 +274,18 @@ class Stack:
         self.procs.append(p)
         return p.start()
 
+    def reserve_port(self, host: str = "127.0.0.1") -> int:
+        """A port held for this drill until close() (see the module docstring)."""
+        hold = PortHold(host)
+        self._holds.append(hold)
+        return hold.port
+
     async def start_coordinator(self, *, port: int | None = None, dsn: str | None = None,
                                 env: dict[str, str] | None = None, wait: bool = True,
                                 host: str = "127.0.0.1") -> Proc:
-        port = port or free_port()
-        metrics_port = free_port()
+        """A coordinator on `port` (a port this stack reserved; default: a new one) and a new metrics port."""
+        port = port or self.reserve_port(host)
+        metrics_port = self.reserve_port()
         p = self._proc(f"coordinator-{port}", ["-m", "coordinator"], {
             **DRILL_COORDINATOR_ENV,
             "DATABASE_URL": dsn or self.dsn,
@@ -271,6 +300,14 @@ class Stack:
         if wait:
             await self.wait_serving(p)
         return p
+
+    def live_coordinator(self) -> Proc:
+        """The coordinator process still running (the newest); DrillError when there is none."""
+        for c in reversed(self.coordinators):
+            if c.alive():
+                return c
+        raise DrillError("no coordinator is running: "
+                         + "; ".join(f"{c.name} exited {c.popen and c.popen.returncode}" for c in self.coordinators))
 
     async def wait_serving(self, coord: Proc, timeout: float = SERVING_TIMEOUT_S) -> float:
         """Seconds until the coordinator's health says SERVING."""
@@ -302,13 +339,25 @@ class Stack:
         return p
 
     def start_producer(self, name: str, target: str, *, count: int, kind: str = "effect",
-                       payload: dict[str, Any] | None = None, batch: int = 100, extra: list[str] | None = None) -> Proc:
+                       payload: dict[str, Any] | None = None, batch: int = 100, extra: list[str] | None = None,
+                       until_stopped: bool = False) -> Proc:
+        """A producer of `count` jobs; until_stopped: it keeps producing (count is a cap) until stop_producer()."""
         acks = self.workdir / f"{name}.acks.jsonl"
+        stop = self.workdir / f"{name}.stop"
         p = self._proc(name, ["-m", "coordinator.drills.producer", "--target", target, "--count", str(count),
                               "--prefix", name, "--kind", kind, "--payload", json.dumps(payload or {}),
-                              "--batch", str(batch), "--acks", str(acks), *(extra or [])])
-        p.extra["acks"] = acks
+                              "--batch", str(batch), "--acks", str(acks),
+                              *(["--until", str(stop)] if until_stopped else []), *(extra or [])])
+        p.extra.update(acks=acks, stop=stop)
         return p
+
+    async def stop_producer(self, p: Proc, *, timeout: float = PRODUCER_STOP_TIMEOUT_S) -> int:
+        """Tell a producer started until_stopped to finish its batch and exit; the jobs it was acknowledged."""
+        p.extra["stop"].touch()
+        code = await self.wait_exit(p, timeout=timeout, what=f"{p.name} to finish its last batch and exit")
+        if code != 0:
+            raise DrillError(f"{p.name} exited {code}:\n{p.output()[-2000:]}")
+        return sum(1 for r in self.read_jsonl(p.extra["acks"]) if "id" in r)
 
     async def wait_exit(self, p: Proc, *, timeout: float, what: str) -> int:
         await wait_for(lambda: not p.alive(), timeout=timeout, what=what)
@@ -360,8 +409,8 @@ class Stack:
                 if c.alive():
                     try:
                         self._metrics[c.pid] = await asyncio.to_thread(scrape, c.extra["metrics"])
-                    except OSError:
-                        pass
+                    except SCRAPE_ERRORS:
+                        pass  # not listening yet, or just killed: its last scrape stands
             await asyncio.sleep(0.5)
 
     async def metric(self, prefix: str) -> dict[str, float]:
@@ -370,8 +419,9 @@ class Stack:
             if c.alive():
                 try:
                     self._metrics[c.pid] = await asyncio.to_thread(scrape, c.extra["metrics"])
-                except OSError:
-                    pass
+                except SCRAPE_ERRORS as exc:
+                    raise DrillError(f"{c.name} is running but its /metrics on {c.extra['metrics']} does not answer "
+                                     f"({type(exc).__name__}: {exc}); its log:\n{c.output()[-2000:]}") from exc
         out: dict[str, float] = {}
         for m in self._metrics.values():
             for k, v in m.items():
@@ -392,5 +442,8 @@ class Stack:
         for p in reversed(self.procs):
             await asyncio.to_thread(p.stop)
         self.procs.clear()
+        for hold in self._holds:
+            hold.close()
+        self._holds.clear()
         await self._drop_database()
         self.db_name = ""

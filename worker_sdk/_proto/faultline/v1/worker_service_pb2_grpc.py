@@ -47,9 +47,13 @@ class WorkerServiceServicer:
     """
 
     def Connect(self, request_iterator, context):
-        """Connect opens a worker session. The worker's first frame must be hello. Leases are pushed
-        only against credit. Every heartbeat, progress, complete, fail and step frame gets exactly one
-        reply frame carrying the same seq and a status that says whether it was accepted and, if not, why.
+        """Connect opens a worker session. The worker's first frame must be hello (any other frame first ends
+        the stream FAILED_PRECONDITION; an invalid hello ends it INVALID_ARGUMENT, with no reply). Leases are
+        pushed only against credit, and a session starts with zero credit. Every heartbeat, progress,
+        complete, fail, release and step frame gets exactly one reply frame carrying the same seq and a
+        status that says whether it was accepted and, if not, why; credit gets none. A lost lease is told
+        only in the reply to the next frame about it. The stream ends OK after a drain (or when the worker
+        half-closes), UNAVAILABLE when the drain grace runs out. See docs/protocol.md.
         Messages batch frames: the coordinator may pack any number into one message, a worker at most
         1024 (see ConnectRequest.frames). A worker that does not read its stream is ended with
         RESOURCE_EXHAUSTED ("worker is not reading its stream") once it falls too far behind.
