@@ -463,6 +463,14 @@ FROM faultline_jobs
 WHERE state = 'queued'
 GROUP BY queue;
 
+-- name: leases_not_held :many
+-- Of the leases ($1 job, $2 token) that sessions think worker $3[i] holds, those that are not the job's current running lease held by that worker (lease reconciler: one statement for every session).
+SELECT t.id, t.token, t.holder
+FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t(id, token, holder)
+LEFT JOIN faultline_jobs j ON j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    AND j.worker_id = t.holder
+WHERE j.id IS NULL;
+
 -- Maintenance queries: coordinator/actors/maintenance.py vacuums and analyzes the job tables itself, so that
 -- claims stay fast whether or not the server's autovacuum runs. VACUUM and ANALYZE run on a connection of
 -- their own (db/store.py MaintenanceSession), never in a transaction block.
@@ -599,3 +607,7 @@ SELECT id, lease_token FROM faultline_jobs WHERE state = 'running' AND worker_id
 -- Checker: every attempt of the jobs in $1, in order, to time how long recovery of a fault took.
 SELECT job_id, attempt, lease_token, worker_id, started_at, finished_at, outcome
 FROM faultline_attempts WHERE job_id = ANY($1::bigint[]) ORDER BY job_id, attempt;
+
+-- name: check_running_by_worker :many
+-- Checker: every running lease (job, token) and the worker holding it, to compare with what each connected session reports holding (INV-013).
+SELECT id, lease_token, worker_id FROM faultline_jobs WHERE state = 'running' ORDER BY worker_id, id;

@@ -48,9 +48,21 @@ class WorkerServiceServicer:
 
     def Connect(self, request_iterator, context):
         """Connect opens a worker session. The worker's first frame must be hello. Leases are pushed
-        only against credit. Every heartbeat, progress, complete, fail and step frame gets exactly one
-        reply frame carrying the same seq and a status that says whether it was accepted and, if not, why.
-        Messages batch frames: each side may pack any number of frames into one message.
+        only against credit. Every heartbeat, progress, complete, fail, release, abandon and step frame
+        gets exactly one reply frame carrying the same seq and a status that says whether it was
+        accepted and, if not, why. Messages batch frames: each side may pack any number of frames into
+        one message.
+
+        Order: the frames of one session take effect in the order the worker sent them, per lease: a
+        frame naming a lease (a heartbeat names each lease it lists) is applied only after every earlier
+        frame of the session that names the same lease has been applied and answered. Frames about
+        different leases may take effect, and be answered, in any order; replies are matched by seq,
+        never by position. Credit takes effect when it is read.
+
+        The session's lease set follows Postgres: a lease the coordinator takes back (its TTL passed and
+        the reaper re-queued it, or Postgres shows it is no longer this worker's) is announced with
+        lease_revoked and stops counting against capacity; a lease the worker gives up on is announced
+        with abandon.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
