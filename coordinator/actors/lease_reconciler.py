@@ -24,7 +24,7 @@ from coordinator.sessions import SessionRegistry
 
 logger = logging.getLogger(__name__)
 
-#: Default time between passes; app.py runs it at the reaper's interval.
+#: Longest time between passes; app.py runs it at the reaper's interval when that is shorter.
 RECONCILE_INTERVAL_DEFAULT = timedelta(milliseconds=500)
 #: Most leases judged in one statement; more are judged over several statements in the same pass.
 RECONCILE_BATCH_MAX = 20_000
