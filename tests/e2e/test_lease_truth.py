@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from coordinator.app import Coordinator
-from coordinator.drills.cluster import PrivateCluster
 from coordinator.db.migrate import migrate
+from coordinator.drills.cluster import PrivateCluster
 from tests.conftest import bounded
 from tests.conftest import test_config as coordinator_config
 from tests.helpers.raw_worker import FRAME_TIMEOUT_S, RawWorker
@@ -294,8 +294,8 @@ async def test_the_same_workers_drain_the_queue_after_postgres_outages(
                 for _ in range(8):
                     await c.submit("sleep", b"4000")
 
-                async def busy() -> bool:
-                    return all([len(await running_held_by(db, w)) >= 2 for w in ids])
+                async def busy(con: Any = db) -> bool:
+                    return all([len(await running_held_by(con, w)) >= 2 for w in ids])
 
                 await eventually(busy, timeout=SETTLE_TIMEOUT_S, message="both workers hold leases")
                 await db.close()

@@ -60,7 +60,8 @@ async def test_held_leases_survive_repeated_coordinator_kills(
 
         await eventually(reconnected, timeout=60, message="workers reconnected")
 
-        async def settled() -> bool:  # every lease either resumed or taken back by the reaper
+        # Every lease either resumed or taken back by the reaper.
+        async def settled(before: dict[int, int] = before) -> bool:
             rows = await db.fetch("SELECT id, lease_token, state FROM faultline_jobs WHERE id = ANY($1::bigint[])",
                                   list(before))
             async with Client(addr) as c:
