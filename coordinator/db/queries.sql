@@ -607,7 +607,3 @@ SELECT id, lease_token FROM faultline_jobs WHERE state = 'running' AND worker_id
 -- Checker: every attempt of the jobs in $1, in order, to time how long recovery of a fault took.
 SELECT job_id, attempt, lease_token, worker_id, started_at, finished_at, outcome
 FROM faultline_attempts WHERE job_id = ANY($1::bigint[]) ORDER BY job_id, attempt;
-
--- name: check_running_by_worker :many
--- Checker: every running lease (job, token) and the worker holding it, to compare with what each connected session reports holding (INV-013).
-SELECT id, lease_token, worker_id FROM faultline_jobs WHERE state = 'running' ORDER BY worker_id, id;
