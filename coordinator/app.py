@@ -22,6 +22,7 @@ from coordinator.actors.completer import Completer
 from coordinator.actors.dispatcher import Dispatcher, DispatcherConfig
 from coordinator.actors.health import HealthMonitor
 from coordinator.actors.lease_keeper import LeaseKeeper
+from coordinator.actors.lease_reconciler import RECONCILE_INTERVAL_DEFAULT, LeaseReconciler
 from coordinator.actors.maintenance import Maintenance, MaintenanceConfig
 from coordinator.actors.metrics_sampler import MetricsSampler
 from coordinator.actors.peers import Listener, Notifier
@@ -143,7 +144,11 @@ class Coordinator:
                 inbox=keeper_inbox, store=store, lease_ttl_ms=cfg.lease_ttl_ms, max_items=FLUSH_MAX_ITEMS_DEFAULT)),
             ChildSpec("lease_reaper", lambda: LeaseReaper(
                 store=store, retry=cfg.retry, interval_s=cfg.reaper_interval.total_seconds(),
-                on_requeued=promoter_wake.set, on_closed=tracer.attempt_closed)),
+                on_requeued=promoter_wake.set, on_closed=tracer.attempt_closed,
+                on_expired=registry.leases_taken_back)),
+            ChildSpec("lease_reconciler", lambda: LeaseReconciler(
+                store=store, registry=registry,
+                interval_s=min(cfg.reaper_interval, RECONCILE_INTERVAL_DEFAULT).total_seconds())),
             ChildSpec("promoter", lambda: Promoter(store=store, signal=signal_, wake=promoter_wake)),
             # The notifier's pending set must outlive a restart (the signal holds its announce), so the
             # factory hands back the same instance; the listener keeps nothing and is rebuilt.

@@ -2,12 +2,14 @@
 
 A session owns its credit and its leases; the registry only indexes sessions. The dispatcher
 reads credit and hands grants to sessions but keeps no copy, so a restarted dispatcher loses nothing.
+The reaper's report (leases_taken_back) and the lease reconciler reach the holding sessions through
+the registry, so that each session's lease set follows Postgres (INV-013).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Protocol
 
 from coordinator.model import Job, LeaseKey
@@ -40,6 +42,22 @@ class Session(Protocol):
     def holds(self, job_id: int) -> LeaseKey | None: ...
 
     def push_cancel(self, key: LeaseKey, reason: str) -> None: ...
+
+    def revoke(self, key: LeaseKey, reason: str) -> bool:
+        """Forget the lease (Postgres took it back) and tell the worker; True if it was held."""
+        ...
+
+    def lease_mark(self) -> int:
+        """A mark for reconcile(): the leases held now were added before it."""
+        ...
+
+    def held_before(self, mark: int) -> list[LeaseKey]:
+        """Leases held now that were added before mark."""
+        ...
+
+    def reconcile(self, gone: Collection[LeaseKey], mark: int, reason: str = ...) -> int:
+        """Forget (revoke) the leases in gone that were held since mark; returns how many."""
+        ...
 
 
 class DispatchSignal:
@@ -107,6 +125,17 @@ class SessionRegistry:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def leases_taken_back(self, taken: Sequence[tuple[LeaseKey, str | None, str]]) -> int:
+        """Postgres took these leases back (old token, old holder, reason): the sessions holding them forget them."""
+        by_worker: dict[str, list[Session]] = {}
+        for s in self._sessions.values():
+            by_worker.setdefault(s.worker_id, []).append(s)
+        n = 0
+        for key, holder, reason in taken:
+            for s in by_worker.get(holder or "", ()):
+                n += s.revoke(key, reason)
+        return n
 
     def find_lease(self, job_id: int) -> tuple[Session, LeaseKey] | None:
         for s in self._sessions.values():

@@ -12,6 +12,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from worker_sdk._errors import ProtocolError
 from worker_sdk._frames import (
+    Abandon,
     CancelLease,
     Complete,
     Drain,
@@ -21,6 +22,7 @@ from worker_sdk._frames import (
     Hello,
     LeaseGrant,
     LeaseRef,
+    LeaseRevoked,
     LeaseStatus,
     Progress,
     RecordStep,
@@ -334,6 +336,11 @@ def add_request(
             release.SetInParent()
             _set_lease(release.lease, lease)
             release.reason = reason
+        case Abandon(lease=lease, reason=reason):
+            abandon = out.abandon
+            abandon.SetInParent()
+            _set_lease(abandon.lease, lease)
+            abandon.reason = reason
         case GetStep(lease=lease, key=key):
             get_step = out.get_step
             get_step.SetInParent()
@@ -365,6 +372,7 @@ def welcome_from_pb(msg: worker_service_pb2.Welcome) -> Welcome:
         lease_ttl=duration_to_timedelta(msg.lease_ttl),
         resumed_leases=tuple(lease_ref_from_pb(r) for r in msg.resumed_leases),
         accepts_release=msg.accepts_release,
+        accepts_abandon=msg.accepts_abandon,
     )
 
 
@@ -412,7 +420,7 @@ def drain_from_pb(msg: worker_service_pb2.Drain) -> Drain:
 
 def coordinator_frame_from_pb(
     msg: worker_service_pb2.CoordinatorFrame,
-) -> Welcome | LeaseGrant | Reply | CancelLease | Drain | None:
+) -> Welcome | LeaseGrant | Reply | CancelLease | LeaseRevoked | Drain | None:
     """Decode one coordinator frame; None for a frame kind this SDK does not know (skipped)."""
     which = msg.WhichOneof("frame")
     if which == "lease":
@@ -425,4 +433,6 @@ def coordinator_frame_from_pb(
         return cancel_from_pb(msg.cancel)
     if which == "drain":
         return drain_from_pb(msg.drain)
+    if which == "lease_revoked":
+        return LeaseRevoked(lease_ref_from_pb(msg.lease_revoked.lease), msg.lease_revoked.reason)
     return None

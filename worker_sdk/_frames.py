@@ -83,6 +83,14 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class Abandon:
+    """Gives up a lease the worker will not finish (its trust window ran out); the attempt ends as a retryable fail."""
+
+    lease: LeaseRef
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class GetStep:
     """Asks for a step guard's stored result."""
 
@@ -100,7 +108,7 @@ class RecordStep:
 
 
 #: Frames that get exactly one Reply with the same seq.
-RequestFrame = Heartbeat | Progress | Complete | Fail | Release | GetStep | RecordStep
+RequestFrame = Heartbeat | Progress | Complete | Fail | Release | Abandon | GetStep | RecordStep
 #: Frames that end a lease; they are idempotent per fencing token, so they are always re-sent.
 CompletionFrame = Complete | Fail | Release
 
@@ -138,6 +146,8 @@ class Welcome:
     resumed_leases: tuple[LeaseRef, ...]
     #: The coordinator understands Release; older ones do not, and get a Fail instead.
     accepts_release: bool = False
+    #: The coordinator understands Abandon; to older ones an abandoned lease is left to expire.
+    accepts_abandon: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -181,6 +191,14 @@ class Reply:
 @dataclass(frozen=True, slots=True)
 class CancelLease:
     """Stop running a lease's job, then fail it."""
+
+    lease: LeaseRef
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevoked:
+    """The coordinator took the lease back: stop its handler, report nothing, free its slot."""
 
     lease: LeaseRef
     reason: str

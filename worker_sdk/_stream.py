@@ -13,8 +13,11 @@ Connection state machine (ConnState), owned by LeaseStream.run()::
   welcome arrives. Welcome tells which held leases the coordinator resumed; the rest are lost.
 * READY: requests, heartbeats and credit flow. DRAINING: the same, but credit is dropped, since the
   coordinator will grant nothing more on this session and will close it when the grace is over.
-* BACKOFF: full-jitter exponential delay (RECONNECT_BACKOFF_*), reset after a session that lived
-  RECONNECT_HEALTHY_AFTER_DEFAULT.
+* BACKOFF: full-jitter exponential delay (RECONNECT_BACKOFF_*). The attempt counter resets after a
+  session that was welcomed and lived RECONNECT_WELCOMED_HEALTHY_AFTER (or any session that lived
+  RECONNECT_HEALTHY_AFTER_DEFAULT), so a coordinator restart costs one short delay, not the backoff
+  of every earlier restart. While leases are held, no delay exceeds RECONNECT_HELD_TTL_FRACTION of
+  the lease TTL: held leases are resumed (hello.held_leases) if the coordinator is back in time.
 
 Writes are batched: one sender task per session drains the outgoing queue and packs everything
 pending (plus all pending credit, summed into one Credit frame) into one ConnectRequest per write.
@@ -27,7 +30,7 @@ requests are parked; the next welcome re-sends them under fresh seqs (seqs are n
 they stay unique per session), except:
   * heartbeats, which fail at once with UnavailableError (the heartbeat loop sends a fresh one);
   * progress and step frames of leases the coordinator did not resume (LeaseLostError).
-Completions (Complete/Fail) are always re-sent: they are fenced and idempotent per fencing token,
+Completions (Complete/Fail/Release) and Abandon are always re-sent: they are fenced and idempotent per fencing token,
 and the reply tells whether the first copy stuck (DUPLICATE) or the lease is gone (STALE_LEASE).
 """
 
@@ -58,6 +61,7 @@ from worker_sdk._backoff import (
 )
 from worker_sdk._errors import LeaseLostError, ProtocolError, UnavailableError, WorkerSDKError
 from worker_sdk._frames import (
+    Abandon,
     CancelLease,
     Complete,
     Drain,
@@ -66,6 +70,7 @@ from worker_sdk._frames import (
     Hello,
     LeaseGrant,
     LeaseRef,
+    LeaseRevoked,
     Release,
     Reply,
     ReplyStatus,
@@ -87,6 +92,10 @@ OUTGOING_QUEUE_SIZE_DEFAULT = 65_536
 HANDSHAKE_TIMEOUT_DEFAULT = timedelta(seconds=10)
 #: Longest wait, on close(), for the coordinator to end the stream after the worker half-closed it.
 CLOSE_GRACE_DEFAULT = timedelta(seconds=2)
+#: A welcomed session that lived this long resets the reconnect attempt counter.
+RECONNECT_WELCOMED_HEALTHY_AFTER = timedelta(seconds=1)
+#: While leases are held, the longest reconnect delay as a fraction of the lease TTL.
+RECONNECT_HELD_TTL_FRACTION = 0.1
 # Credit.count is 1-10,000 on the wire.
 _CREDIT_MAX_PER_FRAME = 10_000
 
@@ -122,6 +131,8 @@ class SessionListener(Protocol):
     def on_grant(self, grant: LeaseGrant) -> None: ...
 
     def on_cancel(self, cancel: CancelLease) -> None: ...
+
+    def on_revoked(self, revoked: LeaseRevoked) -> None: ...
 
     def on_drain(self, drain: Drain) -> None: ...
 
@@ -226,6 +237,9 @@ class LeaseStream:
         self._closing = asyncio.Event()
         self._finished = asyncio.Event()
         self._session_started = asyncio.Event()
+        # Set by each welcome: whether that session opened, and the lease TTL it announced (seconds).
+        self._welcomed = False
+        self._lease_ttl_s = 0.0
 
     # ---- introspection --------------------------------------------------------------------
 
@@ -327,9 +341,11 @@ class LeaseStream:
                     self._end_session()
                 if self._closing.is_set() or end is _SessionEnd.CLOSED:
                     break
-                if self._clock() - started >= self._healthy_after:
+                lived = self._clock() - started
+                if lived >= self._healthy_after or (
+                        self._welcomed and lived >= RECONNECT_WELCOMED_HEALTHY_AFTER.total_seconds()):
                     attempt = 0
-                delay = full_jitter(attempt, base=self._reconnect_base, cap=self._reconnect_cap, rand=self._rand)
+                delay = full_jitter(attempt, base=self._reconnect_base, cap=self._reconnect_cap_now(), rand=self._rand)
                 attempt += 1
                 self._state = ConnState.BACKOFF
                 logger.info(
@@ -345,6 +361,14 @@ class LeaseStream:
             self._state = ConnState.CLOSED
             self._fail_all(UnavailableError("worker stream closed"))
             self._finished.set()
+
+    def _reconnect_cap_now(self) -> timedelta:
+        """The reconnect cap; lower while leases are held, so that they are resumed before they expire."""
+        cap = self._reconnect_cap
+        if self._lease_ttl_s > 0 and self._listener.held_leases():
+            cap = min(cap, max(timedelta(seconds=self._lease_ttl_s * RECONNECT_HELD_TTL_FRACTION),
+                               self._reconnect_base))
+        return cap
 
     async def close(self) -> None:
         """Half-close the stream, give the coordinator CLOSE_GRACE to end it, then stop reconnecting."""
@@ -362,6 +386,7 @@ class LeaseStream:
 
     async def _run_session(self) -> _SessionEnd:
         self._epoch += 1
+        self._welcomed = False
         self._state = ConnState.CONNECTING
         self._interrupt.clear()
         self._interrupt_reason = _SessionEnd.ABORTED
@@ -455,6 +480,9 @@ class LeaseStream:
     def _open_session(self, welcome: Welcome, held: Sequence[LeaseRef]) -> list[_Pending]:
         """Apply a welcome: tell the listener, re-key parked requests, queue the initial credit."""
         self._session_id = welcome.session_id
+        self._welcomed = True
+        if welcome.lease_ttl > timedelta(0):
+            self._lease_ttl_s = welcome.lease_ttl.total_seconds()
         resumed = set(welcome.resumed_leases)
         lost = frozenset(ref for ref in held if ref not in resumed)
         self._state = ConnState.READY
@@ -472,7 +500,7 @@ class LeaseStream:
         resend: list[_Pending] = []
         for entry in sorted(self._parked.values(), key=lambda e: e.order):
             lease = lease_of(entry.frame)
-            ends_lease = isinstance(entry.frame, Complete | Fail | Release)
+            ends_lease = isinstance(entry.frame, Complete | Fail | Release | Abandon)
             if lease is not None and lease.lease_id in lost_ids and not ends_lease:
                 self._settle_exception(entry, LeaseLostError(f"lease {lease.lease_id} was not resumed"))
                 continue
@@ -620,6 +648,8 @@ class LeaseStream:
                 self._listener.on_grant(frame)
             case CancelLease():
                 self._listener.on_cancel(frame)
+            case LeaseRevoked():
+                self._listener.on_revoked(frame)
             case Drain():
                 logger.info(
                     "coordinator asked to drain",

@@ -48,7 +48,12 @@ where after the drain grace the worker reports them and stops waiting.
 
 Trust window: the lease's heartbeat_timeout (fallback: the session's lease TTL). A lease with no
 ACCEPTED heartbeat verdict for that long, measured from when the accepted heartbeat was sent, is
-treated as lost locally: the coordinator has probably expired it already.
+treated as lost locally: the coordinator has probably expired it already. The worker says so with an
+Abandon frame (when welcome.accepts_abandon), so that the coordinator stops counting the lease
+against this worker's capacity at once and re-queues it if it had not yet; the slot's Credit follows
+when the handler has ended, as for any lease. A LeaseRevoked frame (the coordinator took the lease
+back) makes the lease LOST the same way, without an Abandon. So a paused or cut-off worker never
+leaves the coordinator counting leases it no longer runs, and gets work again once it is back.
 """  # noqa: E501 - the lease diagram's rows are wider than the prose
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ from worker_sdk._errors import (
     UnavailableError,
 )
 from worker_sdk._frames import (
+    Abandon,
     CancelLease,
     Complete,
     CompletionFrame,
@@ -96,6 +102,7 @@ from worker_sdk._frames import (
     Hello,
     LeaseGrant,
     LeaseRef,
+    LeaseRevoked,
     Release,
     Reply,
     ReplyStatus,
@@ -123,6 +130,10 @@ SHUTDOWN_REPORT_TIMEOUT_DEFAULT = timedelta(seconds=5)
 HEARTBEAT_INTERVAL_FALLBACK = timedelta(seconds=5)
 #: Trust window used if neither the grant nor the welcome gives one.
 LEASE_TTL_FALLBACK = timedelta(seconds=30)
+#: First and longest delay of the gRPC channel's own reconnects (its defaults, 1 s growing to 120 s, would
+#: keep a worker away from a restarted coordinator long after it is back, and its held leases expire).
+CHANNEL_RECONNECT_BACKOFF_INITIAL = timedelta(milliseconds=100)
+CHANNEL_RECONNECT_BACKOFF_MAX = timedelta(seconds=1)
 #: Consecutive heartbeats without any reply before the session is torn down and reconnected.
 HEARTBEAT_MISSES_BEFORE_RECONNECT_DEFAULT = 3
 #: Longest error text sent in a Fail frame, in bytes of UTF-8.
@@ -346,8 +357,9 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat_interval = HEARTBEAT_INTERVAL_FALLBACK.total_seconds()
         self._lease_ttl = LEASE_TTL_FALLBACK.total_seconds()
-        # Set by each welcome: whether the coordinator accepts Release frames (see the module docstring).
+        # Set by each welcome: whether the coordinator accepts Release and Abandon frames (see the module docstring).
         self._accepts_release = False
+        self._accepts_abandon = False
         self._stop_requested = asyncio.Event()
         self._force_stop = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -412,7 +424,14 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._executor = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="faultline-handler")
-        channel = open_channel(self._target, credentials=self._credentials, options=self._channel_options)
+        reconnect_options: tuple[tuple[str, int | str], ...] = (
+            ("grpc.initial_reconnect_backoff_ms", int(CHANNEL_RECONNECT_BACKOFF_INITIAL.total_seconds() * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(CHANNEL_RECONNECT_BACKOFF_INITIAL.total_seconds() * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(CHANNEL_RECONNECT_BACKOFF_MAX.total_seconds() * 1000)),
+        )
+        channel = open_channel(
+            self._target, credentials=self._credentials, options=(*reconnect_options, *self._channel_options)
+        )
         self._stream = LeaseStream(
             channel=channel,
             hello=Hello(
@@ -556,6 +575,7 @@ class Worker:
 
     def _on_welcome(self, welcome: Welcome, lost: frozenset[LeaseRef]) -> int:
         self._accepts_release = welcome.accepts_release
+        self._accepts_abandon = welcome.accepts_abandon
         if welcome.heartbeat_interval > timedelta(0):
             self._heartbeat_interval = welcome.heartbeat_interval.total_seconds()
         if welcome.lease_ttl > timedelta(0):
@@ -563,7 +583,7 @@ class Worker:
         for ref in lost:
             run = self._leases.get(ref.lease_id)
             if run is not None and run.ref == ref:
-                self._lose(run, "not resumed after reconnect")
+                self._lose(run, "not resumed after reconnect", tell=False)
         self._heartbeat_wake.set()  # re-establish trust in resumed leases promptly
         self._observer.connection_changed(ConnState.READY)
         if self._state is not WorkerState.RUNNING:
@@ -609,6 +629,13 @@ class Worker:
         logger.info("job cancelled by coordinator", extra=run.log_extra(reason=cancel.reason))
         self._interrupt(run, CancelReason.CANCELLED)
 
+    def _on_revoked(self, revoked: LeaseRevoked) -> None:
+        run = self._leases.get(revoked.lease.lease_id)
+        if run is None or run.ref != revoked.lease:
+            logger.debug("revoke for a lease not held ignored", extra={"lease_id": revoked.lease.lease_id})
+            return
+        self._lose(run, f"revoked by the coordinator: {revoked.reason}", tell=False)
+
     def _on_drain(self, drain: Drain) -> None:
         # The stream stops sending credit; running jobs go on and are re-announced on the next session.
         logger.info("session draining", extra={"held": len(self._leases)})
@@ -628,11 +655,22 @@ class Worker:
         if task is not None and not task.done() and (run.is_async or reason is CancelReason.SHUTDOWN):
             task.cancel()
 
-    def _lose(self, run: _RunningLease, why: str) -> None:
+    def _lose(self, run: _RunningLease, why: str, *, tell: bool = True) -> None:
+        """Mark the lease lost; tell=True also sends Abandon (the coordinator may still count it)."""
         if run.state is LeaseState.COMPLETING or run.state is LeaseState.LOST:
             return
         logger.warning("lease lost", extra=run.log_extra(reason=why))
         self._interrupt(run, CancelReason.LEASE_LOST)
+        if tell and self._accepts_abandon and self._tg is not None and self._stream is not None:
+            self._tg.create_task(self._abandon(run, why), name=f"faultline-abandon-{run.ref.lease_id}")
+
+    async def _abandon(self, run: _RunningLease, why: str) -> None:
+        """Tell the coordinator that this worker gave the lease up; re-sent across reconnects until answered."""
+        try:
+            reply = await self._require_stream().call(Abandon(run.ref, _truncate_utf8(why, 1024)))
+        except (UnavailableError, LeaseLostError):
+            return  # the stream closed; the coordinator's reaper and reconciler take the lease back anyway
+        logger.info("lease abandoned", extra=run.log_extra(status=reply.status.value, reason=reply.message))
 
     # ---- one lease -----------------------------------------------------------------------
 
@@ -948,7 +986,7 @@ class Worker:
                 case ReplyStatus.ACCEPTED:
                     run.last_ack = max(run.last_ack, sent_at)
                 case ReplyStatus.STALE_LEASE | ReplyStatus.NOT_FOUND:
-                    self._lose(run, f"heartbeat verdict {verdict.status.value}: {verdict.message}")
+                    self._lose(run, f"heartbeat verdict {verdict.status.value}: {verdict.message}", tell=False)
                 case ReplyStatus.CANCELLED:
                     logger.info("job cancelled (heartbeat verdict)", extra=run.log_extra(reason=verdict.message))
                     self._interrupt(run, CancelReason.CANCELLED)
@@ -979,6 +1017,9 @@ class _Listener:
 
     def on_cancel(self, cancel: CancelLease) -> None:
         self._worker._on_cancel(cancel)
+
+    def on_revoked(self, revoked: LeaseRevoked) -> None:
+        self._worker._on_revoked(revoked)
 
     def on_drain(self, drain: Drain) -> None:
         self._worker._on_drain(drain)

@@ -3,13 +3,15 @@
 Expiry is judged by Postgres' clock in SQL, never by this process's clock. The same UPDATE
 that takes the job back bumps its fencing token, so the old holder's frames become stale.
 It also dead-letters queued jobs that missed their schedule-to-start deadline.
+Each pass reports the leases it took back, (old lease, old holder, reason), to on_expired, so that the
+session holding one forgets it and tells its worker (LeaseRevoked) at once, not at the next reconcile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from coordinator import metrics
@@ -42,6 +44,7 @@ class LeaseReaper:
         interval_s: float,
         on_requeued: Callable[[], None],
         on_closed: Callable[[LeaseKey, str, str | None], None] | None = None,
+        on_expired: Callable[[Sequence[tuple[LeaseKey, str | None, str]]], object] | None = None,
         batch_max: int = REAPER_BATCH_MAX,
     ) -> None:
         if interval_s <= 0:
@@ -51,6 +54,7 @@ class LeaseReaper:
         self._interval_s = interval_s
         self._on_requeued = on_requeued
         self._on_closed = on_closed
+        self._on_expired = on_expired
         self._batch_max = batch_max
 
     async def run(self) -> None:
@@ -79,6 +83,8 @@ class LeaseReaper:
                 )
                 if self._on_closed:
                     self._on_closed(LeaseKey(r["id"], r["old_token"]), r["reason"], r["reason"])
+            if self._on_expired is not None and rows:
+                self._on_expired([(LeaseKey(r["id"], r["old_token"]), r["old_worker"], r["reason"]) for r in rows])
             if len(rows) < self._batch_max:
                 break
         start_timeouts = 0

@@ -6,14 +6,29 @@
 
 Every heartbeat, progress, complete, fail, release and step frame gets exactly one Reply with its seq.
 
-Credit counts free handler slots. A lease takes a slot from its grant until its Complete or Fail
-frame arrives (its handler has ended; only the verdict is pending), so a worker may send Credit in
-the same message as the completion instead of a round trip later: the cap on credit is capacity
-minus the leases that are neither released nor closing. A Release (a lease handed back before its
-handler started, e.g. a prefetched one at shutdown) closes the lease the same way, but puts the job
-back in the queue uncounted instead of ending the attempt.
-Fencing is done in SQL on (job, token, running, holder); this session's lease map is bookkeeping
-(operators, cancel push), never authority.
+Credit counts free handler slots. A lease takes a slot from its grant until its Complete, Fail,
+Release or Abandon frame arrives (its handler has ended; only the verdict is pending), so a worker
+may send Credit in the same message as the completion instead of a round trip later. The session
+keeps the credit the worker offered (at most capacity) and offers the dispatcher
+min(offered, capacity - busy), busy being the leases that are neither released nor closing: a
+Credit that arrives while the session still counts a lease the worker already let go of is not
+lost, it becomes usable the moment the session forgets that lease.
+
+The lease map follows Postgres (INV-013). A lease leaves it on its verdict, on a heartbeat verdict
+STALE_LEASE / NOT_FOUND, when this coordinator's reaper takes it back (revoke(), told by the reaper
+with the old token and holder), and when the lease reconciler finds it is no longer the current
+running lease held by this worker, whoever changed that (another coordinator's reaper, say):
+reconcile(). A lease taken back without the worker's close frame is announced with LeaseRevoked.
+Fencing is still done in SQL on (job, token, running, holder); the lease map is bookkeeping
+(capacity, operators, cancel push), never authority.
+
+Frames take effect in order per lease (_LeaseOrder): a frame naming a lease is handed to its actor
+only after every earlier frame of this session naming the same job has been answered, so a
+heartbeat sent before a Complete is judged before the Complete lands. Frames about different
+leases run concurrently, as before.
+
+Cancel is a request: a Complete after CancelLease is accepted and the job ends SUCCEEDED with that
+result; a Fail ends it CANCELLED (see CancelLease in the proto).
 
 A closed stream does not touch the database: the worker's leases stay valid until their TTL.
 A worker that reconnects in time names them in hello.held_leases and resumes them; otherwise the
@@ -24,12 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,6 +98,9 @@ PROGRESS_DETAILS_MAX = 64 << 10
 ERROR_TEXT_MAX = 8 << 10
 STEP_KEY_MAX = 256
 RELEASE_REASON_MAX = 1024
+ABANDON_REASON_MAX = 1024
+#: Frames of one session that may wait behind earlier frames on the same lease; past it, UNAVAILABLE.
+ORDER_WAITING_MAX = 10_000
 RETRY_DELAY_MAX_MS = validate.DURATION_MAX_MS
 
 _STATUS = {
@@ -112,6 +131,79 @@ class StreamAbort(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class _Ordered:
+    """One frame in _LeaseOrder: the jobs it names and how to start it."""
+
+    __slots__ = ("jobs", "left", "start", "waiting")
+
+    def __init__(self, jobs: tuple[int, ...], start: Callable[[Callable[[], None]], None]) -> None:
+        self.jobs = jobs
+        self.start = start
+        self.waiting = False
+        self.left = False
+
+
+class _LeaseOrder:
+    """A FIFO line per job id: a frame starts once it is first in line for every job it names.
+
+    start(done) must call done() exactly once, when the frame's reply is queued. Owned by one session.
+    """
+
+    def __init__(self) -> None:
+        self._lines: dict[int, deque[_Ordered]] = {}
+        self.waiting = 0
+        self._ready: deque[_Ordered] = deque()
+        self._running = False
+
+    def enter(self, jobs: Iterable[int], start: Callable[[Callable[[], None]], None]) -> None:
+        op = _Ordered(tuple(dict.fromkeys(jobs)), start)
+        blocked = False
+        for job in op.jobs:
+            line = self._lines.get(job)
+            if line is None:
+                self._lines[job] = deque((op,))
+            else:
+                blocked = blocked or bool(line)
+                line.append(op)
+        if blocked:
+            op.waiting = True
+            self.waiting += 1
+        else:
+            self._ready.append(op)
+            self._run()
+
+    def _done(self, op: _Ordered) -> None:
+        if not op.left:
+            op.left = True
+            self._leave(op)
+
+    def _leave(self, op: _Ordered) -> None:
+        for job in op.jobs:
+            line = self._lines[job]
+            line.popleft()  # op was first in every line it is in: it started only then
+            if not line:
+                del self._lines[job]
+            else:
+                nxt = line[0]
+                if nxt.waiting and all(self._lines[j][0] is nxt for j in nxt.jobs):
+                    nxt.waiting = False
+                    self.waiting -= 1
+                    self._ready.append(nxt)
+        self._run()
+
+    def _run(self) -> None:
+        # Iterative, not recursive: a frame answered at once (busy, invalid) starts the next in line.
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._ready:
+                op = self._ready.popleft()
+                op.start(functools.partial(self._done, op))
+        finally:
+            self._running = False
 
 
 class WorkerSession:
@@ -148,10 +240,15 @@ class WorkerSession:
         self.last_heartbeat = time.monotonic()
         # Owned by this session: state, credit, leases, the outbox and the tasks it started.
         self.state = SessionState.AWAITING_HELLO
-        self._credit = 0
+        # Free slots the worker offered and no grant has used yet, at most capacity; see credit.
+        self._offered = 0
         self._leases: dict[int, LeaseKey] = {}
-        # Job ids of held leases whose Complete/Fail arrived: they no longer take a handler slot.
+        # When each held lease was added (a counter), so a reconcile never drops a lease newer than its query.
+        self._lease_seq: dict[int, int] = {}
+        self._lease_counter = 0
+        # Job ids of held leases whose Complete/Fail/Release/Abandon arrived: they no longer take a handler slot.
         self._closing: set[int] = set()
+        self._order = _LeaseOrder()
         # Unbounded as a queue so that _CLOSE always fits; _send bounds it by frames and bytes. _sizes holds
         # the cost of each frame in it (not of _CLOSE), in the same order.
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -163,7 +260,7 @@ class WorkerSession:
         self._writing = False
         self._tasks: set[asyncio.Task[None]] = set()
         # Statements waiting for one of this session's SESSION_STATEMENTS_MAX runners (see _spawn).
-        self._statements: deque[Coroutine[Any, Any, None]] = deque()
+        self._statements: deque[tuple[Coroutine[Any, Any, None], Callable[[], None] | None]] = deque()
         self._runners = 0
         # Units of work owed to this session (see SESSION_INFLIGHT_MAX), and the reader's wake-up.
         self._load = 0
@@ -178,8 +275,14 @@ class WorkerSession:
 
     @property
     def credit(self) -> int:
-        # A worker that has not read what it was sent gets nothing more until it has (see OUTBOX_BYTES_SOFT).
-        return self._credit if self._outbox_bytes <= OUTBOX_BYTES_SOFT else 0
+        """Leases the dispatcher may grant now: what the worker offered, within the slots not taken.
+
+        A worker that has not read what it was sent gets nothing more until it has (see OUTBOX_BYTES_SOFT).
+        """
+        if self._outbox_bytes > OUTBOX_BYTES_SOFT:
+            return 0
+        busy = len(self._leases) - len(self._closing)
+        return max(0, min(self._offered, self.capacity - busy))
 
     @property
     def accepting(self) -> bool:
@@ -194,10 +297,10 @@ class WorkerSession:
         return [k.lease_id for k in self._leases.values()]
 
     def take_credit(self, n: int) -> None:
-        self._credit -= n
+        self._offered -= n
 
     def return_credit(self, n: int) -> None:
-        self._credit += n
+        self._offered = min(self._offered + n, self.capacity)
 
     def holds(self, job_id: int) -> LeaseKey | None:
         return self._leases.get(job_id)
@@ -222,12 +325,43 @@ class WorkerSession:
                 trace_context=ctx,
             )
             frames.append(wpb.CoordinatorFrame(lease=grant))
-            self._leases[job.id] = key
-            self._closing.discard(job.id)
+            self._hold(key)
             if debug:
                 logger.debug("lease granted", extra={"job_id": job.id, "lease_token": job.lease_token,
                                                      "worker_id": self.worker_id})
         return all(self._send(f) for f in frames)
+
+    def revoke(self, key: LeaseKey, reason: str) -> bool:
+        """Forget a lease that Postgres no longer gives this worker; tell the worker unless it already closed it.
+
+        True if the session held it. Called by the reaper's report and by reconcile()."""
+        if self._leases.get(key.job_id) != key:
+            return False
+        closing = key.job_id in self._closing
+        self._drop_lease(key)
+        if not closing:
+            metrics.RECOVERIES.labels("lease_revoked").inc()
+            logger.info("lease revoked", extra={"session_id": self.session_id, "worker_id": self.worker_id,
+                                                "job_id": key.job_id, "lease_token": key.token, "reason": reason})
+            self._send(wpb.CoordinatorFrame(lease_revoked=wpb.LeaseRevoked(
+                lease=wpb.LeaseRef(lease_id=key.lease_id, fencing_token=key.token), reason=reason)))
+        return True
+
+    def lease_mark(self) -> int:
+        """A mark to pass to reconcile(): leases held now are older than it."""
+        return self._lease_counter
+
+    def held_before(self, mark: int) -> list[LeaseKey]:
+        """The leases held now that were added before mark (what a reconcile may judge)."""
+        return [k for j, k in self._leases.items() if self._lease_seq.get(j, 0) <= mark]
+
+    def reconcile(self, gone: Collection[LeaseKey], mark: int, reason: str = "not held") -> int:
+        """Forget the leases in gone (Postgres: no longer running under this token and holder) held since mark."""
+        n = 0
+        for key in gone:
+            if self._leases.get(key.job_id) == key and self._lease_seq.get(key.job_id, 0) <= mark:
+                n += self.revoke(key, reason)
+        return n
 
     def push_cancel(self, key: LeaseKey, reason: str) -> None:
         self._send(wpb.CoordinatorFrame(cancel=wpb.CancelLease(
@@ -448,7 +582,7 @@ class WorkerSession:
             self._behind.cancel()
             self._behind = None
         while self._statements:  # never started: nobody waits for their replies any more
-            self._statements.popleft().close()
+            self._statements.popleft()[0].close()
         if was_registered:
             self._registry.remove(self.session_id)
             metrics.WORKERS_CONNECTED.set(len(self._registry))
@@ -458,14 +592,11 @@ class WorkerSession:
 
     def _maybe_close(self) -> None:
         """End the stream once nothing is owed: every frame answered, and (draining) no lease held."""
-        if self._unanswered or self.state is SessionState.CLOSED:
+        if self._unanswered or self._order.waiting or self.state is SessionState.CLOSED:
             return
         if self._reader_eof or (self.state is SessionState.DRAINING and not self._leases):
             self._drained.set()
-            try:
-                self._outbox.put_nowait(_CLOSE)
-            except asyncio.QueueFull:
-                pass
+            self._outbox.put_nowait(_CLOSE)
 
     # -- frames ------------------------------------------------------------------------------
 
@@ -492,8 +623,16 @@ class WorkerSession:
                 self._on_fail(frame.seq, frame.fail)
             case "release":
                 self._on_release(frame.seq, frame.release)
+            case "abandon":
+                self._on_abandon(frame.seq, frame.abandon)
             case "get_step" | "record_step":
-                self._spawn(self._on_step(frame.seq, which, getattr(frame, which)))
+                step = getattr(frame, which)
+                key = self._lease(step.lease)
+                if key is None:
+                    self._reply_invalid(frame.seq, f"{which}.lease: malformed lease id or token")
+                else:
+                    seq = frame.seq
+                    self._in_order((key.job_id,), lambda done: self._spawn(self._on_step(seq, which, step), done), seq)
             case _:
                 self._reply_invalid(frame.seq, "empty frame")
 
@@ -526,7 +665,7 @@ class WorkerSession:
                 raise StreamAbort(grpc.StatusCode.UNAVAILABLE, f"cannot resume leases: {exc}") from None
             resumed = [LeaseKey(r["id"], r["lease_token"]) for r in rows]
             for key in resumed:
-                self._leases[key.job_id] = key
+                self._hold(key)
         self.state = SessionState.OPEN
         self._send(wpb.CoordinatorFrame(welcome=wpb.Welcome(
             session_id=self.session_id,
@@ -534,6 +673,7 @@ class WorkerSession:
             lease_ttl=convert.duration_ms(self._ttl_ms),
             resumed_leases=[wpb.LeaseRef(lease_id=k.lease_id, fencing_token=k.token) for k in resumed],
             accepts_release=True,
+            accepts_abandon=True,
         )))
         self._registry.add(self)
         metrics.WORKERS_CONNECTED.set(len(self._registry))
@@ -546,9 +686,8 @@ class WorkerSession:
             raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"credit.count must be in [1, {CAPACITY_MAX}]")
         if self.state is not SessionState.OPEN:
             return
-        # Never more outstanding than the capacity the worker announced.
-        busy = len(self._leases) - len(self._closing)
-        self._credit = min(self._credit + credit.count, max(self.capacity - busy, 0))
+        # Kept up to capacity; the credit property never offers more than the slots not taken.
+        self._offered = min(self._offered + credit.count, self.capacity)
         self._registry.signal.credit()
 
     def _lease(self, ref: Any) -> LeaseKey | None:
@@ -562,9 +701,19 @@ class WorkerSession:
         if not valid:
             self._reply_heartbeat(seq, refs, keys, ())
             return
-        if not self._ask(self._keeper, HeartbeatItem(valid, self.worker_id),
-                         lambda answer: self._reply_heartbeat(seq, refs, keys, answer)):
-            self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
+
+        def start(done: Callable[[], None]) -> None:
+            def answer(a: KeeperAnswer) -> None:
+                try:
+                    self._reply_heartbeat(seq, refs, keys, a)
+                finally:
+                    done()
+
+            if not self._ask(self._keeper, HeartbeatItem(valid, self.worker_id), answer):
+                self._reply_busy(seq)
+                done()
+
+        self._in_order((k.job_id for k in valid), start, seq)
 
     def _reply_heartbeat(self, seq: int, refs: list[Any], keys: list[LeaseKey | None], answer: KeeperAnswer) -> None:
         if len(answer) != sum(k is not None for k in keys):  # the keeper could not reach Postgres
@@ -597,9 +746,20 @@ class WorkerSession:
             )
         if len(p.details) > PROGRESS_DETAILS_MAX:
             return self._reply_invalid(seq, f"progress.details must be at most {PROGRESS_DETAILS_MAX} bytes")
-        if not self._ask(self._keeper, ProgressUpdate(key, self.worker_id, p.fraction, p.message, p.details),
-                         lambda answer: self._reply_verdict(seq, key, answer[0], closing=False)):
-            return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
+        item = ProgressUpdate(key, self.worker_id, p.fraction, p.message, p.details)
+
+        def start(done: Callable[[], None]) -> None:
+            def answer(a: KeeperAnswer) -> None:
+                try:
+                    self._reply_verdict(seq, key, a[0], closing=False)
+                finally:
+                    done()
+
+            if not self._ask(self._keeper, item, answer):
+                self._reply_busy(seq)
+                done()
+
+        self._in_order((key.job_id,), start, seq)
         return None
 
     def _on_complete(self, seq: int, c: Any) -> None:
@@ -631,7 +791,19 @@ class WorkerSession:
             return self._reply_invalid(seq, "release.lease: malformed lease id or token")
         if self._leases.get(key.job_id) == key:
             self._closing.add(key.job_id)
-        self._spawn(self._release(seq, key, r.reason.replace("\x00", "")[:RELEASE_REASON_MAX]))
+        reason = r.reason.replace("\x00", "")[:RELEASE_REASON_MAX]
+        self._in_order((key.job_id,), lambda done: self._spawn(self._release(seq, key, reason), done), seq)
+        return None
+
+    def _on_abandon(self, seq: int, a: Any) -> None:
+        """The worker gave up the lease: stop counting it now; end the attempt as a retryable failure."""
+        key = self._lease(a.lease)
+        if key is None:
+            return self._reply_invalid(seq, "abandon.lease: malformed lease id or token")
+        reason = a.reason.replace("\x00", "")[:ABANDON_REASON_MAX] or "abandoned"
+        logger.info("lease abandoned by worker", extra={"job_id": key.job_id, "lease_token": key.token,
+                                                        "worker_id": self.worker_id, "reason": reason})
+        self._close_lease(seq, key, Failure(key, self.worker_id, f"abandoned: {reason}", True, None))
         return None
 
     async def _release(self, seq: int, key: LeaseKey, reason: str) -> None:
@@ -661,9 +833,19 @@ class WorkerSession:
     def _close_lease(self, seq: int, key: LeaseKey, item: CloseItem) -> None:
         if self._leases.get(key.job_id) == key:
             self._closing.add(key.job_id)
-        if not self._ask(self._completer, item, lambda answer: self._reply_verdict(seq, key, answer, closing=True)):
-            return self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
-        return None
+
+        def start(done: Callable[[], None]) -> None:
+            def answer(v: Verdict) -> None:
+                try:
+                    self._reply_verdict(seq, key, v, closing=True)
+                finally:
+                    done()
+
+            if not self._ask(self._completer, item, answer):
+                self._reply_busy(seq)
+                done()
+
+        self._in_order((key.job_id,), start, seq)
 
     def _reply_verdict(self, seq: int, key: LeaseKey, v: Verdict, *, closing: bool) -> None:
         reply = wpb.Reply(seq=seq, status=_STATUS[v.outcome], message=v.message, result=v.result or b"")
@@ -729,11 +911,14 @@ class WorkerSession:
         fut.add_done_callback(done)
         return True
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a statement for this session: at most SESSION_STATEMENTS_MAX at once, the rest in order after."""
+    def _spawn(self, coro: Coroutine[Any, Any, None], done: Callable[[], None] | None = None) -> None:
+        """Run a statement for this session: at most SESSION_STATEMENTS_MAX at once, the rest in order after.
+
+        done, if given, runs once the statement has ended, however it ended (see _in_order).
+        """
         self._unanswered += 1
         self._load += 1
-        self._statements.append(coro)
+        self._statements.append((coro, done))
         if self._runners < SESSION_STATEMENTS_MAX:
             self._runners += 1
             task = asyncio.create_task(self._run_statements())
@@ -743,12 +928,14 @@ class WorkerSession:
     async def _run_statements(self) -> None:
         try:
             while self._statements:
-                coro = self._statements.popleft()
+                coro, done = self._statements.popleft()
                 try:
                     await coro
                 except Exception:
                     logger.exception("session statement failed", extra={"session_id": self.session_id})
                 finally:
+                    if done is not None:
+                        done()
                     self._answered(1)
         finally:
             self._runners -= 1
@@ -760,10 +947,31 @@ class WorkerSession:
             self._room.set()
         self._maybe_close()
 
+    def _in_order(self, jobs: Iterable[int], start: Callable[[Callable[[], None]], None], seq: int = 0) -> None:
+        """Run start(done) once every earlier frame naming one of these jobs has been answered."""
+        if self._order.waiting >= ORDER_WAITING_MAX:
+            self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE,
+                                       message="too many frames waiting behind earlier frames on the same lease"))
+            return
+        self._order.enter(jobs, start)
+
+    def _reply_busy(self, seq: int) -> None:
+        self._reply(seq, wpb.Reply(seq=seq, status=wpb.REPLY_STATUS_UNAVAILABLE, message="coordinator busy"))
+
+    def _hold(self, key: LeaseKey) -> None:
+        self._lease_counter += 1
+        self._leases[key.job_id] = key
+        self._lease_seq[key.job_id] = self._lease_counter
+        self._closing.discard(key.job_id)
+
     def _drop_lease(self, key: LeaseKey) -> None:
         if self._leases.get(key.job_id) == key:
             del self._leases[key.job_id]
+            self._lease_seq.pop(key.job_id, None)
+            freed = key.job_id not in self._closing
             self._closing.discard(key.job_id)
+            if freed and self.state is SessionState.OPEN and self.credit > 0:
+                self._registry.signal.credit()  # a slot the worker had already offered is usable again
             self._maybe_close()
 
     def _reply(self, seq: int, reply: Any) -> None:

@@ -489,6 +489,14 @@ FROM faultline_jobs
 WHERE state = 'queued'
 GROUP BY queue;
 
+-- name: leases_not_held :many
+-- Of the leases ($1 job, $2 token) that sessions think worker $3[i] holds, those that are not the job's current running lease held by that worker (lease reconciler: one statement for every session).
+SELECT t.id, t.token, t.holder
+FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t(id, token, holder)
+LEFT JOIN faultline_jobs j ON j.id = t.id AND j.lease_token = t.token AND j.state = 'running'
+    AND j.worker_id = t.holder
+WHERE j.id IS NULL;
+
 -- Maintenance queries: coordinator/actors/maintenance.py vacuums and analyzes the job tables itself, so that
 -- claims stay fast whether or not the server's autovacuum runs. VACUUM and ANALYZE run on a connection of
 -- their own (db/store.py MaintenanceSession), never in a transaction block.

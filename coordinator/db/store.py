@@ -318,6 +318,13 @@ class Store:
                 )
         return verdicts
 
+    async def leases_not_held(self, held: Sequence[tuple[LeaseKey, str]]) -> list[tuple[LeaseKey, str]]:
+        """Of (lease, holder) pairs, those that are not the job's current running lease held by that holder."""
+        rows = await self._run(
+            "leases_not_held", [k.job_id for k, _ in held], [k.token for k, _ in held], [w for _, w in held]
+        )
+        return [(LeaseKey(r["id"], r["token"]), r["holder"]) for r in rows]
+
     async def expire_leases(self, *, limit: int, retry: RetryDefaults) -> list[Any]:
         return list(await self._run(
             "expire_leases", limit, retry.base_ms, retry.max_ms, retry.multiplier, retry.jitter

@@ -44,7 +44,7 @@ class ConnectResponse(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[CoordinatorFrame, _Mapping]]] = ...) -> None: ...
 
 class WorkerFrame(_message.Message):
-    __slots__ = ("seq", "hello", "credit", "heartbeat", "progress", "complete", "fail", "get_step", "record_step", "release")
+    __slots__ = ("seq", "hello", "credit", "heartbeat", "progress", "complete", "fail", "get_step", "record_step", "release", "abandon")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class WorkerFrame(_message.Message):
     GET_STEP_FIELD_NUMBER: _ClassVar[int]
     RECORD_STEP_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    ABANDON_FIELD_NUMBER: _ClassVar[int]
     seq: int
     hello: Hello
     credit: Credit
@@ -65,21 +66,24 @@ class WorkerFrame(_message.Message):
     get_step: GetStep
     record_step: RecordStep
     release: Release
-    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., complete: _Optional[_Union[Complete, _Mapping]] = ..., fail: _Optional[_Union[Fail, _Mapping]] = ..., get_step: _Optional[_Union[GetStep, _Mapping]] = ..., record_step: _Optional[_Union[RecordStep, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ...) -> None: ...
+    abandon: Abandon
+    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., complete: _Optional[_Union[Complete, _Mapping]] = ..., fail: _Optional[_Union[Fail, _Mapping]] = ..., get_step: _Optional[_Union[GetStep, _Mapping]] = ..., record_step: _Optional[_Union[RecordStep, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., abandon: _Optional[_Union[Abandon, _Mapping]] = ...) -> None: ...
 
 class CoordinatorFrame(_message.Message):
-    __slots__ = ("welcome", "lease", "reply", "cancel", "drain")
+    __slots__ = ("welcome", "lease", "reply", "cancel", "drain", "lease_revoked")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REVOKED_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     lease: LeaseGrant
     reply: Reply
     cancel: CancelLease
     drain: Drain
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., lease: _Optional[_Union[LeaseGrant, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., cancel: _Optional[_Union[CancelLease, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    lease_revoked: LeaseRevoked
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., lease: _Optional[_Union[LeaseGrant, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., cancel: _Optional[_Union[CancelLease, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., lease_revoked: _Optional[_Union[LeaseRevoked, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("worker_id", "queues", "kinds", "capacity", "labels", "sdk_name", "sdk_version", "held_leases")
@@ -187,18 +191,20 @@ class RecordStep(_message.Message):
     def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., key: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "heartbeat_interval", "lease_ttl", "resumed_leases", "accepts_release")
+    __slots__ = ("session_id", "heartbeat_interval", "lease_ttl", "resumed_leases", "accepts_release", "accepts_abandon")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
     RESUMED_LEASES_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_ABANDON_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_interval: _duration_pb2.Duration
     lease_ttl: _duration_pb2.Duration
     resumed_leases: _containers.RepeatedCompositeFieldContainer[LeaseRef]
     accepts_release: bool
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., accepts_release: _Optional[bool] = ...) -> None: ...
+    accepts_abandon: bool
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_leases: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., accepts_release: _Optional[bool] = ..., accepts_abandon: _Optional[bool] = ...) -> None: ...
 
 class LeaseGrant(_message.Message):
     __slots__ = ("lease_id", "fencing_token", "job", "attempt", "lease_deadline", "heartbeat_timeout", "execution_timeout", "trace_context")
@@ -258,6 +264,22 @@ class Reply(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., message: _Optional[str] = ..., result: _Optional[bytes] = ..., step_found: _Optional[bool] = ..., leases: _Optional[_Iterable[_Union[LeaseStatus, _Mapping]]] = ..., job_state: _Optional[_Union[_job_pb2.JobState, str]] = ...) -> None: ...
 
 class CancelLease(_message.Message):
+    __slots__ = ("lease", "reason")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    lease: LeaseRef
+    reason: str
+    def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Abandon(_message.Message):
+    __slots__ = ("lease", "reason")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    lease: LeaseRef
+    reason: str
+    def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LeaseRevoked(_message.Message):
     __slots__ = ("lease", "reason")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]

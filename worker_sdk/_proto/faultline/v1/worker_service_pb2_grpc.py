@@ -50,13 +50,25 @@ class WorkerServiceServicer:
         """Connect opens a worker session. The worker's first frame must be hello (any other frame first ends
         the stream FAILED_PRECONDITION; an invalid hello ends it INVALID_ARGUMENT, with no reply). Leases are
         pushed only against credit, and a session starts with zero credit. Every heartbeat, progress,
-        complete, fail, release and step frame gets exactly one reply frame carrying the same seq and a
-        status that says whether it was accepted and, if not, why; credit gets none. A lost lease is told
-        only in the reply to the next frame about it. The stream ends OK after a drain (or when the worker
-        half-closes), UNAVAILABLE when the drain grace runs out. See docs/protocol.md.
+        complete, fail, release, abandon and step frame gets exactly one reply frame carrying the same seq
+        and a status that says whether it was accepted and, if not, why; credit gets none. The stream ends
+        OK after a drain (or when the worker half-closes), UNAVAILABLE when the drain grace runs out. See
+        docs/protocol.md.
+
         Messages batch frames: the coordinator may pack any number into one message, a worker at most
         1024 (see ConnectRequest.frames). A worker that does not read its stream is ended with
         RESOURCE_EXHAUSTED ("worker is not reading its stream") once it falls too far behind.
+
+        Order: the frames of one session take effect in the order the worker sent them, per lease: a
+        frame naming a lease (a heartbeat names each lease it lists) is applied only after every earlier
+        frame of the session that names the same lease has been applied and answered. Frames about
+        different leases may take effect, and be answered, in any order; replies are matched by seq,
+        never by position. Credit takes effect when it is read.
+
+        The session's lease set follows Postgres: a lease the coordinator takes back (its TTL passed and
+        the reaper re-queued it, or Postgres shows it is no longer this worker's) is announced with
+        lease_revoked and stops counting against capacity; a lease the worker gives up on is announced
+        with abandon.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
