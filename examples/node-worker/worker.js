@@ -3,7 +3,7 @@
 //   node worker.js --addr 127.0.0.1:50051 --worker-id node-1 [--capacity 8] [--protos ../../protos]
 //
 // It handles kind "node-echo": the result is the payload. A JSON payload may ask for a protocol case:
-//   {"case": "stale"}      first complete with the previous token (expects STALE_LEASE), then for real
+//   {"case": "stale"}      first complete with a token never granted for it (expects STALE_LEASE), then for real
 //   {"case": "duplicate"}  complete twice (expects ACCEPTED, then DUPLICATE with job_state SUCCEEDED)
 //   {"case": "hold"}       never completes; heartbeats until the coordinator cancels it, then fails it
 // Everything it sees is printed as one JSON line per event on stdout, for tests/e2e/test_node_worker.py.
@@ -80,8 +80,9 @@ function onLease(grant) {
                   kase, has_trace: Object.keys(grant.trace_context || {}).length > 0 });
   if (kase === "hold") return; // waits for CancelLease
   if (kase === "stale") {
-    // The lease id is "<job id>.<token>" and must agree with fencing_token: an older token, named consistently.
-    const old = (BigInt(lease.fencing_token) - 1n).toString();
+    // The lease id is "<job id>.<token>" and must agree with fencing_token: a newer token, named consistently.
+    // (Not the previous one: a first attempt holds token 1, and token 0 is out of range, refused as INVALID.)
+    const old = (BigInt(lease.fencing_token) + 1n).toString();
     request({ complete: { lease: { lease_id: `${job.id}.${old}`, fencing_token: old }, result: Buffer.from("x") } },
             { what: "stale complete", job_id: job.id, lease_id: lease.lease_id });
   }
