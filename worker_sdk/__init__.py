@@ -18,7 +18,7 @@ Producers use Client; workers register handlers on a Worker and run it::
 from __future__ import annotations
 
 from worker_sdk._client import Client
-from worker_sdk._context import CancelReason, JobContext
+from worker_sdk._context import CancelReason, JobContext, step_idempotency_key
 from worker_sdk._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -64,4 +64,5 @@ __all__ = [
     "WorkerSDKError",
     "WorkerState",
     "__version__",
+    "step_idempotency_key",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import inspect
 import logging
 import threading
@@ -31,6 +32,17 @@ StepFn: TypeAlias = Callable[[], HandlerResult | Awaitable[HandlerResult]]
 _T = TypeVar("_T")
 #: Longest progress message the coordinator accepts, in characters.
 PROGRESS_MESSAGE_MAX_CHARS = 1024
+
+
+def step_idempotency_key(job_id: str, step_key: str) -> str:
+    """"faultline-<job id>-<first 32 hex digits of SHA-256 of the step key's UTF-8>": ASCII, at most 63 characters.
+
+    Hashing keeps the key short and within any downstream's alphabet whatever the step key holds; the job id
+    stays readable for whoever looks the key up on the other side.
+    """
+    if not 1 <= len(step_key) <= 256:
+        raise InvalidArgumentError("step key must be 1-256 characters")
+    return f"faultline-{job_id}-{hashlib.sha256(step_key.encode()).hexdigest()[:32]}"
 
 
 class CancelReason(StrEnum):
@@ -246,6 +258,16 @@ class JobContext:
         self._run_threadsafe(self.progress(fraction, message, details))
 
     # ---- step guards ---------------------------------------------------------------------
+
+    def idempotency_key(self, step_key: str) -> str:
+        """A key for the downstream system's own dedupe (a payment API, say): the same for this job and step key
+        on every attempt and every worker, and different for any other job or step key.
+
+        A step's function can run more than once (the worker may die after the effect and before the step is
+        recorded), so an effect that must happen once needs the downstream's help: send it this key.
+        See step_idempotency_key() for the formula, which other languages can follow.
+        """
+        return step_idempotency_key(self.job_id, step_key)
 
     async def step(self, key: str, fn: StepFn) -> bytes:
         """Run `fn` at most once per job (across attempts) and return its stored result.

@@ -26,10 +26,10 @@ async def worker_procs(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     procs: list[Proc] = []
 
     async def start(addr: str, worker_id: str, *, concurrency: int = 4, queues: str = "default",
-                    drain_grace_s: float = 10, wait: bool = True) -> Proc:
+                    drain_grace_s: float = 10, wait: bool = True, env: dict[str, str] | None = None) -> Proc:
         p = python_proc(WORKER_MAIN, tmp=tmp_path, name=worker_id, env={
             "FL_ADDR": addr, "FL_WORKER_ID": worker_id, "FL_CONCURRENCY": str(concurrency),
-            "FL_QUEUES": queues, "FL_DRAIN_GRACE_S": str(drain_grace_s)})
+            "FL_QUEUES": queues, "FL_DRAIN_GRACE_S": str(drain_grace_s), **(env or {})})
         p.start()
         procs.append(p)
         if wait:
