@@ -27,6 +27,15 @@ if _version_not_supported:
 
 class JobServiceStub:
     """JobService is the producer and operator API: submit jobs, read them, cancel and requeue them.
+
+    Status codes, for every RPC: INVALID_ARGUMENT when a field is out of range or malformed (the message names
+    the field; nothing is stored); UNAVAILABLE when Postgres cannot be reached or the coordinator is stopping
+    (nothing changed, or for a Submit the outcome is unknown: retry with the same idempotency_key);
+    DEADLINE_EXCEEDED when the client's deadline passed first (same rule). Per RPC, in addition: Submit and
+    SubmitBatch RESOURCE_EXHAUSTED when the coordinator's in-flight submit work is at its bound, carrying a
+    google.rpc.RetryInfo with the delay to wait (nothing stored); GetJob, CancelJob and RequeueJob NOT_FOUND for
+    an id that names no job; RequeueJob FAILED_PRECONDITION for a job that is neither dead-lettered nor
+    cancelled. INTERNAL is never sent on purpose: it is a bug.
     """
 
     def __init__(self, channel):
@@ -79,6 +88,15 @@ class JobServiceStub:
 
 class JobServiceServicer:
     """JobService is the producer and operator API: submit jobs, read them, cancel and requeue them.
+
+    Status codes, for every RPC: INVALID_ARGUMENT when a field is out of range or malformed (the message names
+    the field; nothing is stored); UNAVAILABLE when Postgres cannot be reached or the coordinator is stopping
+    (nothing changed, or for a Submit the outcome is unknown: retry with the same idempotency_key);
+    DEADLINE_EXCEEDED when the client's deadline passed first (same rule). Per RPC, in addition: Submit and
+    SubmitBatch RESOURCE_EXHAUSTED when the coordinator's in-flight submit work is at its bound, carrying a
+    google.rpc.RetryInfo with the delay to wait (nothing stored); GetJob, CancelJob and RequeueJob NOT_FOUND for
+    an id that names no job; RequeueJob FAILED_PRECONDITION for a job that is neither dead-lettered nor
+    cancelled. INTERNAL is never sent on purpose: it is a bug.
     """
 
     def Submit(self, request, context):
@@ -93,8 +111,9 @@ class JobServiceServicer:
 
     def SubmitBatch(self, request, context):
         """SubmitBatch enqueues many jobs in one transaction; either all are stored or none. Its response, like every
-        JobService response, stays below the coordinator's response budget (8 MiB): a FULL view that would not is
-        refused with INVALID_ARGUMENT before anything is stored.
+        JobService response, stays below the coordinator's response budget (4,000,000 bytes, under gRPC's default
+        4 MiB receive limit): a FULL view that would not fit is refused with INVALID_ARGUMENT before anything is
+        stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,14 +128,15 @@ class JobServiceServicer:
 
     def ListJobs(self, request, context):
         """ListJobs pages through jobs, newest first, optionally filtered. A page ends early, before page_size jobs,
-        when it reaches the response budget (8 MiB); next_page_token then continues where it stopped.
+        when it reaches the response budget (4,000,000 bytes); next_page_token then continues where it stopped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """CancelJob cancels a queued, scheduled or retrying job at once; a running job is marked and its worker is told to stop.
+        """CancelJob cancels a queued, scheduled or retrying job at once; a running job is marked and its worker is
+        told to stop (see CancelLease in worker_service.proto). A finished job is returned unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,6 +216,15 @@ def add_JobServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class JobService:
     """JobService is the producer and operator API: submit jobs, read them, cancel and requeue them.
+
+    Status codes, for every RPC: INVALID_ARGUMENT when a field is out of range or malformed (the message names
+    the field; nothing is stored); UNAVAILABLE when Postgres cannot be reached or the coordinator is stopping
+    (nothing changed, or for a Submit the outcome is unknown: retry with the same idempotency_key);
+    DEADLINE_EXCEEDED when the client's deadline passed first (same rule). Per RPC, in addition: Submit and
+    SubmitBatch RESOURCE_EXHAUSTED when the coordinator's in-flight submit work is at its bound, carrying a
+    google.rpc.RetryInfo with the delay to wait (nothing stored); GetJob, CancelJob and RequeueJob NOT_FOUND for
+    an id that names no job; RequeueJob FAILED_PRECONDITION for a job that is neither dead-lettered nor
+    cancelled. INTERNAL is never sent on purpose: it is a bug.
     """
 
     @staticmethod
