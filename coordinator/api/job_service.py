@@ -16,7 +16,6 @@ from coordinator import logs, metrics
 from coordinator.api import convert, validate
 from coordinator.api.admission import SubmitAdmission
 from coordinator.api.status import code_for, trailing_metadata_for
-from coordinator.config import SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT, SUBMIT_INFLIGHT_MAX_DEFAULT, SUBMIT_RETRY_AFTER
 from coordinator.db.store import Store
 from coordinator.errors import FailedPreconditionError, FaultlineError, InvalidArgumentError, JobNotFoundError
 from coordinator.grants import Handoff
@@ -96,7 +95,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         promoter_wake: Callable[[], None],
         max_payload: int,
         max_attempts_default: int,
-        admission: SubmitAdmission | None = None,
+        admission: SubmitAdmission,
     ) -> None:
         self._store = store
         self._signal = signal
@@ -107,9 +106,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._promoter_wake = promoter_wake
         self._max_payload = max_payload
         self._max_attempts_default = max_attempts_default
-        self._admission = admission or SubmitAdmission(
-            max_requests=SUBMIT_INFLIGHT_MAX_DEFAULT, max_bytes=SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT,
-            retry_after=SUBMIT_RETRY_AFTER)
+        self._admission = admission
 
     async def _submit(self, rpc_name: str, reqs: list[Any], context: grpc.aio.ServicerContext[Any, Any],
                       prefix: Callable[[int], str]) -> list[tuple[Job, bool]]:
