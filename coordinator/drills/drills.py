@@ -462,6 +462,7 @@ async def coordinator_kill(stack: Stack, short: bool) -> CheckReport:
     restarts: list[float] = []
     recoveries: list[float] = []
     reconnects: list[float] = []
+    in_flight: list[tuple[int, int]] = []  # (job, token) held by a worker at each kill
     from worker_sdk import Client
 
     for k in range(kills):
@@ -474,10 +475,13 @@ async def coordinator_kill(stack: Stack, short: bool) -> CheckReport:
         await _wait_in_flight(stack, con, producer, f"kill {k + 1}")
         counts = await checker.state_counts(con)
         before = counts.get("succeeded", 0)
+        for i in range(n_workers):
+            in_flight += await checker.held_by(con, f"w{i}")
         t_kill = time.monotonic()
         coord.kill()
         coord = await stack.start_coordinator(port=port, wait=False)
-        restarts.append(await stack.wait_serving(coord) + (time.monotonic() - t_kill) - 0)
+        await stack.wait_serving(coord)
+        restarts.append(time.monotonic() - t_kill)  # wait_serving's own figure starts after the restart
         async with Client(addr) as client:
             async def all_back() -> bool:
                 return len(await client.list_workers()) >= n_workers
@@ -492,9 +496,15 @@ async def coordinator_kill(stack: Stack, short: bool) -> CheckReport:
     produced = await stack.stop_producer(producer)
     say(name, f"the producer stopped at {produced} jobs; waiting for every job to finish")
     await wait_terminal(stack, con, produced)
+    # A lease held across a kill was resumed when its attempt ended succeeded under that token, not expired.
+    outcome = {(a["job_id"], a["lease_token"]): a["outcome"]
+               for a in await checker.attempts_of(con, sorted({j for j, _ in in_flight}))}
+    resumed = sum(outcome.get(lease) == "succeeded" for lease in in_flight)
 
     def extra(report: CheckReport) -> None:
-        report.figures.update(coordinator_kills=kills)
+        report.figures.update(coordinator_kills=kills, leases_in_flight_at_kills=len(in_flight),
+                              leases_resumed=resumed,
+                              resumed_ratio=round(resumed / len(in_flight), 3) if in_flight else 0.0)
         report.figures.update({f"serving_again_{k}_s": v for k, v in percentiles(restarts).items()})
         report.figures.update({f"workers_back_{k}_s": v for k, v in percentiles(reconnects).items()})
         report.figures.update({f"first_completion_{k}_s": v for k, v in percentiles(recoveries).items()})
