@@ -305,6 +305,15 @@ def _events(stack: Stack, p: Proc, event: str) -> list[dict[str, Any]]:
     return [e for e in stack.events(p) if e.get("event") == event]
 
 
+def _proc_state(pid: int) -> str:
+    """The kernel's one-letter state of a process (R, S, D, T for stopped, Z), or why it is unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError as exc:
+        return f"unknown ({exc.strerror})"
+
+
 def _fenced(stack: Stack, p: Proc) -> set[tuple[int, int]]:
     """(job, token) of the leases an SDK worker saw refused or gave up (it reports nothing for them)."""
     out = set()
@@ -372,6 +381,9 @@ async def zombie_worker(stack: Stack, short: bool) -> CheckReport:
         raw.signal(signal.SIGSTOP)
         sdk.signal(signal.SIGSTOP)
         held = [(e["job_id"], e["token"]) for z in (raw, sdk) for e in _events(stack, z, "started")]
+        # What the SDK zombie holds now: once resumed it has free slots and takes new work, which it runs
+        # normally (a zombie whose session kept it at zero credit, as before INV-013, took none).
+        sdk_tokens = {(e["job_id"], e["token"]) for e in _events(stack, sdk, "started")}
         faults.append((t_stop, held))
         zombies.append((raw, sdk))
         say(name, f"round {r + 1}: zombies stopped holding {len(held)} leases; starting two healthy workers")
@@ -387,20 +399,28 @@ async def zombie_worker(stack: Stack, short: bool) -> CheckReport:
         raw.signal(signal.SIGCONT)
         sdk.signal(signal.SIGCONT)
         await stack.wait_exit(raw, timeout=30, what="the raw zombie to report and exit")
-        sdk_tokens = {(e["job_id"], e["token"]) for e in _events(stack, sdk, "started")}
 
         def sdk_stood_down(sdk: Proc = sdk, want: set[tuple[int, int]] = sdk_tokens) -> bool:
             return want <= _fenced(stack, sdk)
 
-        await wait_for(sdk_stood_down, timeout=30, what="the SDK zombie to drop every lease it held")
+        try:
+            await wait_for(sdk_stood_down, timeout=30, what="the SDK zombie to drop every lease it held")
+        except DrillError as exc:
+            missing = sorted(sdk_tokens - _fenced(stack, sdk))
+            raise DrillError(f"{exc}; not dropped: {missing[:10]}; SDK zombie process state "
+                             f"{_proc_state(sdk.pid)!r}; its log ends:\n{sdk.output()[-1500:]}") from None
         await stack.wait_exit(p, timeout=30, what="bait producer")
         # Idle healthy workers would take the next round's bait before the zombies could.
         await wait_terminal(stack, con, total)
         for h in helpers:
             await asyncio.to_thread(h.stop)
         helpers = []
-    # The SDK zombies are the only workers left: the queue must not stop with them attached and idle.
-    fresh = await same_workers_drain(stack, con, addr, [sdk for _, sdk in zombies], "after-zombies")
+        if r + 1 < rounds:
+            # Resumed, this SDK zombie is a healthy idle worker with credit (INV-013), and would take the next
+            # round's bait before the new zombies could. The last round's zombie stays for the drain below.
+            await asyncio.to_thread(sdk.stop)
+    # The last SDK zombie is the only worker left: the queue must not stop with it attached and idle.
+    fresh = await same_workers_drain(stack, con, addr, [zombies[-1][1]], "after-zombies")
     say(name, f"fresh batch of {fresh.jobs} jobs after the pauses: "
               f"{'finished' if fresh.finished else 'NOT finished'} in {fresh.elapsed_s:.1f}s by {fresh.ran_by}")
 
