@@ -17,13 +17,15 @@ from tests.helpers.procs import Proc, free_port
 from tests.helpers.wait import eventually
 from worker_sdk import Client
 
-#: A restart (a new Python process, migrations checked) takes about 0.5 s on a quiet machine and up to 1.5 s
-#: with both cores busy (seen at 3 s TTL: 165/180 resumed, the slow round past a third of the TTL). The claim
-#: is about restarts within a third of the TTL, so the TTL leaves room for a loaded machine to meet it.
-LEASE_TTL_MS = 9_000
+#: A restart (a new Python process, migrations checked) takes about 0.5 s on a quiet machine, 1.5 s with both
+#: cores busy and 4-5 s at a load average of 14 (seen at 3 s TTL: 165/180 resumed, the slow round past a third
+#: of the TTL). The claim is about restarts within a third of the TTL: the TTL leaves room for a loaded machine
+#: to meet it, and a slower round is not counted but followed by another kill, up to MAX_KILLS.
+LEASE_TTL_MS = 18_000
 WORKERS = 4
 CONCURRENCY = 10  # capacity 15 each with the default prefetch
-KILLS = 3
+KILLS = 3  # rounds whose restart came back within a third of the TTL
+MAX_KILLS = 6
 JOB_MS = 120_000  # outlives every kill; the test cancels the jobs at the end
 RESUMED_MIN = 0.95
 
@@ -50,7 +52,8 @@ async def test_held_leases_survive_repeated_coordinator_kills(
     in_flight = resumed = 0
     downtimes: list[float] = []
     others: list[tuple[int, int]] = []  # (resumed, in flight) of rounds whose restart took longer
-    for _ in range(KILLS):
+    counted = 0
+    while counted < KILLS and len(downtimes) < MAX_KILLS:
         before = {r["id"]: r["lease_token"] for r in await db.fetch(
             "SELECT id, lease_token FROM faultline_jobs WHERE state = 'running'")}
         coord.signal(signal.SIGKILL)
@@ -77,13 +80,14 @@ async def test_held_leases_survive_repeated_coordinator_kills(
             "SELECT id, lease_token FROM faultline_jobs WHERE id = ANY($1::bigint[])", list(before))}
         kept = sum(after[j] == t for j, t in before.items())
         if downtimes[-1] <= LEASE_TTL_MS / 3000:
+            counted += 1
             in_flight += len(before)
             resumed += kept
         else:
             others.append((kept, len(before)))
     assert in_flight, f"no restart came back within a third of the TTL: {downtimes}"
     ratio = resumed / in_flight
-    print(f"\nresumed/in-flight over {KILLS} coordinator kills: {resumed}/{in_flight} = {ratio:.3f}; "
+    print(f"\nresumed/in-flight over {counted} coordinator kills: {resumed}/{in_flight} = {ratio:.3f}; "
           f"kill-to-serving {', '.join(f'{d:.2f}s' for d in downtimes)} (TTL {LEASE_TTL_MS / 1000:g}s); "
           f"slower rounds, not counted: {others}")
     assert ratio >= RESUMED_MIN, f"only {resumed} of {in_flight} in-flight leases were resumed"
