@@ -633,3 +633,48 @@ SELECT id, lease_token FROM faultline_jobs WHERE state = 'running' AND worker_id
 -- Checker: every attempt of the jobs in $1, in order, to time how long recovery of a fault took.
 SELECT job_id, attempt, lease_token, worker_id, started_at, finished_at, outcome
 FROM faultline_attempts WHERE job_id = ANY($1::bigint[]) ORDER BY job_id, attempt;
+
+-- === security: API keys and audit ===
+
+-- name: api_key_insert :one
+-- Store a new key (its hash, never the secret); a name already active fails on faultline_api_keys_active_name.
+INSERT INTO faultline_api_keys (id, name, salt, secret_hash, scopes, queues, rate_per_s, burst)
+VALUES ($1, $2, $3, $4, $5::text[], $6::text[], $7, $8)
+RETURNING id, name, scopes, queues, rate_per_s, burst, created_at, revoked_at;
+
+-- name: api_keys_active :many
+-- Every key not revoked, as the key ring loads it every refresh interval.
+SELECT id, name, salt, secret_hash, scopes, queues, rate_per_s, burst
+FROM faultline_api_keys WHERE revoked_at IS NULL;
+
+-- name: api_keys_list :many
+-- Every key, revoked ones included, for `faultline keys ls` (no hash, no salt).
+SELECT id, name, scopes, queues, rate_per_s, burst, created_at, revoked_at
+FROM faultline_api_keys ORDER BY created_at, id;
+
+-- name: api_key_revoke :many
+-- Revoke the active key named $1; no row when there is none.
+UPDATE faultline_api_keys SET revoked_at = now()
+WHERE name = $1 AND revoked_at IS NULL
+RETURNING id, name, revoked_at;
+
+-- name: audit_submitted :exec
+-- Record who submitted the jobs $1 (only those not yet attributed: an idempotent repeat keeps the first).
+UPDATE faultline_jobs SET submitted_by = $2 WHERE id = ANY($1::bigint[]) AND submitted_by IS NULL;
+
+-- name: audit_cancelled :exec
+-- Record who cancelled job $1.
+UPDATE faultline_jobs SET cancelled_by = $2 WHERE id = $1;
+
+-- name: audit_requeued :exec
+-- Record who requeued job $1.
+UPDATE faultline_jobs SET requeued_by = $2 WHERE id = $1;
+
+-- name: audit_of :one
+-- The audit columns of job $1, for `faultline jobs show` and GetJob.
+SELECT submitted_by, cancelled_by, requeued_by FROM faultline_jobs WHERE id = $1;
+
+-- name: audit_attempts :many
+-- Every attempt of job $1 and the holder that ran it, for GetJob's audit.
+SELECT attempt, COALESCE(worker_id, '') AS worker_id, COALESCE(outcome, '') AS outcome
+FROM faultline_attempts WHERE job_id = $1 ORDER BY attempt;

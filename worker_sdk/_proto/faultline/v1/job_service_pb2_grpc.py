@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class JobServiceStub:
     """JobService is the producer and operator API: submit jobs, read them, cancel and requeue them.
+    With auth on, each call needs an API key (metadata `authorization: Bearer <key>`) or a client certificate
+    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers) or admin
+    (CancelJob, RequeueJob, and every RPC not named here); none is UNAUTHENTICATED, a missing scope or queue
+    is PERMISSION_DENIED, and a key past its rate is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo.
     """
 
     def __init__(self, channel):
@@ -79,6 +83,10 @@ class JobServiceStub:
 
 class JobServiceServicer:
     """JobService is the producer and operator API: submit jobs, read them, cancel and requeue them.
+    With auth on, each call needs an API key (metadata `authorization: Bearer <key>`) or a client certificate
+    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers) or admin
+    (CancelJob, RequeueJob, and every RPC not named here); none is UNAUTHENTICATED, a missing scope or queue
+    is PERMISSION_DENIED, and a key past its rate is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo.
     """
 
     def Submit(self, request, context):
@@ -196,6 +204,10 @@ def add_JobServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class JobService:
     """JobService is the producer and operator API: submit jobs, read them, cancel and requeue them.
+    With auth on, each call needs an API key (metadata `authorization: Bearer <key>`) or a client certificate
+    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers) or admin
+    (CancelJob, RequeueJob, and every RPC not named here); none is UNAUTHENTICATED, a missing scope or queue
+    is PERMISSION_DENIED, and a key past its rate is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo.
     """
 
     @staticmethod
