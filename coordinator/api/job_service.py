@@ -253,7 +253,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         job = await self._store.cancel_job(job_id)
         if job is None:
             raise JobNotFoundError(f"job {job_id} not found")
-        if principal.audit is not None:
+        if principal.audit is not None and (job.state is JobState.CANCELLED or job.cancel_requested):
             await self._store.audit_cancelled(job.id, principal.audit)
         if job.state is JobState.RUNNING and job.cancel_requested:
             found = self._registry.find_lease(job.id)

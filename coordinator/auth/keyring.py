@@ -1,8 +1,9 @@
 """KeyRing: this coordinator's copy of the active API keys, their rate-limit buckets and revocation signals.
 
 Postgres holds the keys; the ring reloads them every refresh interval (KeyRefresher, supervised like
-every actor) and at once, at most every KEY_MISS_RELOAD_MIN, when a call names a key id it does not
-know (a key created a moment ago on another host). A key that leaves the active set (revoked) is
+every actor), and when a call names a key id it does not know (a key created a moment ago): such calls
+wait for one shared reload, at most one per KEY_MISS_RELOAD_MIN, so random ids cost Postgres at most
+four statements a second however fast they come. A key that leaves the active set (revoked) is
 refused from the next call on, and its revocation event is set: the edge ends the streams it opened
 (coordinator/api/auth.py). So a revocation reaches every coordinator within one refresh interval.
 
@@ -86,6 +87,8 @@ class KeyRing:
         self._watchers: dict[str, int] = {}
         self._loaded_at = -1e18
         self._lock = asyncio.Lock()
+        # The reload that calls naming an unknown key id wait for (see _reload_for_miss); owned here.
+        self._miss_reload: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -119,15 +122,33 @@ class KeyRing:
             raise UnauthenticatedError("malformed API key: expected fl_<id>_<secret>")
         key_id, secret = parsed
         rec = self._keys.get(key_id)
-        if rec is None and self._clock() - self._loaded_at >= KEY_MISS_RELOAD_MIN.total_seconds():
+        if rec is None:
             try:
-                await self.reload()
+                await self._reload_for_miss()
             except DatabaseUnavailableError:
                 raise DatabaseUnavailableError("cannot check the API key: the database is unavailable") from None
             rec = self._keys.get(key_id)
         if rec is None or not secret_matches(rec.salt, rec.secret_hash, secret):
             raise UnauthenticatedError("unknown or revoked API key")
         return self._principals[key_id]
+
+    async def _reload_for_miss(self) -> None:
+        """One reload shared by every call that missed meanwhile, no sooner than KEY_MISS_RELOAD_MIN after the last."""
+        if self._miss_reload is None:
+            self._miss_reload = asyncio.ensure_future(self._delayed_reload())
+            self._miss_reload.add_done_callback(self._miss_reload_done)
+        await asyncio.shield(self._miss_reload)
+
+    async def _delayed_reload(self) -> None:
+        wait = self._loaded_at + KEY_MISS_RELOAD_MIN.total_seconds() - self._clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self.reload()
+
+    def _miss_reload_done(self, task: asyncio.Future[None]) -> None:
+        self._miss_reload = None
+        if not task.cancelled():
+            task.exception()  # retrieved: each waiter got it through the shield
 
     def is_active(self, key_id: str) -> bool:
         return key_id in self._keys
