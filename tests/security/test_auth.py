@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -233,8 +234,7 @@ async def test_sdk_worker_and_producer_with_keys_run_a_job_and_the_audit_names_t
         async with Client(addr, api_key=admin) as client:
             await client.cancel(job.id)
             assert (await client.get(job.id)).cancelled_by is None  # finished: the cancel changed nothing
-            other = await client.submit("echo", b"later", run_at=__import__("datetime").datetime.now(
-                __import__("datetime").UTC) + __import__("datetime").timedelta(hours=1))
+            other = await client.submit("echo", b"later", run_at=datetime.now(UTC) + timedelta(hours=1))
             await client.cancel(other.id)
             await client.requeue(other.id)
             got = await client.get(other.id)
