@@ -74,6 +74,8 @@ class Coordinator:
     registry: SessionRegistry | None = None
     _worker_servicer: WorkerServicer | None = None
     _health: HealthServicer | None = None
+    _health_server: grpc.aio.Server | None = None
+    health_port: int = 0
     _supervisor_task: asyncio.Task[None] | None = None
     _metrics_server: Any = None
     _probe: ProbeSession | None = None
@@ -180,6 +182,9 @@ class Coordinator:
         server = api_server.build(cfg, ring=ring, job_servicer=job_servicer, worker_servicer=self._worker_servicer,
                                   health=health)
         self.port = api_server.bind(server, cfg)
+        if cfg.health_addr:
+            self._health_server = api_server.build_health_only(health)
+            self.health_port = api_server.bind_health_only(self._health_server, cfg.health_addr)
         self.server = server
         if cfg.metrics_addr:
             from prometheus_client import start_http_server
@@ -193,6 +198,8 @@ class Coordinator:
                                    f"{exc.strerror or exc}") from None
         await on_db_change(True)
         await server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         self._supervisor_task = asyncio.create_task(self.supervisor.run(), name="supervisor")
         logger.info("coordinator serving", extra={"grpc": cfg.grpc_addr, "port": self.port,
                                                    "metrics": cfg.metrics_addr or "off"})
@@ -281,6 +288,8 @@ class Coordinator:
                     await self.server.stop(grace)
             except TimeoutError:
                 logger.warning("grpc server stop timed out")
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         mark("server")
         if self._supervisor_task is not None:
             self._supervisor_task.cancel()

@@ -136,6 +136,9 @@ class Config:
     tls_client_ca: Path | None = None
     tls_client_scopes: tuple[str, ...] = (TLS_CLIENT_SCOPES_DEFAULT,)
     tls_client_queues: tuple[str, ...] = (TLS_CLIENT_QUEUES_DEFAULT,)
+    # A second, plaintext listener that serves only grpc.health.v1, for probes that cannot speak TLS
+    # (Kubernetes' gRPC probes); None: health is served on the main address only.
+    health_addr: str | None = None
 
     @property
     def auth_required(self) -> bool:
@@ -230,8 +233,10 @@ def _security_from_env(cfg: Config, env: Mapping[str, str]) -> Config:
         raise ConfigError(f"FAULTLINE_TLS_CLIENT_{'SCOPES' if 'scope' in str(exc) else 'QUEUES'}: {exc}") from None
     refresh_ms = _int(env, "FAULTLINE_AUTH_REFRESH_MS", int(KEY_REFRESH_INTERVAL.total_seconds() * 1000),
                       lo=50, hi=600_000)
+    health = env.get("FAULTLINE_HEALTH_ADDR") or ""
     return replace(
-        cfg, auth=auth, auth_off_any_address=_switch(env, "FAULTLINE_AUTH_OFF_ANY_ADDRESS", default=False),
+        cfg, health_addr=_addr(env, "FAULTLINE_HEALTH_ADDR", health) if health not in ("", "off") else None,
+        auth=auth, auth_off_any_address=_switch(env, "FAULTLINE_AUTH_OFF_ANY_ADDRESS", default=False),
         key_refresh_interval=timedelta(milliseconds=refresh_ms),
         reflection=_switch(env, "FAULTLINE_REFLECTION", default=True),
         tls_cert=paths["FAULTLINE_TLS_CERT"], tls_key=paths["FAULTLINE_TLS_KEY"],

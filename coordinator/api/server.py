@@ -10,6 +10,8 @@ Safe by default: with FAULTLINE_AUTH=off the server binds only a loopback addres
 localhost). Any other address without auth refuses to start and says how to turn auth on, unless
 FAULTLINE_AUTH_OFF_ANY_ADDRESS=on accepts the risk. FAULTLINE_TLS_CERT/KEY serve TLS; with
 FAULTLINE_TLS_CLIENT_CA the server requires client certificates (and so authentication is on).
+FAULTLINE_HEALTH_ADDR adds a plaintext listener that serves grpc.health.v1 and nothing else, for probes
+that cannot speak TLS (Kubernetes' gRPC probes).
 """
 
 from __future__ import annotations
@@ -134,6 +136,23 @@ def build(
     if cfg.reflection:
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, HEALTH_SERVICE_NAME), server)
     return server
+
+
+def build_health_only(health: HealthServicer) -> grpc.aio.Server:
+    """The FAULTLINE_HEALTH_ADDR listener: plaintext, grpc.health.v1 alone (nothing else is reachable on it)."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return server
+
+
+def bind_health_only(server: grpc.aio.Server, addr: str) -> int:
+    try:
+        port = server.add_insecure_port(addr)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise StartupError(f"cannot listen on {addr} (FAULTLINE_HEALTH_ADDR): address in use or not available")
+    return port
 
 
 def bind(server: grpc.aio.Server, cfg: Config) -> int:

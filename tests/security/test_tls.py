@@ -92,3 +92,18 @@ async def test_without_auth_a_non_loopback_address_is_refused(dsn: str) -> None:
         await c.start()
         assert c.port > 0
         await c.stop(quiet=True)
+
+
+async def test_plaintext_health_listener_serves_health_and_nothing_else(coordinator_factory: Factory,
+                                                                          pki: Pki) -> None:
+    """For probes that cannot speak TLS (Kubernetes'): FAULTLINE_HEALTH_ADDR."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    c = await coordinator_factory(auth="required", tls_cert=pki.server_cert, tls_key=pki.server_key,
+                                  health_addr="127.0.0.1:0")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{c.health_port}") as ch:
+        r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert r.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await job_service_pb2_grpc.JobServiceStub(ch).ListJobs(jpb.ListJobsRequest(), timeout=10)
+    assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
