@@ -132,3 +132,13 @@ async def test_auth_and_tls_on_a_network_address(dsn: str, tmp_path: Path, pki: 
         await eventually(refused_now, timeout=10, message="revoked key refused")
     finally:
         proc.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_worker_kill_drill_passes_with_auth_on(pg_admin: str, tmp_path: Path) -> None:
+    """The drill's workers, producers and checks all hold a key; holders are qualified (key:drill/w0-g0)."""
+    from coordinator.drills.runner import run_drill
+
+    outcome = await run_drill("worker-kill", short=True, workdir=tmp_path / "worker-kill", admin=pg_admin, auth=True)
+    assert outcome.passed, "\n".join([*outcome.report.violations, f"logs: {tmp_path}"])
+    assert outcome.report.figures["lost"] == 0 and outcome.report.figures["duplicate_effects"] == 0
