@@ -226,11 +226,14 @@ def _security_from_env(cfg: Config, env: Mapping[str, str]) -> Config:
             raise ConfigError(f"{name}: no such file {str(path)!r}")
     try:
         scopes = tuple(sorted(parse_scopes(env.get("FAULTLINE_TLS_CLIENT_SCOPES") or TLS_CLIENT_SCOPES_DEFAULT)))
+    except FaultlineError as exc:
+        raise ConfigError(f"FAULTLINE_TLS_CLIENT_SCOPES: {exc}") from None
+    try:
         queues = check_queue_patterns(
             [q.strip() for q in (env.get("FAULTLINE_TLS_CLIENT_QUEUES") or TLS_CLIENT_QUEUES_DEFAULT).split(",")
              if q.strip()])
     except FaultlineError as exc:
-        raise ConfigError(f"FAULTLINE_TLS_CLIENT_{'SCOPES' if 'scope' in str(exc) else 'QUEUES'}: {exc}") from None
+        raise ConfigError(f"FAULTLINE_TLS_CLIENT_QUEUES: {exc}") from None
     refresh_ms = _int(env, "FAULTLINE_AUTH_REFRESH_MS", int(KEY_REFRESH_INTERVAL.total_seconds() * 1000),
                       lo=50, hi=600_000)
     health = env.get("FAULTLINE_HEALTH_ADDR") or ""
