@@ -138,9 +138,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             if principal.restricted:
                 for i, spec in enumerate(specs):
                     principal.require_queue(spec.queue, f"{prefix(i)}queue")
-            results = await self._handoff.insert(specs)
-            if principal.audit is not None:
-                await self._store.audit_submitted([j.id for j, created in results if created], principal.audit)
+            results = await self._handoff.insert(specs, submitted_by=principal.audit)
             if len(results) == 1:
                 span.set_attribute("faultline.job_id", str(results[0][0].id))
         except FaultlineError as exc:

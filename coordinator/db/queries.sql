@@ -35,7 +35,7 @@ INSERT INTO faultline_schema_migrations (version) VALUES ($1);
 SELECT 1;
 
 -- name: insert_jobs :many
--- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual.
+-- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual. $19 is the submitting identity (audit; NULL when anonymous).
 WITH input AS MATERIALIZED (
     SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*,
         (t.holder IS NOT NULL AND NOT COALESCE(t.run_at > now(), false) AND NOT EXISTS (
@@ -57,7 +57,8 @@ ins AS (
         id, queue, kind, state, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
         execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
-        start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline
+        start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline,
+        submitted_by
     )
     SELECT
         new_id, queue, kind,
@@ -72,7 +73,8 @@ ins AS (
         CASE WHEN leased THEN holder END,
         CASE WHEN leased THEN now() END,
         CASE WHEN leased THEN now() + COALESCE(heartbeat_timeout_ms, $18) * interval '1 millisecond' END,
-        CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END
+        CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END,
+        $19::text
     FROM input
     ORDER BY ord
     ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -657,10 +659,6 @@ FROM faultline_api_keys ORDER BY created_at, id;
 UPDATE faultline_api_keys SET revoked_at = now()
 WHERE name = $1 AND revoked_at IS NULL
 RETURNING id, name, revoked_at;
-
--- name: audit_submitted :exec
--- Record who submitted the jobs $1 (only those not yet attributed: an idempotent repeat keeps the first).
-UPDATE faultline_jobs SET submitted_by = $2 WHERE id = ANY($1::bigint[]) AND submitted_by IS NULL;
 
 -- name: audit_cancelled :exec
 -- Record who cancelled job $1.

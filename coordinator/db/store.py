@@ -150,6 +150,7 @@ class Store:
 
     async def insert_jobs(
         self, specs: Sequence[JobSpec], *, holders: Sequence[str | None] | None = None, lease_ttl_ms: int = 0,
+        submitted_by: str | None = None,
     ) -> list[tuple[Job, bool]]:
         """Insert in one statement; an existing idempotency key yields the stored job with created=False.
 
@@ -168,7 +169,7 @@ class Store:
         offered = list(holders) if holders is not None else [None] * len(specs)
         if len(offered) != len(specs):
             raise ValueError("holders must name one worker (or None) per spec")
-        rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms)
+        rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms, submitted_by)
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
         missing: dict[tuple[str, str], list[int]] = {}  # (queue, idempotency key) -> indexes
         for row in rows:
@@ -396,9 +397,6 @@ class Store:
         """Revoke the active key named name; empty when there is none."""
         return [KeyInfo(key_id=r["id"], name=r["name"], revoked_at=r["revoked_at"])
                 for r in await self._run("api_key_revoke", name)]
-
-    async def audit_submitted(self, job_ids: Sequence[int], identity: str) -> None:
-        await self._run("audit_submitted", list(job_ids), identity)
 
     async def audit_cancelled(self, job_id: int, identity: str) -> None:
         await self._run("audit_cancelled", job_id, identity)
