@@ -89,16 +89,28 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._mtls = mtls
         self._cert_scopes = cert_scopes
         self._cert_queues = cert_queues
+        # The wrapped handler of each served method, built on its first call: nothing in it depends on the
+        # call, so later calls skip the rebuild (and the inner interceptors'). Only methods the server has
+        # are cached, so the dict is bounded by the services, not by what clients send.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        found = await continuation(handler_call_details)
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        found = await continuation(handler_call_details)
         if found is None or not self._required or method.startswith(PUBLIC_PREFIXES):
             return found
+        wrapped = self._wrap(found, method)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, found: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
         scope = METHOD_SCOPES.get(method)
         if scope is None and not method.startswith(REFLECTION_PREFIXES):
             scope = Scope.ADMIN  # fail closed: an RPC added later needs admin until it is given a scope
