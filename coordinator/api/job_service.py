@@ -17,6 +17,7 @@ from coordinator.api import convert, validate
 from coordinator.api.admission import SubmitAdmission
 from coordinator.api.status import code_for, trailing_metadata_for
 from coordinator.auth import keys as auth_keys
+from coordinator.auth.keys import Scope
 from coordinator.config import SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT, SUBMIT_INFLIGHT_MAX_DEFAULT, SUBMIT_RETRY_AFTER
 from coordinator.db.store import Store
 from coordinator.errors import (
@@ -164,6 +165,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: jpb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jpb.SubmitResponse:
         full = validate.view(request.view)
+        if full:
+            auth_keys.current().require(Scope.PAYLOADS, "Submit with view FULL")
         [(job, created)] = await self._submit("Submit", [request], context, lambda _: "")
         return jpb.SubmitResponse(job=convert.job_to_pb(job, full=full), created=created)
 
@@ -176,6 +179,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if len(request.jobs) > validate.BATCH_MAX:
             raise InvalidArgumentError("jobs", f"at most {validate.BATCH_MAX} jobs per batch, got {len(request.jobs)}")
         full = validate.view(request.view)
+        if full:
+            auth_keys.current().require(Scope.PAYLOADS, "SubmitBatch with view FULL")
         _check_batch_response_fits(request, full=full)
         results = await self._submit("SubmitBatch", list(request.jobs), context, lambda i: f"jobs[{i}].")
         return jpb.SubmitBatchResponse(
@@ -193,9 +198,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: jpb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jpb.GetJobResponse:
         job = await self._get(validate.job_id(request.id))
-        auth_keys.current().require_queue(job.queue, "GetJob")
+        principal = auth_keys.current()
+        principal.require_queue(job.queue, "GetJob")
         audit = await self._store.audit_of(job.id)
-        return jpb.GetJobResponse(job=convert.job_to_pb(job), audit=jpb.JobAudit(
+        # Without the payloads scope the job comes as in view BASIC: no payload, result or progress details.
+        full = principal.has(Scope.PAYLOADS)
+        return jpb.GetJobResponse(job=convert.job_to_pb(job, full=full), audit=jpb.JobAudit(
             submitted_by=audit.submitted_by or "", cancelled_by=audit.cancelled_by or "",
             requeued_by=audit.requeued_by or "",
             attempts=[jpb.AttemptAudit(attempt=n, worker_id=w, outcome=o) for n, w, o in audit.attempts],
@@ -218,6 +226,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         size = validate.page_size(request.page_size)
         before = validate.page_token(request.page_token, PAGE_TOKEN_PREFIX)
         full = validate.view(request.view)
+        if full:
+            principal.require(Scope.PAYLOADS, "ListJobs with view FULL")
         jobs = await self._store.list_jobs(
             queue=queue, kind=kind, state=convert.PB_TO_STATE[state_pb] if state_pb is not None else None,
             before_id=before, limit=size + 1, full=full, budget_bytes=RESPONSE_BUDGET_BYTES,

@@ -11,9 +11,11 @@ secrets in memory). The per-key salt makes equal secrets store differently and a
 for precomputation; compare_digest keeps the check constant-time.
 
 Scopes (``Scope``): submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers),
-work (WorkerService.Connect), admin (CancelJob, RequeueJob and every RPC without a scope of its own;
-admin implies every other scope). A key may be limited to queues: a pattern is a queue name, or a
-prefix ending in ``*`` (``team-a.*``); ``*`` (or no pattern) is every queue.
+payloads (see payloads and results in what read and submit return; without it GetJob leaves them out
+and a FULL view is refused), work (WorkerService.Connect, whose grants carry payloads), admin
+(CancelJob, RequeueJob and every RPC without a scope of its own; admin implies every other scope).
+A key may be limited to queues: a pattern is a queue name, or a prefix ending in ``*`` (``team-a.*``);
+``*`` (or no pattern) is every queue.
 
 The principal of a call lives in a context variable (``current()``), set by the edge interceptor
 (coordinator/api/auth.py) before a handler runs; handlers check queues against it.
@@ -52,6 +54,7 @@ class Scope(enum.StrEnum):
     SUBMIT = "submit"
     READ = "read"
     WORK = "work"
+    PAYLOADS = "payloads"
     ADMIN = "admin"
 
 

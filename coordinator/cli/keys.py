@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = keys.add_parser("create", help="make a key and print it once")
     c.add_argument("name", type=_name)
     c.add_argument("--scope", required=True, type=_scopes,
-                   help="comma-separated: submit, read, work, admin (admin implies the others)")
+                   help="comma-separated: submit, read, payloads, work, admin (admin implies the others)")
     c.add_argument("--queue", action="append", default=[], metavar="PATTERN",
                    help="limit the key to a queue, or to a prefix ending in '*' (repeatable; default: every queue)")
     c.add_argument("--rate", type=_rate, help="jobs it may create per second, as N or N/s (default: unlimited)")

@@ -1,8 +1,8 @@
 #!/bin/sh
 # One-shot set-up for docker-compose.yml, run as root by the `init` service before the coordinator starts.
 # Makes, once, into the `secrets` volume: a private CA, the coordinator's TLS certificate (for the names
-# `coordinator` and `localhost`), and API keys for the workers (work), the producer (submit,read) and an
-# operator (admin). Run again, it keeps what exists; a key file that is missing is made anew (the old key
+# `coordinator` and `localhost`), and API keys for the workers (work), the producer (submit,read,payloads)
+# and an operator (admin). Run again, it keeps what exists; a key file that is missing is made anew (the old key
 # of that name is revoked first). Nothing here is checked in: the files live only in the volume.
 set -eu
 umask 077
@@ -21,7 +21,7 @@ if [ ! -f ca.crt ] || [ ! -f coordinator.crt ]; then
 fi
 
 faultline migrate
-for spec in worker:work producer:submit,read admin:admin; do
+for spec in worker:work producer:submit,read,payloads admin:admin; do
     name="${spec%%:*}"
     scope="${spec#*:}"
     if [ ! -s "$name.key" ]; then

@@ -87,7 +87,7 @@ async def test_wrong_scope_is_permission_denied_naming_the_scope(auth_coordinato
 async def test_queue_patterns_limit_submit_read_and_work(auth_coordinator: Coordinator, make_key: MakeKey) -> None:
     addr = _addr(auth_coordinator)
     admin = await make_key("root", "admin")
-    team = await make_key("team-a", "submit,read,work", queues=("team-a.*", "shared"))
+    team = await make_key("team-a", "submit,read,payloads,work", queues=("team-a.*", "shared"))
     async with Client(addr, api_key=team) as client:
         mine = await client.submit("echo", b"a", queue="team-a.images")
         await client.submit("echo", b"s", queue="shared")
@@ -221,7 +221,7 @@ async def test_sdk_worker_and_producer_with_keys_run_a_job_and_the_audit_names_t
     run = asyncio.ensure_future(worker.run())
     admin = await make_key("ops", "admin")
     try:
-        async with Client(addr, api_key=await make_key("producer", "submit,read")) as client:
+        async with Client(addr, api_key=await make_key("producer", "submit,read,payloads")) as client:
             job = await client.submit("echo", b"x")
 
             async def done() -> bool:
@@ -242,3 +242,23 @@ async def test_sdk_worker_and_producer_with_keys_run_a_job_and_the_audit_names_t
     finally:
         await worker.stop()
         await run
+
+
+async def test_reading_payloads_and_results_is_a_scope_of_its_own(auth_coordinator: Coordinator,
+                                                                  make_key: MakeKey) -> None:
+    addr = _addr(auth_coordinator)
+    async with Client(addr, api_key=await make_key("producer", "submit")) as client:
+        job = await client.submit("echo", b"secret payload")
+        with pytest.raises(PermissionDeniedError, match="payloads"):
+            await client.submit("echo", b"x", full=True)  # an idempotent repeat would echo someone's payload
+    async with Client(addr, api_key=await make_key("dashboard", "read")) as client:
+        seen = await client.get(job.id)
+        assert (seen.state, seen.payload) == (job.state, b"")  # the job, not its data
+        jobs, _ = await client.list()
+        assert [j.id for j in jobs] == [job.id]
+        with pytest.raises(PermissionDeniedError, match="payloads"):
+            await client.list(full=True)
+    async with Client(addr, api_key=await make_key("debugger", "read,payloads")) as client:
+        assert (await client.get(job.id)).payload == b"secret payload"
+        jobs, _ = await client.list(full=True)
+        assert jobs[0].payload == b"secret payload"

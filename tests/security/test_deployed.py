@@ -36,7 +36,7 @@ async def _key(dsn: str, name: str, *args: str) -> str:
 
 async def test_auth_and_tls_on_a_network_address(dsn: str, tmp_path: Path, pki: Pki, db: Any) -> None:
     admin = await _key(dsn, "ops", "--scope", "admin")
-    producer = await _key(dsn, "producer", "--scope", "submit,read", "--rate", "20/s", "--burst", "5")
+    producer = await _key(dsn, "producer", "--scope", "submit,read,payloads", "--rate", "20/s", "--burst", "5")
     worker_key = await _key(dsn, "workers", "--scope", "work", "--queue", "default")
     intruder = await _key(dsn, "intruder", "--scope", "work")
     ran = await cli("keys", "create", "ops", "--scope", "read", env={"DATABASE_URL": dsn})

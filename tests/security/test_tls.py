@@ -28,7 +28,7 @@ async def test_tls_serves_keyed_clients_and_refuses_plaintext(coordinator_factor
     c = await coordinator_factory(auth="required", key_refresh_interval=TEST_KEY_REFRESH,
                                   tls_cert=pki.server_cert, tls_key=pki.server_key)
     addr = f"127.0.0.1:{c.port}"
-    key = await make_key("producer", "submit,read")
+    key = await make_key("producer", "submit,read,payloads")
     async with Client(addr, api_key=key, ca_cert=pki.ca) as client:
         job = await client.submit("echo", b"over tls")
         assert (await client.get(job.id)).payload == b"over tls"
@@ -58,7 +58,7 @@ async def test_mtls_requires_a_client_certificate_and_uses_its_subject(
         with pytest.raises(PermissionDeniedError, match="submit"):
             await client.submit("echo", b"x")
     # With a key the key gives the scopes, and the certificate names the caller.
-    key = await make_key("producers", "submit,read")
+    key = await make_key("producers", "submit,read,payloads")
     async with Client(addr, api_key=key, ca_cert=pki.ca, client_cert=producer_cert,
                       client_key=producer_key) as client:
         job = await client.submit("echo", b"x")

@@ -28,7 +28,8 @@ if _version_not_supported:
 class JobServiceStub:
     """JobService is the producer and operator API: submit jobs, read them, cancel and requeue them.
     With auth on, each call needs an API key (metadata `authorization: Bearer <key>`) or a client certificate
-    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers) or admin
+    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers; payloads and
+    results also need payloads: GetJob leaves them out without it, and view FULL is refused) or admin
     (CancelJob, RequeueJob, and every RPC not named here); none is UNAUTHENTICATED, a missing scope or queue
     is PERMISSION_DENIED, and a key past its rate is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo.
     """
@@ -84,7 +85,8 @@ class JobServiceStub:
 class JobServiceServicer:
     """JobService is the producer and operator API: submit jobs, read them, cancel and requeue them.
     With auth on, each call needs an API key (metadata `authorization: Bearer <key>`) or a client certificate
-    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers) or admin
+    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers; payloads and
+    results also need payloads: GetJob leaves them out without it, and view FULL is refused) or admin
     (CancelJob, RequeueJob, and every RPC not named here); none is UNAUTHENTICATED, a missing scope or queue
     is PERMISSION_DENIED, and a key past its rate is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo.
     """
@@ -205,7 +207,8 @@ def add_JobServiceServicer_to_server(servicer, server):
 class JobService:
     """JobService is the producer and operator API: submit jobs, read them, cancel and requeue them.
     With auth on, each call needs an API key (metadata `authorization: Bearer <key>`) or a client certificate
-    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers) or admin
+    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers; payloads and
+    results also need payloads: GetJob leaves them out without it, and view FULL is refused) or admin
     (CancelJob, RequeueJob, and every RPC not named here); none is UNAUTHENTICATED, a missing scope or queue
     is PERMISSION_DENIED, and a key past its rate is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo.
     """
