@@ -320,6 +320,9 @@ class Stack:
             "FAULTLINE_GRPC_ADDR": f"{host}:{port}",
             "FAULTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
             **({"FAULTLINE_AUTH": "required"} if self.auth else {}),
+            # A drill that binds a non-loopback address (partition-netns: the veth of a network namespace
+            # the drill made) accepts serving it without auth: nothing outside the namespaces can reach it.
+            **({"FAULTLINE_AUTH_OFF_ANY_ADDRESS": "on"} if not self.auth and not host.startswith("127.") else {}),
             **(env or {}),
         })
         p.extra.update(addr=f"{host}:{port}", port=port, metrics=f"127.0.0.1:{metrics_port}")
