@@ -1,5 +1,7 @@
 """`faultline keys create|ls|revoke`: API keys, made and revoked straight in Postgres (DATABASE_URL, like migrate).
 
+Without DATABASE_URL they use the embedded Postgres, as the coordinator and `faultline migrate` do.
+
 Server-side on purpose: the first admin key is made without a key. `create` prints the key once, on stdout
 alone (so `KEY=$(faultline keys create ...)` works), and never again: only its hash is stored. A revoked
 key stops working on every coordinator within FAULTLINE_AUTH_REFRESH_MS (2 s by default), open worker
@@ -27,7 +29,7 @@ from coordinator.auth.keys import (
     new_secret,
     parse_scopes,
 )
-from coordinator.config import Config, check_dsn, dsn_target
+from coordinator.config import Config, dsn_target
 from coordinator.db.store import KeyInfo, Store
 from coordinator.errors import ConfigError, FaultlineError
 
@@ -169,14 +171,20 @@ async def _revoke(store: Store, args: argparse.Namespace) -> int:
 
 def _run(action: Callable[[Store, argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
     try:
-        dsn = Config.from_env().database_url
+        cfg = Config.from_env()
     except ConfigError as exc:
         print(f"faultline: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if not dsn:
-        print("faultline keys: set DATABASE_URL to the coordinators' database", file=sys.stderr)
-        return EXIT_CONFIG
-    check_dsn(dsn)
+    dsn = cfg.database_url
+    if not dsn:  # as `faultline migrate` and the coordinator do: the embedded Postgres
+        from coordinator import embedded
+
+        try:
+            dsn = embedded.start(cfg.embedded_data_dir)
+        except Exception as exc:  # the CLI boundary: one line, not a traceback
+            print(f"faultline keys: DATABASE_URL is not set and the embedded Postgres did not start: {exc}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
 
     async def go() -> int:
         import asyncpg
