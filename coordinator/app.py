@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from coordinator import backoff, embedded, memory, metrics, tracing
 from coordinator.actors.batching import Request
@@ -28,11 +27,13 @@ from coordinator.actors.metrics_sampler import MetricsSampler
 from coordinator.actors.peers import Listener, Notifier
 from coordinator.actors.promoter import Promoter
 from coordinator.actors.reaper import LeaseReaper
+from coordinator.api import server as api_server
 from coordinator.api.admission import SubmitAdmission
-from coordinator.api.decode import DecodeGuard
 from coordinator.api.job_service import JobServicer
+from coordinator.api.server import SERVICE_NAMES
 from coordinator.api.session import WorkerSession
 from coordinator.api.worker_service import WorkerServicer
+from coordinator.auth.keyring import KeyRefresher, KeyRing
 from coordinator.config import (
     FLUSH_MAX_ITEMS_DEFAULT,
     HEALTH_PROBE_INTERVAL,
@@ -50,26 +51,11 @@ from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.supervisor import ChildSpec, Supervisor
 from coordinator.throughput import Throughput
 from coordinator.tracing import JobTracer
-from worker_sdk._proto.faultline.v1 import (
-    job_service_pb2,
-    job_service_pb2_grpc,
-    worker_service_pb2,
-    worker_service_pb2_grpc,
-)
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
-    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
-)
 MIGRATE_RETRY_BASE_S = 0.5
 MIGRATE_RETRY_MAX_S = 10.0
-GRPC_MAX_MESSAGE_BYTES = 64 << 20
-# RPCs in progress at once over all connections (worker streams included; past it, RESOURCE_EXHAUSTED at
-# once), and streams at once on one HTTP/2 connection.
-GRPC_MAX_CONCURRENT_RPCS = 10_000
-GRPC_MAX_CONCURRENT_STREAMS = 1_000
 SERVER_STOP_GRACE_S = 2.0
 ACTOR_STOP_TIMEOUT_S = 5.0
 POOL_CLOSE_TIMEOUT_S = 5.0
@@ -88,6 +74,8 @@ class Coordinator:
     registry: SessionRegistry | None = None
     _worker_servicer: WorkerServicer | None = None
     _health: HealthServicer | None = None
+    _health_server: grpc.aio.Server | None = None
+    health_port: int = 0
     _supervisor_task: asyncio.Task[None] | None = None
     _metrics_server: Any = None
     _probe: ProbeSession | None = None
@@ -98,6 +86,7 @@ class Coordinator:
         """Up to serving. Raises StartupError for what waiting cannot fix; retries only an unreachable Postgres."""
         cfg = self.config
         # Fail fast on a taken address, before a possibly long wait for Postgres; the real bind below decides.
+        api_server.check_exposure(cfg)  # before anything else: a config that is unsafe to serve never waits
         check_free(cfg.grpc_addr, "FAULTLINE_GRPC_ADDR")
         if cfg.metrics_addr:
             check_free(cfg.metrics_addr, "FAULTLINE_METRICS_ADDR")
@@ -111,6 +100,9 @@ class Coordinator:
         pool = await create_pool(self.dsn, max_size=cfg.db_pool_max)
         self.store = store = Store(pool)
         await self._migrate_with_retry()
+        ring = KeyRing(store=store)
+        if cfg.auth_required:
+            await ring.reload()  # the keys before the first call; later reloads are the key refresher's
         # Names this process in NOTIFY payloads, so that its listener can drop its own announcements.
         coordinator_id = secrets.token_hex(8)
         notifier = Notifier(store=store, sender=coordinator_id)
@@ -161,6 +153,9 @@ class Coordinator:
                 store=store, registry=registry, pool_max=cfg.db_pool_max,
                 interval_s=cfg.metrics_sample_interval.total_seconds())),
         ]
+        if cfg.auth_required:
+            children.append(ChildSpec("key_refresher", lambda: KeyRefresher(
+                ring=ring, interval_s=cfg.key_refresh_interval.total_seconds())))
         if cfg.maintenance_interval is not None:
             maintenance = MaintenanceConfig(interval=cfg.maintenance_interval)
             children.append(ChildSpec("maintenance", lambda: Maintenance(store=store, dsn=dsn, config=maintenance)))
@@ -175,40 +170,21 @@ class Coordinator:
                 max_payload=cfg.max_payload_bytes,
             )
 
-        server = grpc.aio.server(interceptors=[DecodeGuard()], maximum_concurrent_rpcs=GRPC_MAX_CONCURRENT_RPCS,
-                                 options=[
-            # gRPC sets SO_REUSEPORT by default, which lets a second coordinator share the port and split the
-            # clients between two processes; off, a taken port fails the bind.
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
-            ("grpc.max_concurrent_streams", GRPC_MAX_CONCURRENT_STREAMS),
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ])
-        # The generated *_pb2_grpc modules have no annotations (gen_protos.py emits no .pyi for them).
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(  # type: ignore[no-untyped-call]
+        job_servicer = JobServicer(
             store=store, signal=signal_, registry=registry, tracer=tracer, throughput=throughput,
             handoff=Handoff(store=store, registry=registry, signal=signal_, lease_ttl_ms=cfg.lease_ttl_ms,
                             enabled=cfg.handoff, on_released=tracer.attempt_closed),
             promoter_wake=promoter_wake.set, max_payload=cfg.max_payload_bytes,
             max_attempts_default=cfg.max_attempts_default,
             admission=SubmitAdmission(max_requests=cfg.submit_inflight_max, max_bytes=cfg.submit_inflight_bytes_max,
-                                      retry_after=SUBMIT_RETRY_AFTER)), server)
+                                      retry_after=SUBMIT_RETRY_AFTER))
         self._worker_servicer = WorkerServicer(session)
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            self._worker_servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
-        try:
-            self.port = server.add_insecure_port(cfg.grpc_addr)
-        except RuntimeError:  # grpcio raises "Failed to bind" where older releases returned 0
-            self.port = 0
-        if self.port == 0:
-            raise StartupError(f"cannot listen on {cfg.grpc_addr} (FAULTLINE_GRPC_ADDR): address in use or not "
-                               "available")
+        server = api_server.build(cfg, ring=ring, job_servicer=job_servicer, worker_servicer=self._worker_servicer,
+                                  health=health)
+        self.port = api_server.bind(server, cfg)
+        if cfg.health_addr:
+            self._health_server = api_server.build_health_only(health)
+            self.health_port = api_server.bind_health_only(self._health_server, cfg.health_addr)
         self.server = server
         if cfg.metrics_addr:
             from prometheus_client import start_http_server
@@ -222,6 +198,8 @@ class Coordinator:
                                    f"{exc.strerror or exc}") from None
         await on_db_change(True)
         await server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         self._supervisor_task = asyncio.create_task(self.supervisor.run(), name="supervisor")
         logger.info("coordinator serving", extra={"grpc": cfg.grpc_addr, "port": self.port,
                                                    "metrics": cfg.metrics_addr or "off"})
@@ -310,6 +288,8 @@ class Coordinator:
                     await self.server.stop(grace)
             except TimeoutError:
                 logger.warning("grpc server stop timed out")
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         mark("server")
         if self._supervisor_task is not None:
             self._supervisor_task.cancel()

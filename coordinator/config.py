@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, FaultlineError
 
 GRPC_ADDR_DEFAULT = "127.0.0.1:50051"
 METRICS_ADDR_DEFAULT = "127.0.0.1:9464"
@@ -69,6 +69,17 @@ RESTART_BACKOFF_MAX = timedelta(seconds=10)
 RESTART_INTENSITY = 10
 RESTART_WINDOW = timedelta(seconds=60)
 RESTART_HEALTHY_AFTER = timedelta(seconds=30)
+# -- security (coordinator/api/auth.py, coordinator/api/server.py, coordinator/auth/) -------------------
+# FAULTLINE_AUTH: off (the default; refused on any address but loopback unless FAULTLINE_AUTH_OFF_ANY_ADDRESS
+# accepts the risk) or required (every RPC but grpc.health.v1 needs an API key or a client certificate).
+AUTH_OFF = "off"
+AUTH_REQUIRED = "required"
+AUTH_MODES = (AUTH_OFF, AUTH_REQUIRED)
+# How often each coordinator reloads the active API keys: the longest a revocation takes to reach it.
+KEY_REFRESH_INTERVAL = timedelta(seconds=2)
+# What a client certificate alone (mTLS, no API key) may do, and on which queues.
+TLS_CLIENT_SCOPES_DEFAULT = "work"
+TLS_CLIENT_QUEUES_DEFAULT = "*"
 EMBEDDED_DATA_DIR_DEFAULT = Path.home() / ".local" / "share" / "faultline" / "pgdata"
 
 # DATABASE_URL: the URL form that asyncpg accepts, and libpq's sslmode values.
@@ -115,6 +126,24 @@ class Config:
     metric_label_values_max: int = METRIC_LABEL_VALUES_MAX_DEFAULT
     submit_inflight_max: int = SUBMIT_INFLIGHT_MAX_DEFAULT
     submit_inflight_bytes_max: int = SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT
+    # -- security: see the constants above and docs/security.md --
+    auth: str = AUTH_OFF
+    auth_off_any_address: bool = False
+    key_refresh_interval: timedelta = KEY_REFRESH_INTERVAL
+    reflection: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_client_scopes: tuple[str, ...] = (TLS_CLIENT_SCOPES_DEFAULT,)
+    tls_client_queues: tuple[str, ...] = (TLS_CLIENT_QUEUES_DEFAULT,)
+    # A second, plaintext listener that serves only grpc.health.v1, for probes that cannot speak TLS
+    # (Kubernetes' gRPC probes); None: health is served on the main address only.
+    health_addr: str | None = None
+
+    @property
+    def auth_required(self) -> bool:
+        """Authentication is on: asked for, or implied by requiring client certificates."""
+        return self.auth == AUTH_REQUIRED or self.tls_client_ca is not None
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -176,7 +205,46 @@ class Config:
             env, "FAULTLINE_MAINTENANCE_INTERVAL_MS", MAINTENANCE_INTERVAL, lo_ms=100, hi_ms=3_600_000))
         if cfg.db_pool_min > cfg.db_pool_max:
             raise ConfigError("FAULTLINE_DB_POOL_MIN must be <= FAULTLINE_DB_POOL_MAX")
-        return cfg
+        return _security_from_env(cfg, env)
+
+
+def _security_from_env(cfg: Config, env: Mapping[str, str]) -> Config:
+    """The security block: FAULTLINE_AUTH, FAULTLINE_TLS_*, FAULTLINE_REFLECTION (see docs/security.md)."""
+    from coordinator.auth.keys import check_queue_patterns, parse_scopes
+
+    auth = (env.get("FAULTLINE_AUTH") or AUTH_OFF).strip().lower()
+    if auth not in AUTH_MODES:
+        raise ConfigError(f"FAULTLINE_AUTH must be one of {', '.join(AUTH_MODES)}, got {auth!r}")
+    paths = {name: Path(env[name]) if env.get(name) else None
+             for name in ("FAULTLINE_TLS_CERT", "FAULTLINE_TLS_KEY", "FAULTLINE_TLS_CLIENT_CA")}
+    if (paths["FAULTLINE_TLS_CERT"] is None) != (paths["FAULTLINE_TLS_KEY"] is None):
+        raise ConfigError("FAULTLINE_TLS_CERT and FAULTLINE_TLS_KEY go together: set both to serve TLS")
+    if paths["FAULTLINE_TLS_CLIENT_CA"] is not None and paths["FAULTLINE_TLS_CERT"] is None:
+        raise ConfigError("FAULTLINE_TLS_CLIENT_CA needs FAULTLINE_TLS_CERT and FAULTLINE_TLS_KEY (mTLS is TLS first)")
+    for name, path in paths.items():
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name}: no such file {str(path)!r}")
+    try:
+        scopes = tuple(sorted(parse_scopes(env.get("FAULTLINE_TLS_CLIENT_SCOPES") or TLS_CLIENT_SCOPES_DEFAULT)))
+    except FaultlineError as exc:
+        raise ConfigError(f"FAULTLINE_TLS_CLIENT_SCOPES: {exc}") from None
+    try:
+        queues = check_queue_patterns(
+            [q.strip() for q in (env.get("FAULTLINE_TLS_CLIENT_QUEUES") or TLS_CLIENT_QUEUES_DEFAULT).split(",")
+             if q.strip()])
+    except FaultlineError as exc:
+        raise ConfigError(f"FAULTLINE_TLS_CLIENT_QUEUES: {exc}") from None
+    refresh_ms = _int(env, "FAULTLINE_AUTH_REFRESH_MS", int(KEY_REFRESH_INTERVAL.total_seconds() * 1000),
+                      lo=50, hi=600_000)
+    health = env.get("FAULTLINE_HEALTH_ADDR") or ""
+    return replace(
+        cfg, health_addr=_addr(env, "FAULTLINE_HEALTH_ADDR", health) if health not in ("", "off") else None,
+        auth=auth, auth_off_any_address=_switch(env, "FAULTLINE_AUTH_OFF_ANY_ADDRESS", default=False),
+        key_refresh_interval=timedelta(milliseconds=refresh_ms),
+        reflection=_switch(env, "FAULTLINE_REFLECTION", default=True),
+        tls_cert=paths["FAULTLINE_TLS_CERT"], tls_key=paths["FAULTLINE_TLS_KEY"],
+        tls_client_ca=paths["FAULTLINE_TLS_CLIENT_CA"], tls_client_scopes=scopes, tls_client_queues=queues,
+    )
 
 
 def _dsn(env: Mapping[str, str], name: str) -> str | None:

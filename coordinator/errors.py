@@ -48,5 +48,17 @@ class OverloadedError(FaultlineError):
         super().__init__(message)
 
 
+class UnauthenticatedError(FaultlineError):
+    """No valid credentials: send `authorization: Bearer <api key>` or a client certificate."""
+
+
+class PermissionDeniedError(FaultlineError):
+    """These credentials do not allow this call."""
+
+
+class RateLimitedError(OverloadedError):
+    """This key is past its rate limit; retry after the delay given."""
+
+
 class RestartIntensityExceeded(FaultlineError):
     """An actor crashed more often than the supervisor allows."""

@@ -87,20 +87,23 @@ class Handoff:
         self._enabled = enabled
         self._on_released = on_released
 
-    async def insert(self, specs: Sequence[JobSpec]) -> list[tuple[Job, bool]]:
-        """insert_jobs, with jobs offered to sessions that have credit; grants are sent before it returns."""
+    async def insert(self, specs: Sequence[JobSpec], *, submitted_by: str | None = None) -> list[tuple[Job, bool]]:
+        """insert_jobs, with jobs offered to sessions that have credit; grants are sent before it returns.
+
+        submitted_by: the submitting identity, stored with the jobs (audit)."""
         offers = self._reserve(specs)
         if not any(offers):
-            return await self._store.insert_jobs(specs)
+            return await self._store.insert_jobs(specs, submitted_by=submitted_by)
         # Shielded: once credit is reserved, the insert and the grants finish even if the caller's RPC
         # is cancelled, or a committed hand-off would sit unsent until its lease expired.
-        return await asyncio.shield(self._insert_offered(specs, offers))
+        return await asyncio.shield(self._insert_offered(specs, offers, submitted_by))
 
-    async def _insert_offered(self, specs: Sequence[JobSpec], offers: list[Session | None]) -> list[tuple[Job, bool]]:
+    async def _insert_offered(self, specs: Sequence[JobSpec], offers: list[Session | None],
+                              submitted_by: str | None = None) -> list[tuple[Job, bool]]:
         try:
             results = await self._store.insert_jobs(
                 specs, holders=[s.worker_id if s is not None else None for s in offers],
-                lease_ttl_ms=self._lease_ttl_ms)
+                lease_ttl_ms=self._lease_ttl_ms, submitted_by=submitted_by)
         except BaseException:
             self._give_back(offers)
             raise

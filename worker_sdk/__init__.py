@@ -20,15 +20,19 @@ from __future__ import annotations
 from worker_sdk._client import Client
 from worker_sdk._context import CancelReason, JobContext, step_idempotency_key
 from worker_sdk._errors import (
+    AuthError,
     FailedPreconditionError,
     InvalidArgumentError,
     JobCancelledError,
     JobNotFoundError,
     LeaseLostError,
     NonRetryableError,
+    PermissionDeniedError,
     ProtocolError,
+    RateLimitedError,
     RetryJob,
     SubmitOutcomeUnknownError,
+    UnauthenticatedError,
     UnavailableError,
     WorkerSDKError,
 )
@@ -38,6 +42,7 @@ from worker_sdk._version import SDK_VERSION as __version__
 from worker_sdk._worker import Worker, WorkerObserver, WorkerState
 
 __all__ = [
+    "AuthError",
     "CancelReason",
     "Client",
     "ConnState",
@@ -52,11 +57,14 @@ __all__ = [
     "JobTimeouts",
     "LeaseLostError",
     "NonRetryableError",
+    "PermissionDeniedError",
     "ProtocolError",
     "QueueStats",
+    "RateLimitedError",
     "RetryJob",
     "RetryPolicy",
     "SubmitOutcomeUnknownError",
+    "UnauthenticatedError",
     "UnavailableError",
     "Worker",
     "WorkerInfo",

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from os import PathLike
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -24,12 +26,15 @@ import grpc
 import grpc.aio
 
 from worker_sdk import _convert
-from worker_sdk._channel import open_channel
+from worker_sdk._channel import auth_metadata, open_channel, resolve_api_key, retry_delay, tls_credentials
 from worker_sdk._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     JobNotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
     SubmitOutcomeUnknownError,
+    UnauthenticatedError,
     UnavailableError,
     WorkerSDKError,
 )
@@ -62,11 +67,17 @@ _STATUS_TO_ERROR: dict[grpc.StatusCode, type[WorkerSDKError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: UnavailableError,
     grpc.StatusCode.ABORTED: UnavailableError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 
 def _map_rpc_error(exc: grpc.aio.AioRpcError) -> WorkerSDKError:
     code = exc.code()
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        delay = retry_delay(exc)
+        if delay is not None:
+            return RateLimitedError(exc.details() or None, retry_after=delay)
     error_type = _STATUS_TO_ERROR.get(code, WorkerSDKError)
     details = exc.details() or ""
     message = details if error_type is not WorkerSDKError else f"{code.name}: {details}"
@@ -89,7 +100,18 @@ class Client:
         channel_options: Sequence[tuple[str, int | str]] = (),
         metadata: Mapping[str, str] | None = None,
         submit_attempts: int = SUBMIT_ATTEMPTS_DEFAULT,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        ca_cert: str | PathLike[str] | bytes | None = None,
+        client_cert: str | PathLike[str] | bytes | None = None,
+        client_key: str | PathLike[str] | bytes | None = None,
     ) -> None:
+        """api_key (default $FAULTLINE_API_KEY) is sent as `authorization: Bearer <key>` on every call.
+
+        TLS: ca_cert (PEM bytes or a path; default $FAULTLINE_TLS_CA) to trust, tls=True for the system's
+        roots, and client_cert + client_key for mTLS (defaults $FAULTLINE_TLS_CLIENT_CERT/_KEY). An explicit
+        `credentials` wins over all of them.
+        """
         if timeout <= timedelta(0):
             raise InvalidArgumentError("timeout must be positive")
         if submit_attempts < 1:
@@ -97,9 +119,14 @@ class Client:
         self._submit_attempts = submit_attempts
         self._target = target
         self._timeout = timeout.total_seconds()
-        self._credentials = credentials
+        try:
+            self._credentials = credentials or tls_credentials(
+                tls=tls, ca_cert=ca_cert, client_cert=client_cert, client_key=client_key)
+            key_metadata = auth_metadata(resolve_api_key(api_key))
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         self._channel_options = tuple(channel_options)
-        self._metadata = tuple((k.lower(), v) for k, v in (metadata or {}).items())
+        self._metadata = tuple((k.lower(), v) for k, v in (metadata or {}).items()) + key_metadata
         self._channel: grpc.aio.Channel | None = None
         self._stub: job_service_pb2_grpc.JobServiceStub | None = None
 
@@ -142,6 +169,15 @@ class Client:
                 response: _T = await method(request, timeout=self._timeout, metadata=metadata)
                 return response
             except grpc.aio.AioRpcError as exc:
+                asked = retry_delay(exc) if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED else None
+                if asked is not None:
+                    # Refused before anything was stored (a rate limit, admission): safe to retry, keyed or
+                    # not, after the delay the coordinator asked for.
+                    if attempt >= self._submit_attempts:
+                        raise _map_rpc_error(exc) from exc
+                    attempt += 1
+                    await asyncio.sleep(asked.total_seconds())
+                    continue
                 if exc.code() not in _SUBMIT_TRANSIENT:
                     raise _map_rpc_error(exc) from exc
                 if not keyed:
@@ -258,7 +294,14 @@ class Client:
     async def get(self, job_id: str) -> Job:
         """One job by id; raises JobNotFoundError."""
         response = await self._unary(self._ensure_stub().GetJob, job_service_pb2.GetJobRequest(id=str(job_id)))
-        return _convert.job_from_pb(response.job)
+        job = _convert.job_from_pb(response.job)
+        if response.HasField("audit"):
+            a = response.audit
+            job = dataclasses.replace(
+                job, submitted_by=a.submitted_by or None, cancelled_by=a.cancelled_by or None,
+                requeued_by=a.requeued_by or None,
+                attempt_holders=tuple((r.attempt, r.worker_id, r.outcome) for r in a.attempts))
+        return job
 
     async def list(
         self,

@@ -68,5 +68,29 @@ class SubmitOutcomeUnknownError(UnavailableError):
     """
 
 
+class AuthError(WorkerSDKError):
+    """The coordinator refused this client's credentials; retrying with the same ones cannot help.
+
+    Worker.run() ends with it instead of reconnecting forever, and the Client raises it at once.
+    """
+
+
+class UnauthenticatedError(AuthError):
+    """No valid credentials: pass api_key= (or set FAULTLINE_API_KEY), or a client certificate for mTLS."""
+
+
+class PermissionDeniedError(AuthError):
+    """These credentials do not allow this call: a missing scope, or a queue outside the key's patterns."""
+
+
+class RateLimitedError(UnavailableError):
+    """The key is past its rate limit; retry_after is how long the coordinator asked to wait (None: unknown)."""
+
+    def __init__(self, message: str | None = None, *, retry_after: timedelta | None = None) -> None:
+        super().__init__(message)
+        #: The delay from the coordinator's google.rpc.RetryInfo.
+        self.retry_after = retry_after
+
+
 class ProtocolError(WorkerSDKError):
     """The coordinator sent something this SDK does not understand."""

@@ -59,7 +59,15 @@ from worker_sdk._backoff import (
     UNAVAILABLE_RETRY_CAP_DEFAULT,
     full_jitter,
 )
-from worker_sdk._errors import LeaseLostError, ProtocolError, UnavailableError, WorkerSDKError
+from worker_sdk._errors import (
+    AuthError,
+    LeaseLostError,
+    PermissionDeniedError,
+    ProtocolError,
+    UnauthenticatedError,
+    UnavailableError,
+    WorkerSDKError,
+)
 from worker_sdk._frames import (
     Abandon,
     CancelLease,
@@ -176,6 +184,13 @@ def _reraise_if_task_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+# Statuses after which reconnecting with the same credentials cannot help: run() ends with the typed error.
+_FATAL_CODES: dict[grpc.StatusCode, type[AuthError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+}
 
 
 class _StopSession(Exception):
@@ -316,8 +331,13 @@ class LeaseStream:
             raise UnavailableError("worker stream closed")
 
     async def run(self) -> None:
-        """Connect, serve sessions and reconnect until close()."""
+        """Connect, serve sessions and reconnect until close().
+
+        Raises UnauthenticatedError or PermissionDeniedError when the coordinator refuses the credentials:
+        reconnecting with the same ones cannot help (a bad or revoked key, a queue the key may not use).
+        """
         attempt = 0
+        fatal: AuthError | None = None
         try:
             while not self._closing.is_set():
                 started = self._clock()
@@ -325,6 +345,12 @@ class LeaseStream:
                 try:
                     end = await self._run_session()
                 except grpc.aio.AioRpcError as exc:
+                    fatal_type = _FATAL_CODES.get(exc.code())
+                    if fatal_type is not None:
+                        fatal = fatal_type(exc.details() or None)
+                        logger.error("worker stream refused: %s: %s", exc.code().name, exc.details(),
+                                     extra={"code": exc.code().name, "details": exc.details()})
+                        break
                     logger.warning(
                         "worker stream failed: %s from %s: %s", exc.code().name,
                         # The channel's target (a private attribute of grpc.aio; "?" should that change).
@@ -359,8 +385,10 @@ class LeaseStream:
                     pass
         finally:
             self._state = ConnState.CLOSED
-            self._fail_all(UnavailableError("worker stream closed"))
+            self._fail_all(fatal or UnavailableError("worker stream closed"))
             self._finished.set()
+        if fatal is not None:
+            raise fatal
 
     def _reconnect_cap_now(self) -> timedelta:
         """The reconnect cap; lower while leases are held, so that they are resumed before they expire."""

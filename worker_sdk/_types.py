@@ -95,6 +95,12 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
+    #: Who acted on the job (identities such as key:NAME; None when anonymous or never): filled by Client.get().
+    submitted_by: str | None = None
+    cancelled_by: str | None = None
+    requeued_by: str | None = None
+    #: (attempt, holder, outcome) of every attempt, the holder qualified with its identity; by Client.get().
+    attempt_holders: tuple[tuple[int, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

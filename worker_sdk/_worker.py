@@ -75,15 +75,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
+from os import PathLike
 from typing import Protocol, TypeAlias, TypeVar, cast
 
 import grpc
 import grpc.aio
 from opentelemetry import trace
 
-from worker_sdk._channel import open_channel
+from worker_sdk._channel import auth_metadata, open_channel, resolve_api_key, tls_credentials
 from worker_sdk._context import CancelReason, HandlerResult, JobContext, to_result_bytes
 from worker_sdk._errors import (
+    AuthError,
     InvalidArgumentError,
     JobCancelledError,
     LeaseLostError,
@@ -306,7 +308,17 @@ class Worker:
         channel_options: Sequence[tuple[str, int | str]] = (),
         observer: WorkerObserver | None = None,
         handle_signals: bool = True,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        ca_cert: str | PathLike[str] | bytes | None = None,
+        client_cert: str | PathLike[str] | bytes | None = None,
+        client_key: str | PathLike[str] | bytes | None = None,
     ) -> None:
+        """api_key (default $FAULTLINE_API_KEY) needs the work scope; the TLS options are the Client's.
+
+        With auth on, the coordinator records this worker as `<identity>/<worker_id>` (key:NAME/host-pid).
+        run() raises UnauthenticatedError or PermissionDeniedError when the coordinator refuses the key.
+        """
         if isinstance(queues, str):
             queues = [queues]
         if not queues or any(not q for q in queues):
@@ -335,7 +347,12 @@ class Worker:
         # Opt-in Prometheus endpoint (metrics_port, else FAULTLINE_WORKER_METRICS_PORT); served while run() runs.
         metrics_at = resolve_address(metrics_port)
         self._metrics = WorkerMetrics(host=metrics_at[0], port=metrics_at[1]) if metrics_at else None
-        self._credentials = credentials
+        try:
+            self._credentials = credentials or tls_credentials(
+                tls=tls, ca_cert=ca_cert, client_cert=client_cert, client_key=client_key)
+            self._auth_metadata = auth_metadata(resolve_api_key(api_key))
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         self._channel_options = tuple(channel_options)
         observers = [o for o in (observer, self._metrics) if o is not None]
         self._observer: WorkerObserver = (
@@ -444,6 +461,7 @@ class Worker:
                 sdk_version=SDK_VERSION,
             ),
             listener=_Listener(self),
+            metadata=self._auth_metadata,
         )
         if self._metrics is not None:
             self._metrics.start()
@@ -459,6 +477,7 @@ class Worker:
                 "concurrency": self._concurrency,
             },
         )
+        refused: AuthError | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -471,6 +490,11 @@ class Worker:
                 await self._abandon_leases()
                 self._state = WorkerState.STOPPED
                 self._heartbeat_wake.set()
+        except* AuthError as group:
+            # The coordinator refused the credentials (the stream said so): run() ends with that error.
+            first = group.exceptions[0]
+            assert isinstance(first, AuthError)
+            refused = first
         finally:
             self._state = WorkerState.STOPPED
             self._tg = None
@@ -482,6 +506,8 @@ class Worker:
             await channel.close()
             self._stopped.set()
             logger.info("worker stopped", extra={"worker_id": self._worker_id})
+        if refused is not None:
+            raise refused
 
     def request_stop(self) -> None:
         """Begin a graceful stop without waiting (event-loop thread only); a second call skips the grace."""

@@ -16,8 +16,16 @@ from coordinator import logs, metrics
 from coordinator.api import convert, validate
 from coordinator.api.admission import SubmitAdmission
 from coordinator.api.status import code_for, trailing_metadata_for
+from coordinator.auth import keys as auth_keys
+from coordinator.auth.keys import Scope
 from coordinator.db.store import Store
-from coordinator.errors import FailedPreconditionError, FaultlineError, InvalidArgumentError, JobNotFoundError
+from coordinator.errors import (
+    FailedPreconditionError,
+    FaultlineError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    PermissionDeniedError,
+)
 from coordinator.grants import Handoff
 from coordinator.model import Job, JobState
 from coordinator.sessions import DispatchSignal, SessionRegistry
@@ -124,7 +132,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                                 max_attempts_default=self._max_attempts_default, trace_context=carrier)
                 for i, r in enumerate(reqs)
             ]
-            results = await self._handoff.insert(specs)
+            principal = auth_keys.current()
+            if principal.restricted:
+                for i, spec in enumerate(specs):
+                    principal.require_queue(spec.queue, f"{prefix(i)}queue")
+            results = await self._handoff.insert(specs, submitted_by=principal.audit)
             if len(results) == 1:
                 span.set_attribute("faultline.job_id", str(results[0][0].id))
         except FaultlineError as exc:
@@ -150,6 +162,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: jpb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jpb.SubmitResponse:
         full = validate.view(request.view)
+        if full:
+            auth_keys.current().require(Scope.PAYLOADS, "Submit with view FULL")
         [(job, created)] = await self._submit("Submit", [request], context, lambda _: "")
         return jpb.SubmitResponse(job=convert.job_to_pb(job, full=full), created=created)
 
@@ -162,6 +176,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if len(request.jobs) > validate.BATCH_MAX:
             raise InvalidArgumentError("jobs", f"at most {validate.BATCH_MAX} jobs per batch, got {len(request.jobs)}")
         full = validate.view(request.view)
+        if full:
+            auth_keys.current().require(Scope.PAYLOADS, "SubmitBatch with view FULL")
         _check_batch_response_fits(request, full=full)
         results = await self._submit("SubmitBatch", list(request.jobs), context, lambda i: f"jobs[{i}].")
         return jpb.SubmitBatchResponse(
@@ -178,18 +194,37 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def GetJob(
         self, request: jpb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jpb.GetJobResponse:
-        return jpb.GetJobResponse(job=convert.job_to_pb(await self._get(validate.job_id(request.id))))
+        job = await self._get(validate.job_id(request.id))
+        principal = auth_keys.current()
+        principal.require_queue(job.queue, "GetJob")
+        audit = await self._store.audit_of(job.id)
+        # Without the payloads scope the job comes as in view BASIC: no payload, result or progress details.
+        full = principal.has(Scope.PAYLOADS)
+        return jpb.GetJobResponse(job=convert.job_to_pb(job, full=full), audit=jpb.JobAudit(
+            submitted_by=audit.submitted_by or "", cancelled_by=audit.cancelled_by or "",
+            requeued_by=audit.requeued_by or "",
+            attempts=[jpb.AttemptAudit(attempt=n, worker_id=w, outcome=o) for n, w, o in audit.attempts],
+        ) if audit is not None else None)
 
     @rpc
     async def ListJobs(
         self, request: jpb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jpb.ListJobsResponse:
         queue = validate.name(request.queue, "queue") if request.queue else None
+        principal = auth_keys.current()
+        if principal.restricted:
+            if queue is None:
+                raise PermissionDeniedError(
+                    f"ListJobs: {principal.name} reads only queues {', '.join(principal.queues)}: set "
+                    "ListJobsRequest.queue")
+            principal.require_queue(queue, "ListJobs")
         kind = validate.name(request.kind, "kind") if request.kind else None
         state_pb = validate.state(request.state)
         size = validate.page_size(request.page_size)
         before = validate.page_token(request.page_token, PAGE_TOKEN_PREFIX)
         full = validate.view(request.view)
+        if full:
+            principal.require(Scope.PAYLOADS, "ListJobs with view FULL")
         jobs = await self._store.list_jobs(
             queue=queue, kind=kind, state=convert.PB_TO_STATE[state_pb] if state_pb is not None else None,
             before_id=before, limit=size + 1, full=full, budget_bytes=RESPONSE_BUDGET_BYTES,
@@ -217,9 +252,14 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: jpb.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jpb.CancelJobResponse:
         job_id = validate.job_id(request.id)
+        principal = auth_keys.current()
+        if principal.restricted:
+            principal.require_queue((await self._get(job_id)).queue, "CancelJob")
         job = await self._store.cancel_job(job_id)
         if job is None:
             raise JobNotFoundError(f"job {job_id} not found")
+        if principal.audit is not None and (job.state is JobState.CANCELLED or job.cancel_requested):
+            await self._store.audit_cancelled(job.id, principal.audit)
         if job.state is JobState.RUNNING and job.cancel_requested:
             found = self._registry.find_lease(job.id)
             if found is not None:
@@ -236,12 +276,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         job_id = validate.job_id(request.id)
         if not 0 <= request.extra_attempts <= REQUEUE_EXTRA_MAX:
             raise InvalidArgumentError("extra_attempts", f"must be in [1, {REQUEUE_EXTRA_MAX}] (0 for 1)")
+        principal = auth_keys.current()
+        if principal.restricted:
+            principal.require_queue((await self._get(job_id)).queue, "RequeueJob")
         job = await self._store.requeue_job(job_id, request.extra_attempts or 1)
         if job is None:
             current = await self._get(job_id)
             raise FailedPreconditionError(
                 f"job {job_id} is {current.state.value}; only dead_lettered or cancelled jobs can be requeued"
             )
+        if principal.audit is not None:
+            await self._store.audit_requeued(job.id, principal.audit)
         self._signal.wake(job.queue)
         logger.info("job requeued", extra=logs.job_fields(job.id, job.lease_token, max_attempts=job.max_attempts))
         return jpb.RequeueJobResponse(job=convert.job_to_pb(job))
@@ -258,7 +303,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         for q in self._throughput.queues():
             by_queue.setdefault(q, {})
         out = []
+        principal = auth_keys.current()
         for q in sorted(by_queue):
+            if not principal.allows_queue(q):
+                continue
             age = Duration()
             if q in oldest:
                 age.FromTimedelta(max(oldest[q]["now"] - oldest[q]["oldest_run_at"], timedelta(0)))
@@ -273,7 +321,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         import time as _time
 
         out = []
+        principal = auth_keys.current()
         for s in self._registry:
+            if principal.restricted and not any(principal.allows_queue(q) for q in s.queues):
+                continue
             since = Duration()
             since.FromTimedelta(timedelta(seconds=max(_time.monotonic() - s.last_heartbeat, 0.0)))  # type: ignore[attr-defined]
             out.append(jpb.WorkerInfo(

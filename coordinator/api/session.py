@@ -56,6 +56,7 @@ from coordinator.actors.batching import Request
 from coordinator.actors.completer import CloseItem
 from coordinator.actors.lease_keeper import HeartbeatItem, KeeperAnswer, KeeperItem
 from coordinator.api import convert, validate
+from coordinator.auth import keys as auth_keys
 from coordinator.db.store import Completion, Failure, ProgressUpdate, Store, Verdict
 from coordinator.errors import DatabaseUnavailableError, InvalidArgumentError
 from coordinator.model import Job, LeaseKey, Outcome
@@ -653,6 +654,15 @@ class WorkerSession:
             held = [LeaseKey.parse(r.lease_id, r.fencing_token) for r in hello.held_leases]
         except InvalidArgumentError as exc:
             raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        # The holder Postgres fences on is the claimed id under the caller's identity (api/auth.py), and a
+        # key limited to queues takes work only from them.
+        principal = auth_keys.current()
+        for q in queues:
+            if not principal.allows_queue(q):
+                raise StreamAbort(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"hello.queues: {principal.name} may not take work from queue {q!r} "
+                                  f"(its queues: {', '.join(principal.queues)})")
+        worker_id = principal.qualify(worker_id)
         self.worker_id, self.queues, self.kinds, self.capacity = worker_id, queues, kinds, hello.capacity
         self.labels = dict(hello.labels)
         self.sdk = f"{hello.sdk_name} {hello.sdk_version}".strip()

@@ -16,6 +16,8 @@ from coordinator.errors import (
     InvalidArgumentError,
     JobNotFoundError,
     OverloadedError,
+    PermissionDeniedError,
+    UnauthenticatedError,
 )
 
 STATUS_BY_ERROR: tuple[tuple[type[FaultlineError], grpc.StatusCode], ...] = (
@@ -24,6 +26,8 @@ STATUS_BY_ERROR: tuple[tuple[type[FaultlineError], grpc.StatusCode], ...] = (
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (DatabaseUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 

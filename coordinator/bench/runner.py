@@ -372,6 +372,8 @@ class FaultlineHarness(Harness):
     """Faultline: its own coordinator subprocess (or --addr), W SDK worker subprocesses, SDK Client producers."""
 
     system = "faultline"
+    # FAULTLINE_AUTH=required with a work key for the workers and a submit key for the producers (auth on/off).
+    auth = False
 
     def __init__(self, cfg: BenchConfig, tmp: Path, say: Callable[[str], None]) -> None:
         super().__init__(cfg, tmp, say)
@@ -379,6 +381,8 @@ class FaultlineHarness(Harness):
         self._profiler: asyncio.subprocess.Process | None = None
         self._clients: list[object] = []
         self.addr = cfg.addr or ""
+        self._worker_key = ""
+        self._producer_key = ""
 
     @property
     def shape(self) -> str:
@@ -395,6 +399,10 @@ class FaultlineHarness(Harness):
         self.addr = f"127.0.0.1:{free_port()}"
         env = {**os.environ, "DATABASE_URL": dsn, "FAULTLINE_GRPC_ADDR": self.addr, "FAULTLINE_METRICS_ADDR": "off"}
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        env.pop("FAULTLINE_API_KEY", None)
+        if self.auth:
+            env["FAULTLINE_AUTH"] = "required"
+            self._worker_key, self._producer_key = await _make_bench_keys(dsn)
         log = open(self.tmp / "coordinator.log", "ab")  # noqa: SIM115 - lives with the process
         self._coordinator = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "coordinator", env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
@@ -410,7 +418,7 @@ class FaultlineHarness(Harness):
         from worker_sdk import Client, WorkerSDKError
 
         deadline = time.monotonic() + READY_TIMEOUT_S
-        async with Client(self.addr) as client:
+        async with Client(self.addr, api_key=self._producer_key) as client:
             while True:
                 try:
                     await client.list_queues()
@@ -424,6 +432,8 @@ class FaultlineHarness(Harness):
 
     def consumer_commands(self) -> list[list[str]]:
         extra = ["--prefetch", str(self.cfg.prefetch)] if self.cfg.prefetch is not None else []
+        if self._worker_key:
+            extra += ["--api-key", self._worker_key]
         return [[sys.executable, "-m", "coordinator.bench.worker", "--addr", self.addr,
                  "--concurrency", str(self.cfg.concurrency), "--sleep-ms", str(self.cfg.sleep_ms), *extra]
                 for _ in range(self.cfg.workers)]
@@ -431,7 +441,7 @@ class FaultlineHarness(Harness):
     async def open_producer(self) -> Callable[[list[bytes]], object]:
         from worker_sdk import Client, JobSpec
 
-        client = Client(self.addr)
+        client = Client(self.addr, api_key=self._producer_key)
         await client.__aenter__()
         self._clients.append(client)
 
@@ -458,6 +468,41 @@ class FaultlineHarness(Harness):
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+class AuthFaultlineHarness(FaultlineHarness):
+    """Faultline with FAULTLINE_AUTH=required: every call and the worker streams go through the auth edge."""
+
+    system = "faultline+auth"
+    auth = True
+
+
+async def _make_bench_keys(dsn: str) -> tuple[str, str]:
+    """A work key and a submit key in the bench database (migrated first: the coordinator is not up yet)."""
+    import asyncpg
+
+    from coordinator.auth.keys import KeyRecord, Scope, format_token, hash_secret, new_key_id, new_salt, new_secret
+    from coordinator.db.migrate import migrate
+    from coordinator.db.pool import create_pool
+    from coordinator.db.store import Store
+
+    con = await asyncpg.connect(dsn)
+    try:
+        await migrate(con)
+    finally:
+        await con.close()
+    pool = await create_pool(dsn, max_size=1)
+    tokens = []
+    try:
+        for name, scope in (("bench-workers", Scope.WORK), ("bench-producers", Scope.SUBMIT)):
+            key_id, secret, salt = new_key_id(), new_secret(), new_salt()
+            await Store(pool).api_key_insert(KeyRecord(key_id=key_id, name=name, salt=salt,
+                                                       secret_hash=hash_secret(salt, secret),
+                                                       scopes=frozenset({scope, Scope.READ})))
+            tokens.append(format_token(key_id, secret))
+    finally:
+        await pool.close()
+    return tokens[0], tokens[1]
 
 
 async def run_system(

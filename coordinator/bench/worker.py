@@ -77,7 +77,7 @@ async def main(args: argparse.Namespace) -> None:
     latencies: dict[int, array[float]] = {0: array("d"), 1: array("d"), 2: array("d")}
     sleep_s = args.sleep_ms / 1000.0
     worker = Worker(args.addr, queues=[QUEUE], concurrency=args.concurrency, prefetch=args.prefetch, observer=obs,
-                    drain_grace=timedelta(seconds=5))
+                    drain_grace=timedelta(seconds=5), api_key=args.api_key or "")
 
     @worker.handler(KIND)
     async def noop(ctx: JobContext) -> bytes:
@@ -106,6 +106,7 @@ def cli() -> None:
     p.add_argument("--prefetch", type=int, default=None, help="leases buffered beyond concurrency (SDK default)")
     p.add_argument("--sleep-ms", type=float, default=0.0)
     p.add_argument("--out", required=True)
+    p.add_argument("--api-key", default="", help="API key (work scope) for a coordinator with auth on")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:

@@ -26,6 +26,7 @@ SERVER_MODULES = {
     "demo": {"demo": "run a coordinator with the example worker and producer"},
     "drill": {"drill": "run a failure drill (its own coordinator, workers, producers and database)"},
     "bench": {"bench": "measure end-to-end throughput and submit-to-start latency"},
+    "keys": {"keys": "create, list and revoke API keys (uses DATABASE_URL)"},
 }
 EXIT_MISSING_EXTRA = 1
 EXIT_USAGE = 2

@@ -10,7 +10,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from coordinator.bench.runner import IDLE_JOBS_DEFAULT, BenchConfig, FaultlineHarness, run_system
+from coordinator.bench.runner import (
+    IDLE_JOBS_DEFAULT,
+    AuthFaultlineHarness,
+    BenchConfig,
+    FaultlineHarness,
+    run_system,
+)
 from coordinator.bench.stats import RunResult, fmt, median_result
 
 EXIT_FAILED = 1
@@ -44,6 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--peer", choices=["pgqueuer"], default=None, help="run this peer too, in the same run")
     p.add_argument("--peer-shapes", default="defaults,tasks,bench",
                    help="PgQueuer shapes to run (default: defaults,tasks,bench)")
+    p.add_argument("--auth", choices=["off", "on", "both"], default="off",
+                   help="run Faultline with FAULTLINE_AUTH=required (on), or both ways interleaved in each run and "
+                        "report the ratio (both); default off")
     p.add_argument("--profile", default=None,
                    help="record the coordinator with py-spy into this file (.svg flamegraph or .json speedscope)")
     p.add_argument("--keep-logs", action="store_true", help="keep process logs of a failed run")
@@ -108,7 +117,7 @@ def run_bench(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run  # type: ignore[assignment]
     try:
-        results = runner(_bench(cfg, peers))
+        results = runner(_bench(cfg, peers, auth=args.auth))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the CLI boundary: say what failed, exit non-zero
@@ -117,15 +126,25 @@ def run_bench(args: argparse.Namespace) -> int:
     return _report(cfg, results, args)
 
 
-async def _bench(cfg: BenchConfig, peers: list[tuple[str, Callable[..., object]]]) -> dict[str, list[RunResult]]:
+async def _bench(cfg: BenchConfig, peers: list[tuple[str, Callable[..., object]]], *,
+                 auth: str = "off") -> dict[str, list[RunResult]]:
     results: dict[str, list[RunResult]] = {}
     started = time.monotonic()
+    # "faultline" is the system the last line reports: auth on when asked for alone.
+    systems: list[tuple[str, type[FaultlineHarness]]] = [("faultline", FaultlineHarness)]
+    if auth == "on":
+        systems = [("faultline", AuthFaultlineHarness)]
+    elif auth == "both":
+        systems.append(("faultline+auth", AuthFaultlineHarness))
     for run in range(1, cfg.runs + 1):
-        _say(f"run {run}/{cfg.runs}: faultline")
-        r = await run_system(FaultlineHarness, cfg, _say, "faultline_bench")
-        results.setdefault("faultline", []).append(r)
-        idle_p50 = fmt(r.idle_ms.get("p50", float("nan")))
-        _say(f"run {run}/{cfg.runs}: faultline {fmt(r.jobs_per_s, 0)} jobs/s, idle p50 {idle_p50} ms")
+        # Auth off and on alternate which goes first (ABBA): the second system of a run meets a server that
+        # the first just loaded (checkpoints, autovacuum of the last database), which would bias the ratio.
+        for name, harness in (systems if run % 2 else systems[::-1]):
+            _say(f"run {run}/{cfg.runs}: {name}")
+            r = await run_system(harness, cfg, _say, "faultline_bench")
+            results.setdefault(name, []).append(r)
+            idle_p50 = fmt(r.idle_ms.get("p50", float("nan")))
+            _say(f"run {run}/{cfg.runs}: {name} {fmt(r.jobs_per_s, 0)} jobs/s, idle p50 {idle_p50} ms")
         for shape, make in peers:
             _say(f"run {run}/{cfg.runs}: pgqueuer [{shape}]")
             p = await run_system(make, cfg, _say, "pgqueuer_bench")  # type: ignore[arg-type]
@@ -161,7 +180,14 @@ def _report(cfg: BenchConfig, results: dict[str, list[RunResult]], args: argpars
         if incomplete:
             print(f"  INCOMPLETE: {len(incomplete)} run(s) finished fewer than {cfg.jobs} jobs")
     fl = medians["faultline"]
-    peers = {k: v for k, v in medians.items() if k != "faultline"}
+    if "faultline+auth" in medians:
+        on = medians["faultline+auth"]
+        nan = float("nan")
+        print("\nauth on / auth off (medians)")
+        print(f"  throughput x{fmt(on.jobs_per_s / fl.jobs_per_s, 3)}   idle p50 "
+              f"x{fmt(on.idle_ms.get('p50', nan) / fl.idle_ms.get('p50', nan), 3)}   coordinator CPU per job "
+              f"x{fmt(on.cpu_s_per_1k / fl.cpu_s_per_1k, 3)}")
+    peers = {k: v for k, v in medians.items() if k not in ("faultline", "faultline+auth")}
     if peers:
         best_name, _ = max(peers.items(), key=lambda kv: kv[1].jobs_per_s)
         print("\nratios (faultline / pgqueuer, medians)")

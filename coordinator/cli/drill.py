@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--short", action="store_true", help="the quick form that CI runs")
     p.add_argument("--workdir", type=Path, help="where process logs go (default: a new temporary directory)")
     p.add_argument("--keep-db", action="store_true", help="keep the drill's database for inspection")
+    p.add_argument("--auth", action="store_true",
+                   help="coordinators with FAULTLINE_AUTH=required; every process holds one admin key "
+                        "(worker-kill is the drill written for it: others name workers by their bare id)")
     p.set_defaults(func=run_drill_cli)
 
 
@@ -37,14 +40,14 @@ def run_drill_cli(args: argparse.Namespace) -> int:
     names = list(DRILLS) if args.name == "all" else [args.name]
     worst = 0
     for name in names:
-        code = _run_one(name, short=args.short, workdir=args.workdir, keep_db=args.keep_db)
+        code = _run_one(name, short=args.short, workdir=args.workdir, keep_db=args.keep_db, auth=args.auth)
         worst = max(worst, code)
         if code == EXIT_INTERRUPTED:
             break
     return worst
 
 
-def _run_one(name: str, *, short: bool, workdir: Path | None, keep_db: bool) -> int:
+def _run_one(name: str, *, short: bool, workdir: Path | None, keep_db: bool, auth: bool = False) -> int:
     from coordinator.drills.drills import DrillOutcome
     from coordinator.drills.runner import run_drill
     from coordinator.drills.stack import DrillError
@@ -65,7 +68,7 @@ def _run_one(name: str, *, short: bool, workdir: Path | None, keep_db: bool) -> 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        return await run_drill(name, short=short, workdir=wd, keep_db=keep_db)
+        return await run_drill(name, short=short, workdir=wd, keep_db=keep_db, auth=auth)
 
     try:
         outcome = asyncio.run(interruptible())

@@ -56,6 +56,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     common.add_argument("--timeout", type=_seconds, default=TIMEOUT_S_DEFAULT,
                         help="seconds per call (default: %(default)s)")
+    common.add_argument("--api-key", type=_text, default=None,
+                        help="API key sent as a bearer token (default: $FAULTLINE_API_KEY)")
+    common.add_argument("--tls", action="store_true", default=None,
+                        help="use TLS trusting the system's roots (implied by --ca-cert or --client-cert)")
+    common.add_argument("--ca-cert", type=Path, default=None,
+                        help="PEM file of the CA to trust (default: $FAULTLINE_TLS_CA)")
+    common.add_argument("--client-cert", type=Path, default=None,
+                        help="PEM client certificate for mTLS (default: $FAULTLINE_TLS_CLIENT_CERT)")
+    common.add_argument("--client-key", type=Path, default=None,
+                        help="PEM key of --client-cert (default: $FAULTLINE_TLS_CLIENT_KEY)")
 
     p = sub.add_parser("submit", parents=[common], help="submit one job")
     p.add_argument("kind", type=_text)
@@ -173,7 +183,8 @@ def _bind(p: argparse.ArgumentParser, handler: Handler) -> None:
 def run(handler: Handler, args: argparse.Namespace) -> int:
     """Call the coordinator and print; every expected failure is one stderr line and exit code 1."""
     async def go() -> Any:
-        async with Client(args.addr, timeout=timedelta(seconds=args.timeout)) as client:
+        async with Client(args.addr, timeout=timedelta(seconds=args.timeout), api_key=args.api_key, tls=args.tls,
+                          ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key) as client:
             return await handler(client, args)
 
     try:
@@ -351,6 +362,9 @@ def _job_block(job: Job) -> str:
         ("cancel requested", "yes" if job.cancel_requested else "no"),
         ("created", _ts(job.created_at)), ("run at", _ts(job.run_at)), ("started", _ts(job.started_at)),
         ("finished", _ts(job.finished_at)),
+        ("submitted by", job.submitted_by or "-"), ("cancelled by", job.cancelled_by or "-"),
+        ("requeued by", job.requeued_by or "-"),
+        *((f"attempt {n}", f"{holder or '-'} ({outcome or 'running'})") for n, holder, outcome in job.attempt_holders),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k + ':':<{width + 1}} {_safe(str(v))}" for k, v in rows)

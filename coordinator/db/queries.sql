@@ -35,7 +35,7 @@ INSERT INTO faultline_schema_migrations (version) VALUES ($1);
 SELECT 1;
 
 -- name: insert_jobs :many
--- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual.
+-- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual. $19 is the submitting identity (audit; NULL when anonymous).
 WITH input AS MATERIALIZED (
     SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*,
         (t.holder IS NOT NULL AND NOT COALESCE(t.run_at > now(), false) AND NOT EXISTS (
@@ -57,7 +57,8 @@ ins AS (
         id, queue, kind, state, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
         execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
-        start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline
+        start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline,
+        submitted_by
     )
     SELECT
         new_id, queue, kind,
@@ -72,7 +73,8 @@ ins AS (
         CASE WHEN leased THEN holder END,
         CASE WHEN leased THEN now() END,
         CASE WHEN leased THEN now() + COALESCE(heartbeat_timeout_ms, $18) * interval '1 millisecond' END,
-        CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END
+        CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END,
+        $19::text
     FROM input
     ORDER BY ord
     ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -633,3 +635,44 @@ SELECT id, lease_token FROM faultline_jobs WHERE state = 'running' AND worker_id
 -- Checker: every attempt of the jobs in $1, in order, to time how long recovery of a fault took.
 SELECT job_id, attempt, lease_token, worker_id, started_at, finished_at, outcome
 FROM faultline_attempts WHERE job_id = ANY($1::bigint[]) ORDER BY job_id, attempt;
+
+-- === security: API keys and audit ===
+
+-- name: api_key_insert :one
+-- Store a new key (its hash, never the secret); a name already active fails on faultline_api_keys_active_name.
+INSERT INTO faultline_api_keys (id, name, salt, secret_hash, scopes, queues, rate_per_s, burst)
+VALUES ($1, $2, $3, $4, $5::text[], $6::text[], $7, $8)
+RETURNING id, name, scopes, queues, rate_per_s, burst, created_at, revoked_at;
+
+-- name: api_keys_active :many
+-- Every key not revoked, as the key ring loads it every refresh interval.
+SELECT id, name, salt, secret_hash, scopes, queues, rate_per_s, burst
+FROM faultline_api_keys WHERE revoked_at IS NULL;
+
+-- name: api_keys_list :many
+-- Every key, revoked ones included, for `faultline keys ls` (no hash, no salt).
+SELECT id, name, scopes, queues, rate_per_s, burst, created_at, revoked_at
+FROM faultline_api_keys ORDER BY created_at, id;
+
+-- name: api_key_revoke :many
+-- Revoke the active key named $1; no row when there is none.
+UPDATE faultline_api_keys SET revoked_at = now()
+WHERE name = $1 AND revoked_at IS NULL
+RETURNING id, name, revoked_at;
+
+-- name: audit_cancelled :exec
+-- Record who cancelled job $1.
+UPDATE faultline_jobs SET cancelled_by = $2 WHERE id = $1;
+
+-- name: audit_requeued :exec
+-- Record who requeued job $1.
+UPDATE faultline_jobs SET requeued_by = $2 WHERE id = $1;
+
+-- name: audit_of :one
+-- The audit columns of job $1, for `faultline jobs show` and GetJob.
+SELECT submitted_by, cancelled_by, requeued_by FROM faultline_jobs WHERE id = $1;
+
+-- name: audit_attempts :many
+-- Every attempt of job $1 and the holder that ran it, for GetJob's audit.
+SELECT attempt, COALESCE(worker_id, '') AS worker_id, COALESCE(outcome, '') AS outcome
+FROM faultline_attempts WHERE job_id = $1 ORDER BY attempt;

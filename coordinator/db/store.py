@@ -6,12 +6,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
 
 import asyncpg
 
+from coordinator.auth.keys import KeyRecord
 from coordinator.config import RetryDefaults
 from coordinator.db.pool import APPLICATION_NAME
 from coordinator.db.queries import QUERIES, run
@@ -149,6 +150,7 @@ class Store:
 
     async def insert_jobs(
         self, specs: Sequence[JobSpec], *, holders: Sequence[str | None] | None = None, lease_ttl_ms: int = 0,
+        submitted_by: str | None = None,
     ) -> list[tuple[Job, bool]]:
         """Insert in one statement; an existing idempotency key yields the stored job with created=False.
 
@@ -167,7 +169,7 @@ class Store:
         offered = list(holders) if holders is not None else [None] * len(specs)
         if len(offered) != len(specs):
             raise ValueError("holders must name one worker (or None) per spec")
-        rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms)
+        rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms, submitted_by)
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
         missing: dict[tuple[str, str], list[int]] = {}  # (queue, idempotency key) -> indexes
         for row in rows:
@@ -375,6 +377,72 @@ class Store:
     async def table_stats(self) -> list[TableStats]:
         """Row counts of the job tables, read on a pooled connection (one short statement)."""
         return [TableStats.of(r) for r in await self._run("maintenance_table_stats")]
+
+
+    # -- security: API keys and audit -----------------------------------------------------------
+
+    async def api_key_insert(self, key: KeyRecord) -> KeyInfo:
+        """Store a new key; StoreError (a unique violation) when its name is already active."""
+        row = await self._run("api_key_insert", key.key_id, key.name, key.salt, key.secret_hash,
+                              sorted(key.scopes), list(key.queues), key.rate_per_s, key.burst)
+        return KeyInfo.of(row)
+
+    async def api_keys_active(self) -> list[KeyRecord]:
+        return [KeyRecord.of(r) for r in await self._run("api_keys_active")]
+
+    async def api_keys_list(self) -> list[KeyInfo]:
+        return [KeyInfo.of(r) for r in await self._run("api_keys_list")]
+
+    async def api_key_revoke(self, name: str) -> list[KeyInfo]:
+        """Revoke the active key named name; empty when there is none."""
+        return [KeyInfo(key_id=r["id"], name=r["name"], revoked_at=r["revoked_at"])
+                for r in await self._run("api_key_revoke", name)]
+
+    async def audit_cancelled(self, job_id: int, identity: str) -> None:
+        await self._run("audit_cancelled", job_id, identity)
+
+    async def audit_requeued(self, job_id: int, identity: str) -> None:
+        await self._run("audit_requeued", job_id, identity)
+
+    async def audit_of(self, job_id: int) -> JobAudit | None:
+        row = await self._run("audit_of", job_id)
+        if row is None:
+            return None
+        rows = await self._run("audit_attempts", job_id)
+        attempts = tuple((r["attempt"], r["worker_id"], r["outcome"]) for r in rows)
+        return JobAudit(submitted_by=row["submitted_by"], cancelled_by=row["cancelled_by"],
+                        requeued_by=row["requeued_by"], attempts=attempts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobAudit:
+    """Who submitted, last cancelled and last requeued a job (identities; None: anonymous, or never)."""
+
+    submitted_by: str | None
+    cancelled_by: str | None
+    requeued_by: str | None
+    # (attempt, holder worker id, outcome or "" while running), in order.
+    attempts: tuple[tuple[int, str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyInfo:
+    """An API key as `faultline keys ls` shows it: never its hash or salt."""
+
+    key_id: str
+    name: str
+    scopes: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    rate_per_s: float | None = None
+    burst: int | None = None
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @classmethod
+    def of(cls, r: Any) -> KeyInfo:
+        return cls(key_id=r["id"], name=r["name"], scopes=tuple(r["scopes"]), queues=tuple(r["queues"]),
+                   rate_per_s=r["rate_per_s"], burst=r["burst"], created_at=r["created_at"],
+                   revoked_at=r["revoked_at"])
 
 
 class MaintenanceOp(StrEnum):

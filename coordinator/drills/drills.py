@@ -265,7 +265,7 @@ async def worker_kill(stack: Stack, short: bool) -> CheckReport:
         candidates = [w for w in workers if w.alive()]
         rng.shuffle(candidates)
         for victim in candidates:
-            held = await checker.held_by(con, victim.name)
+            held = await checker.held_by(con, stack.holder(victim.name))
             if held:
                 t = time.time()
                 victim.kill()

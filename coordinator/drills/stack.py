@@ -204,8 +204,14 @@ def scrape(metrics_addr: str) -> dict[str, float]:
 class Stack:
     """One drill's database and processes; `async with Stack(...)` cleans everything up."""
 
-    def __init__(self, name: str, *, workdir: Path, admin: str | None = None, keep_db: bool = False) -> None:
+    def __init__(self, name: str, *, workdir: Path, admin: str | None = None, keep_db: bool = False,
+                 auth: bool = False) -> None:
         self.name = name
+        # auth: coordinators run FAULTLINE_AUTH=required and every process (and this one's clients, through
+        # FAULTLINE_API_KEY, restored in close()) uses one admin key; holders are then key:drill/<name>.
+        self.auth = auth
+        self._env: dict[str, str] = {}
+        self._saved_key: str | None = None
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._admin = admin
@@ -244,9 +250,30 @@ class Stack:
         con = await asyncpg.connect(self.dsn, timeout=10)
         try:
             await ledger.install(con)
+            if self.auth:
+                await self._make_key(con)
         finally:
             await con.close()
         return self.dsn
+
+    async def _make_key(self, con: asyncpg.Connection[Any]) -> None:
+        from coordinator.auth.keys import format_token, hash_secret, new_key_id, new_salt, new_secret
+        from coordinator.db.migrate import migrate
+        from coordinator.db.queries import QUERIES, run
+
+        await migrate(con)
+        key_id, secret, salt = new_key_id(), new_secret(), new_salt()
+        await run(con, QUERIES["api_key_insert"], key_id, "drill", salt, hash_secret(salt, secret), ["admin"], [],
+                  None, None)
+        token = format_token(key_id, secret)
+        self._env = {"FAULTLINE_API_KEY": token}
+        if self._saved_key is None:
+            self._saved_key = os.environ.get("FAULTLINE_API_KEY", "")
+        os.environ["FAULTLINE_API_KEY"] = token
+
+    def holder(self, worker_name: str) -> str:
+        """The worker id Postgres records for a worker started as worker_name (qualified when auth is on)."""
+        return f"key:drill/{worker_name}" if self.auth else worker_name
 
     async def connect(self) -> asyncpg.Connection[Any]:
         return await asyncpg.connect(self.dsn, timeout=10)
@@ -269,6 +296,7 @@ class Stack:
               prefix: list[str] | None = None) -> Proc:
         self._seq += 1
         e = dict(os.environ)
+        e.update(self._env)
         e.update(env or {})
         p = Proc(name, [*(prefix or []), sys.executable, *args], e, self.workdir / f"{self._seq:03d}-{name}.log")
         self.procs.append(p)
@@ -291,6 +319,10 @@ class Stack:
             "DATABASE_URL": dsn or self.dsn,
             "FAULTLINE_GRPC_ADDR": f"{host}:{port}",
             "FAULTLINE_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
+            **({"FAULTLINE_AUTH": "required"} if self.auth else {}),
+            # A drill that binds a non-loopback address (partition-netns: the veth of a network namespace
+            # the drill made) accepts serving it without auth: nothing outside the namespaces can reach it.
+            **({"FAULTLINE_AUTH_OFF_ANY_ADDRESS": "on"} if not self.auth and not host.startswith("127.") else {}),
             **(env or {}),
         })
         p.extra.update(addr=f"{host}:{port}", port=port, metrics=f"127.0.0.1:{metrics_port}")
@@ -447,3 +479,9 @@ class Stack:
         self._holds.clear()
         await self._drop_database()
         self.db_name = ""
+        if self._saved_key is not None:
+            if self._saved_key:
+                os.environ["FAULTLINE_API_KEY"] = self._saved_key
+            else:
+                os.environ.pop("FAULTLINE_API_KEY", None)
+            self._saved_key = None

@@ -18,7 +18,10 @@ class RawWorker:
     """Open with connect(); then send frames and await replies, grants and other coordinator frames."""
 
     def __init__(self, addr: str, worker_id: str, *, queues: tuple[str, ...] = ("default",),
-                 kinds: tuple[str, ...] = ("echo",), capacity: int = 10) -> None:
+                 kinds: tuple[str, ...] = ("echo",), capacity: int = 10,
+                 metadata: tuple[tuple[str, str], ...] = (), credentials: grpc.ChannelCredentials | None = None,
+                 ) -> None:
+        self.metadata, self.credentials = metadata, credentials
         self.addr, self.worker_id, self.queues, self.kinds, self.capacity = addr, worker_id, queues, kinds, capacity
         self._seq = itertools.count(1)
         self._out: asyncio.Queue[Any] = asyncio.Queue()
@@ -30,8 +33,10 @@ class RawWorker:
         self.details = ""
 
     async def connect(self, *, held: list[Any] | None = None, hello: Any = None) -> RawWorker:
-        self._channel = grpc.aio.insecure_channel(self.addr)
-        self._call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).Connect(self._requests())
+        self._channel = (grpc.aio.secure_channel(self.addr, self.credentials) if self.credentials is not None
+                         else grpc.aio.insecure_channel(self.addr))
+        self._call = worker_service_pb2_grpc.WorkerServiceStub(self._channel).Connect(
+            self._requests(), metadata=self.metadata)
         self._reader = asyncio.create_task(self._read())
         self.send(wpb.WorkerFrame(hello=hello or wpb.Hello(
             worker_id=self.worker_id, queues=list(self.queues), kinds=list(self.kinds), capacity=self.capacity,

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61ultline/v1/job_service.proto\x12\x0c\x66\x61ultline.v1\x1a\x16\x66\x61ultline/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x03\n\rSubmitRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12*\n\x06run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cretry_policy\x18\x08 \x01(\x0b\x32\x19.faultline.v1.RetryPolicy\x12+\n\x08timeouts\x18\t \x01(\x0b\x32\x19.faultline.v1.JobTimeouts\x12\x37\n\x06labels\x18\n \x03(\x0b\x32\'.faultline.v1.SubmitRequest.LabelsEntry\x12#\n\x04view\x18\x0b \x01(\x0e\x32\x15.faultline.v1.JobView\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x0eSubmitResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.faultline.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"d\n\x12SubmitBatchRequest\x12)\n\x04jobs\x18\x01 \x03(\x0b\x32\x1b.faultline.v1.SubmitRequest\x12#\n\x04view\x18\x02 \x01(\x0e\x32\x15.faultline.v1.JobView\"D\n\x13SubmitBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.faultline.v1.SubmitResponse\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"0\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.faultline.v1.Job\"\xa1\x01\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.faultline.v1.JobState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12#\n\x04view\x18\x06 \x01(\x0e\x32\x15.faultline.v1.JobView\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.faultline.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.faultline.v1.Job\"7\n\x11RequeueJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x65xtra_attempts\x18\x02 \x01(\x05\"4\n\x12RequeueJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.faultline.v1.Job\"\x13\n\x11ListQueuesRequest\"\xcf\x01\n\nQueueStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x05\x64\x65pth\x18\x02 \x03(\x0b\x32#.faultline.v1.QueueStats.DepthEntry\x12\x33\n\x10oldest_ready_age\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14\x66inished_last_minute\x18\x04 \x01(\x03\x1a,\n\nDepthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\">\n\x12ListQueuesResponse\x12(\n\x06queues\x18\x01 \x03(\x0b\x32\x18.faultline.v1.QueueStats\"\x14\n\x12ListWorkersRequest\"\xf1\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\r\n\x05kinds\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x11\n\tlease_ids\x18\x06 \x03(\t\x12\x0e\n\x06\x63redit\x18\x07 \x01(\x05\x12\x0b\n\x03sdk\x18\x08 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\n \x01(\x08\x12\x34\n\x06labels\x18\x0b \x03(\x0b\x32$.faultline.v1.WorkerInfo.LabelsEntry\x12\x32\n\x0fsince_heartbeat\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.faultline.v1.WorkerInfo2\xf9\x04\n\nJobService\x12\x43\n\x06Submit\x12\x1b.faultline.v1.SubmitRequest\x1a\x1c.faultline.v1.SubmitResponse\x12R\n\x0bSubmitBatch\x12 .faultline.v1.SubmitBatchRequest\x1a!.faultline.v1.SubmitBatchResponse\x12\x43\n\x06GetJob\x12\x1b.faultline.v1.GetJobRequest\x1a\x1c.faultline.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.faultline.v1.ListJobsRequest\x1a\x1e.faultline.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.faultline.v1.CancelJobRequest\x1a\x1f.faultline.v1.CancelJobResponse\x12O\n\nRequeueJob\x12\x1f.faultline.v1.RequeueJobRequest\x1a .faultline.v1.RequeueJobResponse\x12O\n\nListQueues\x12\x1f.faultline.v1.ListQueuesRequest\x1a .faultline.v1.ListQueuesResponse\x12R\n\x0bListWorkers\x12 .faultline.v1.ListWorkersRequest\x1a!.faultline.v1.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61ultline/v1/job_service.proto\x12\x0c\x66\x61ultline.v1\x1a\x16\x66\x61ultline/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x03\n\rSubmitRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12*\n\x06run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cretry_policy\x18\x08 \x01(\x0b\x32\x19.faultline.v1.RetryPolicy\x12+\n\x08timeouts\x18\t \x01(\x0b\x32\x19.faultline.v1.JobTimeouts\x12\x37\n\x06labels\x18\n \x03(\x0b\x32\'.faultline.v1.SubmitRequest.LabelsEntry\x12#\n\x04view\x18\x0b \x01(\x0e\x32\x15.faultline.v1.JobView\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x0eSubmitResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.faultline.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"d\n\x12SubmitBatchRequest\x12)\n\x04jobs\x18\x01 \x03(\x0b\x32\x1b.faultline.v1.SubmitRequest\x12#\n\x04view\x18\x02 \x01(\x0e\x32\x15.faultline.v1.JobView\"D\n\x13SubmitBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.faultline.v1.SubmitResponse\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.faultline.v1.Job\x12%\n\x05\x61udit\x18\x14 \x01(\x0b\x32\x16.faultline.v1.JobAudit\"\xa1\x01\n\x0fListJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.faultline.v1.JobState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12#\n\x04view\x18\x06 \x01(\x0e\x32\x15.faultline.v1.JobView\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.faultline.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.faultline.v1.Job\"7\n\x11RequeueJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x65xtra_attempts\x18\x02 \x01(\x05\"4\n\x12RequeueJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.faultline.v1.Job\"\x13\n\x11ListQueuesRequest\"\xcf\x01\n\nQueueStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x05\x64\x65pth\x18\x02 \x03(\x0b\x32#.faultline.v1.QueueStats.DepthEntry\x12\x33\n\x10oldest_ready_age\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14\x66inished_last_minute\x18\x04 \x01(\x03\x1a,\n\nDepthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\">\n\x12ListQueuesResponse\x12(\n\x06queues\x18\x01 \x03(\x0b\x32\x18.faultline.v1.QueueStats\"\x14\n\x12ListWorkersRequest\"\xf1\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\r\n\x05kinds\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x11\n\tlease_ids\x18\x06 \x03(\t\x12\x0e\n\x06\x63redit\x18\x07 \x01(\x05\x12\x0b\n\x03sdk\x18\x08 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\n \x01(\x08\x12\x34\n\x06labels\x18\x0b \x03(\x0b\x32$.faultline.v1.WorkerInfo.LabelsEntry\x12\x32\n\x0fsince_heartbeat\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.faultline.v1.WorkerInfo\"y\n\x08JobAudit\x12\x14\n\x0csubmitted_by\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61ncelled_by\x18\x02 \x01(\t\x12\x13\n\x0brequeued_by\x18\x03 \x01(\t\x12,\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x1a.faultline.v1.AttemptAudit\"C\n\x0c\x41ttemptAudit\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t2\xf9\x04\n\nJobService\x12\x43\n\x06Submit\x12\x1b.faultline.v1.SubmitRequest\x1a\x1c.faultline.v1.SubmitResponse\x12R\n\x0bSubmitBatch\x12 .faultline.v1.SubmitBatchRequest\x1a!.faultline.v1.SubmitBatchResponse\x12\x43\n\x06GetJob\x12\x1b.faultline.v1.GetJobRequest\x1a\x1c.faultline.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.faultline.v1.ListJobsRequest\x1a\x1e.faultline.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.faultline.v1.CancelJobRequest\x1a\x1f.faultline.v1.CancelJobResponse\x12O\n\nRequeueJob\x12\x1f.faultline.v1.RequeueJobRequest\x1a .faultline.v1.RequeueJobResponse\x12O\n\nListQueues\x12\x1f.faultline.v1.ListQueuesRequest\x1a .faultline.v1.ListQueuesResponse\x12R\n\x0bListWorkers\x12 .faultline.v1.ListWorkersRequest\x1a!.faultline.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,35 +53,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBREQUEST']._serialized_start=784
   _globals['_GETJOBREQUEST']._serialized_end=811
   _globals['_GETJOBRESPONSE']._serialized_start=813
-  _globals['_GETJOBRESPONSE']._serialized_end=861
-  _globals['_LISTJOBSREQUEST']._serialized_start=864
-  _globals['_LISTJOBSREQUEST']._serialized_end=1025
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1027
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1103
-  _globals['_CANCELJOBREQUEST']._serialized_start=1105
-  _globals['_CANCELJOBREQUEST']._serialized_end=1135
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1137
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1188
-  _globals['_REQUEUEJOBREQUEST']._serialized_start=1190
-  _globals['_REQUEUEJOBREQUEST']._serialized_end=1245
-  _globals['_REQUEUEJOBRESPONSE']._serialized_start=1247
-  _globals['_REQUEUEJOBRESPONSE']._serialized_end=1299
-  _globals['_LISTQUEUESREQUEST']._serialized_start=1301
-  _globals['_LISTQUEUESREQUEST']._serialized_end=1320
-  _globals['_QUEUESTATS']._serialized_start=1323
-  _globals['_QUEUESTATS']._serialized_end=1530
-  _globals['_QUEUESTATS_DEPTHENTRY']._serialized_start=1486
-  _globals['_QUEUESTATS_DEPTHENTRY']._serialized_end=1530
-  _globals['_LISTQUEUESRESPONSE']._serialized_start=1532
-  _globals['_LISTQUEUESRESPONSE']._serialized_end=1594
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1596
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1616
-  _globals['_WORKERINFO']._serialized_start=1619
-  _globals['_WORKERINFO']._serialized_end=1988
+  _globals['_GETJOBRESPONSE']._serialized_end=900
+  _globals['_LISTJOBSREQUEST']._serialized_start=903
+  _globals['_LISTJOBSREQUEST']._serialized_end=1064
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1066
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1142
+  _globals['_CANCELJOBREQUEST']._serialized_start=1144
+  _globals['_CANCELJOBREQUEST']._serialized_end=1174
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1176
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1227
+  _globals['_REQUEUEJOBREQUEST']._serialized_start=1229
+  _globals['_REQUEUEJOBREQUEST']._serialized_end=1284
+  _globals['_REQUEUEJOBRESPONSE']._serialized_start=1286
+  _globals['_REQUEUEJOBRESPONSE']._serialized_end=1338
+  _globals['_LISTQUEUESREQUEST']._serialized_start=1340
+  _globals['_LISTQUEUESREQUEST']._serialized_end=1359
+  _globals['_QUEUESTATS']._serialized_start=1362
+  _globals['_QUEUESTATS']._serialized_end=1569
+  _globals['_QUEUESTATS_DEPTHENTRY']._serialized_start=1525
+  _globals['_QUEUESTATS_DEPTHENTRY']._serialized_end=1569
+  _globals['_LISTQUEUESRESPONSE']._serialized_start=1571
+  _globals['_LISTQUEUESRESPONSE']._serialized_end=1633
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1635
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1655
+  _globals['_WORKERINFO']._serialized_start=1658
+  _globals['_WORKERINFO']._serialized_end=2027
   _globals['_WORKERINFO_LABELSENTRY']._serialized_start=498
   _globals['_WORKERINFO_LABELSENTRY']._serialized_end=543
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1990
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=2054
-  _globals['_JOBSERVICE']._serialized_start=2057
-  _globals['_JOBSERVICE']._serialized_end=2690
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2029
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2093
+  _globals['_JOBAUDIT']._serialized_start=2095
+  _globals['_JOBAUDIT']._serialized_end=2216
+  _globals['_ATTEMPTAUDIT']._serialized_start=2218
+  _globals['_ATTEMPTAUDIT']._serialized_end=2285
+  _globals['_JOBSERVICE']._serialized_start=2288
+  _globals['_JOBSERVICE']._serialized_end=2921
 # @@protoc_insertion_point(module_scope)

@@ -73,10 +73,12 @@ class GetJobRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class GetJobResponse(_message.Message):
-    __slots__ = ("job",)
+    __slots__ = ("job", "audit")
     JOB_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+    audit: JobAudit
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., audit: _Optional[_Union[JobAudit, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("queue", "kind", "state", "page_size", "page_token", "view")
@@ -201,3 +203,25 @@ class ListWorkersResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class JobAudit(_message.Message):
+    __slots__ = ("submitted_by", "cancelled_by", "requeued_by", "attempts")
+    SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_BY_FIELD_NUMBER: _ClassVar[int]
+    REQUEUED_BY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    submitted_by: str
+    cancelled_by: str
+    requeued_by: str
+    attempts: _containers.RepeatedCompositeFieldContainer[AttemptAudit]
+    def __init__(self, submitted_by: _Optional[str] = ..., cancelled_by: _Optional[str] = ..., requeued_by: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[AttemptAudit, _Mapping]]] = ...) -> None: ...
+
+class AttemptAudit(_message.Message):
+    __slots__ = ("attempt", "worker_id", "outcome")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    worker_id: str
+    outcome: str
+    def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., outcome: _Optional[str] = ...) -> None: ...

@@ -36,6 +36,12 @@ class JobServiceStub:
     google.rpc.RetryInfo with the delay to wait (nothing stored); GetJob, CancelJob and RequeueJob NOT_FOUND for
     an id that names no job; RequeueJob FAILED_PRECONDITION for a job that is neither dead-lettered nor
     cancelled. INTERNAL is never sent on purpose: it is a bug.
+
+    With auth on, each call needs an API key (metadata `authorization: Bearer <key>`) or a client certificate
+    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers; payloads and
+    results also need payloads: GetJob leaves them out without it, and view FULL is refused) or admin
+    (CancelJob, RequeueJob, and every RPC not named here); none is UNAUTHENTICATED, a missing scope or queue
+    is PERMISSION_DENIED, and a key past its rate is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo.
     """
 
     def __init__(self, channel):
@@ -97,6 +103,12 @@ class JobServiceServicer:
     google.rpc.RetryInfo with the delay to wait (nothing stored); GetJob, CancelJob and RequeueJob NOT_FOUND for
     an id that names no job; RequeueJob FAILED_PRECONDITION for a job that is neither dead-lettered nor
     cancelled. INTERNAL is never sent on purpose: it is a bug.
+
+    With auth on, each call needs an API key (metadata `authorization: Bearer <key>`) or a client certificate
+    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers; payloads and
+    results also need payloads: GetJob leaves them out without it, and view FULL is refused) or admin
+    (CancelJob, RequeueJob, and every RPC not named here); none is UNAUTHENTICATED, a missing scope or queue
+    is PERMISSION_DENIED, and a key past its rate is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo.
     """
 
     def Submit(self, request, context):
@@ -225,6 +237,12 @@ class JobService:
     google.rpc.RetryInfo with the delay to wait (nothing stored); GetJob, CancelJob and RequeueJob NOT_FOUND for
     an id that names no job; RequeueJob FAILED_PRECONDITION for a job that is neither dead-lettered nor
     cancelled. INTERNAL is never sent on purpose: it is a bug.
+
+    With auth on, each call needs an API key (metadata `authorization: Bearer <key>`) or a client certificate
+    with a scope: submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers; payloads and
+    results also need payloads: GetJob leaves them out without it, and view FULL is refused) or admin
+    (CancelJob, RequeueJob, and every RPC not named here); none is UNAUTHENTICATED, a missing scope or queue
+    is PERMISSION_DENIED, and a key past its rate is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo.
     """
 
     @staticmethod

@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class WorkerServiceStub:
     """WorkerService carries the whole conversation between a worker and the coordinator on one stream.
+    With auth on, Connect needs the work scope (an API key or a client certificate). The session's holder id
+    is the hello's worker_id qualified with the caller's identity (key:NAME/worker_id), so only that identity
+    can heartbeat, complete, fail, release, record steps for or resume its leases; a hello naming a queue the
+    key may not use ends the stream PERMISSION_DENIED, and a revoked key ends it UNAUTHENTICATED.
     """
 
     def __init__(self, channel):
@@ -44,6 +48,10 @@ class WorkerServiceStub:
 
 class WorkerServiceServicer:
     """WorkerService carries the whole conversation between a worker and the coordinator on one stream.
+    With auth on, Connect needs the work scope (an API key or a client certificate). The session's holder id
+    is the hello's worker_id qualified with the caller's identity (key:NAME/worker_id), so only that identity
+    can heartbeat, complete, fail, release, record steps for or resume its leases; a hello naming a queue the
+    key may not use ends the stream PERMISSION_DENIED, and a revoked key ends it UNAUTHENTICATED.
     """
 
     def Connect(self, request_iterator, context):
@@ -92,6 +100,10 @@ def add_WorkerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class WorkerService:
     """WorkerService carries the whole conversation between a worker and the coordinator on one stream.
+    With auth on, Connect needs the work scope (an API key or a client certificate). The session's holder id
+    is the hello's worker_id qualified with the caller's identity (key:NAME/worker_id), so only that identity
+    can heartbeat, complete, fail, release, record steps for or resume its leases; a hello naming a queue the
+    key may not use ends the stream PERMISSION_DENIED, and a revoked key ends it UNAUTHENTICATED.
     """
 
     @staticmethod
