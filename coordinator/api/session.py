@@ -92,6 +92,9 @@ SLOW_READER_GRACE_S = 10.0
 ABORT_STATUS_TIMEOUT_S = 1.0
 # One ConnectResponse holds at most this many frames or (beyond its first frame) bytes.
 WRITE_BATCH_MAX = 1_000
+# Stream messages (batches of frames) each way; `faultline bench` reads them per job.
+_MESSAGES_RECEIVED = metrics.GRPC_MESSAGES.labels("Connect", "received")
+_MESSAGES_SENT = metrics.GRPC_MESSAGES.labels("Connect", "sent")
 WRITE_BATCH_BYTES_MAX = 4 << 20
 PROGRESS_MESSAGE_MAX = 1024
 PROGRESS_DETAILS_MAX = 64 << 10
@@ -442,6 +445,7 @@ class WorkerSession:
                 self._writing = True
                 try:
                     await context.write(wpb.ConnectResponse(frames=frames))
+                    _MESSAGES_SENT.inc()
                 finally:
                     self._writing = False
                 self._written(size)
@@ -539,6 +543,7 @@ class WorkerSession:
             msg = await context.read()
             if msg is grpc.aio.EOF:
                 return
+            _MESSAGES_RECEIVED.inc()
             if len(msg.frames) > FRAMES_PER_MESSAGE_MAX:
                 raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
                                   f"ConnectRequest.frames: {len(msg.frames)} frames in one message; "
