@@ -47,7 +47,7 @@ from coordinator.bench.stats import (
     rss_mb,
     self_cpu_seconds,
 )
-from coordinator.bench.work import PgSnapshot, PostgresProbe, add_counters, scrape
+from coordinator.bench.work import STATS_FLUSH_S_DEFAULT, PgSnapshot, PostgresProbe, add_counters, scrape
 from coordinator.bench.worker import KIND, PAYLOAD, QUEUE
 
 DATABASE_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -84,14 +84,15 @@ class BenchConfig:
     backlog: int = 0
     profile: str | None = None
     keep_logs: bool = False
+    stats_wait_s: float = STATS_FLUSH_S_DEFAULT
 
     def __post_init__(self) -> None:
         if min(self.jobs, self.producers, self.workers, self.coordinators, self.concurrency, self.batch) < 1:
             raise ValueError("jobs, producers, workers, coordinators, concurrency and batch must be >= 1")
         if self.addr and self.coordinators != 1:
             raise ValueError("--addr names one running coordinator; --coordinators needs the bench to start them")
-        if self.runs < 1 or self.idle_jobs < 0 or self.backlog < 0 or self.sleep_ms < 0:
-            raise ValueError("runs >= 1; idle_jobs, backlog and sleep_ms >= 0")
+        if self.runs < 1 or self.idle_jobs < 0 or self.backlog < 0 or self.sleep_ms < 0 or self.stats_wait_s < 0:
+            raise ValueError("runs >= 1; idle_jobs, backlog, sleep_ms and stats_wait_s >= 0")
 
 
 def payload(phase: int) -> bytes:
@@ -310,7 +311,7 @@ async def _run_load(
     h.say(f"  {h.system} [{h.shape}] idle phase done ({cfg.idle_jobs} jobs one at a time); load: {cfg.jobs:,} jobs")
     submitters = [submit] + [await h.open_producer() for _ in range(cfg.producers - 1)]
     async with contextlib.AsyncExitStack() as stack:
-        probe = await stack.enter_async_context(PostgresProbe(dsn)) if dsn else None
+        probe = await stack.enter_async_context(PostgresProbe(dsn, flush_wait_s=cfg.stats_wait_s)) if dsn else None
         pg0, pg1 = PgSnapshot(), PgSnapshot()
         if probe is not None:
             await probe.counters(pg0)
@@ -322,7 +323,7 @@ async def _run_load(
         busy0 = machine_busy_s()
         pgm0, me0 = postgres_cpu_seconds(), self_cpu_seconds()
         if probe is not None:
-            pg0.cpu = await probe.cpu(await probe.pids())
+            pg0.cpu = await probe.cpu((await probe.pids())[0])
         counter = iter(range(0, cfg.jobs, cfg.batch))
         calls = 0
         submit_end = 0
@@ -346,7 +347,9 @@ async def _run_load(
         consumer_cpu1 = sum(cpu_seconds(c.proc.pid) for c in h.consumers)
         work1 = await h.work_counters()
         if probe is not None:
-            pg1.cpu = await probe.cpu(await probe.pids())
+            pg_pids, connections = await probe.pids()
+            pg1.cpu = await probe.cpu(pg_pids)
+            result.extra["connections"] = float(connections)
             await probe.counters(pg1)  # after the statistics flush wait: commits of idle actors count too
     elapsed = (t_end - t0) / 1e9
     per_1k = 1000 / cfg.jobs

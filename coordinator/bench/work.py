@@ -8,7 +8,8 @@ Three sources, each read the same way for every system:
   backends connected to the run's database plus the shared background processes (WAL writer,
   checkpointer, background writer). A PostgreSQL 15 backend flushes its statistics when it goes idle,
   but one that flushed less than a second before waits for its 10 s idle timeout instead, so the probe
-  waits STATS_FLUSH_S before reading the counters at either end (outside the timed window).
+  waits STATS_FLUSH_S_DEFAULT (--stats-wait-s) before reading the counters at either end, outside the
+  timed window; a shorter wait can miss a backend's last second of commits.
 * The coordinator's own counters (`scrape`), from its /metrics: gRPC messages by RPC and direction
   (`faultline_grpc_messages_total`) and statements by query (`faultline_db_statements_total`).
 * /proc, for every process the run started (runner.py).
@@ -25,13 +26,13 @@ from coordinator.bench.stats import cpu_seconds
 
 # Longest an idle backend keeps its statistics before pg_stat_database sees them (PostgreSQL 15's
 # PGSTAT_IDLE_INTERVAL, 10 s), plus a margin.
-STATS_FLUSH_S = 10.5
+STATS_FLUSH_S_DEFAULT = 10.5
 SCRAPE_TIMEOUT_S = 5.0
 # Server processes whose work is every database's (WAL, checkpoints): counted with each run's backends.
 SHARED_BACKEND_TYPES = ("walwriter", "checkpointer", "background writer")
 
 _PIDS_SQL = """
-SELECT pid FROM pg_stat_activity
+SELECT pid, datname IS NOT NULL AS own FROM pg_stat_activity
 WHERE (datname = current_database() AND pid <> pg_backend_pid()) OR backend_type = ANY($1::text[])
 """
 _COUNTERS_SQL = """
@@ -56,8 +57,9 @@ class PostgresProbe:
     # Transactions the probe's own reads add between two snapshots (the counters read, the pid list).
     OWN_COMMITS_PER_SNAPSHOT = 2
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, flush_wait_s: float = STATS_FLUSH_S_DEFAULT) -> None:
         self._dsn = dsn
+        self._flush_wait_s = flush_wait_s
         self._con: Any = None
 
     async def __aenter__(self) -> PostgresProbe:
@@ -70,8 +72,10 @@ class PostgresProbe:
         if self._con is not None:
             await self._con.close()
 
-    async def pids(self) -> list[int]:
-        return [int(r["pid"]) for r in await self._con.fetch(_PIDS_SQL, list(SHARED_BACKEND_TYPES))]
+    async def pids(self) -> tuple[list[int], int]:
+        """The server pids doing the run's work, and how many of them are connections to its database."""
+        rows = await self._con.fetch(_PIDS_SQL, list(SHARED_BACKEND_TYPES))
+        return [int(r["pid"]) for r in rows], sum(1 for r in rows if r["own"])
 
     async def cpu(self, pids: list[int]) -> dict[int, float]:
         out: dict[int, float] = {}
@@ -83,8 +87,8 @@ class PostgresProbe:
         return out
 
     async def counters(self, snap: PgSnapshot) -> None:
-        """Fill in the statistics counters (after STATS_FLUSH_S, so every backend's last work is in them)."""
-        await asyncio.sleep(STATS_FLUSH_S)
+        """Fill in the statistics counters (after the flush wait, so every backend's last work is in them)."""
+        await asyncio.sleep(self._flush_wait_s)
         row = await self._con.fetchrow(_COUNTERS_SQL)
         snap.commits, snap.rollbacks, snap.wal_bytes = float(row[0]), float(row[1]), float(row[2])
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from coordinator.bench.runner import IDLE_JOBS_DEFAULT, BenchConfig, FaultlineHarness, Harness, run_system
 from coordinator.bench.stats import RunResult, fmt, median_result
+from coordinator.bench.work import STATS_FLUSH_S_DEFAULT
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -56,6 +57,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="record the coordinator with py-spy into this file (.svg flamegraph or .json speedscope)")
     p.add_argument("--keep-logs", action="store_true", help="keep process logs of a failed run")
     p.add_argument("--json", default=None, help="also write every run's figures to this file")
+    p.add_argument("--stats-wait-s", type=float, default=STATS_FLUSH_S_DEFAULT,
+                   help="wait before reading pg_stat_database at each end of the load phase, so that every "
+                        f"backend has flushed its counters (default {STATS_FLUSH_S_DEFAULT}, PostgreSQL 15's idle "
+                        "flush interval plus a margin)")
     p.set_defaults(func=run_bench)
 
 
@@ -95,7 +100,7 @@ def run_bench(args: argparse.Namespace) -> int:
             batch=args.batch, sleep_ms=args.sleep_ms, idle_jobs=args.idle_jobs, runs=args.runs,
             database_url=database_url, addr=args.addr,
             drain=args.drain or args.backlog > 0, backlog=args.backlog, profile=args.profile,
-            keep_logs=args.keep_logs,
+            keep_logs=args.keep_logs, stats_wait_s=args.stats_wait_s,
         )
     except ValueError as exc:
         print(f"faultline bench: {exc}", file=sys.stderr)
@@ -174,6 +179,7 @@ WORK_ROWS = (
     ("statements", "Postgres statements / job (coordinator's counter)", 3),
     ("commits", "Postgres commits / job (pg_stat_database)", 3),
     ("wal_bytes", "WAL bytes / job (cluster-wide)", 0),
+    ("connections", "Postgres connections to this database at the end (not per job)", 0),
 )
 CPU_ROWS = (
     ("cpu_coordinator", "coordinator(s)"),
