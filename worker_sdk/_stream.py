@@ -608,10 +608,6 @@ class LeaseStream:
                     stop = True
                 elif isinstance(item, _Send) and self._live(item):
                     size = _convert.add_request(frames, item.seq, item.entry.frame).ByteSize()
-                if not stop:
-                    # Linger one loop turn: handlers that finish in the callbacks already scheduled put their
-                    # frames (and their credit) in this request instead of one request each.
-                    await asyncio.sleep(0)
             while not stop and len(frames) < self._max_frames and not self._outgoing.empty():
                 item = self._outgoing.get_nowait()
                 if isinstance(item, _StopSender):

@@ -424,9 +424,6 @@ class WorkerSession:
                             continue
                     first = await get
                     get = None
-                    # Linger one loop turn: the callbacks already scheduled (the rest of a completer batch's
-                    # verdicts, grants to this session from the same claim) queue their frames in this message.
-                    await asyncio.sleep(0)
                 else:
                     # Frames are waiting (the usual case under load): no waiter task to create.
                     first = self._outbox.get_nowait()
