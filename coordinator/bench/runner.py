@@ -369,6 +369,7 @@ async def _run_load(
         x["commits"] = (pg1.commits - pg0.commits - own) / cfg.jobs
         x["rollbacks"] = (pg1.rollbacks - pg0.rollbacks) / cfg.jobs
         x["wal_bytes"] = (pg1.wal_bytes - pg0.wal_bytes) / cfg.jobs
+        x["db_growth_bytes"] = (pg1.size_bytes - pg0.size_bytes) / cfg.jobs
     if pids:
         result.cpu_s_per_1k = (sum(server_cpu1) - sum(server_cpu0)) * per_1k
         if len(pids) > 1:

@@ -3,7 +3,7 @@
 Three sources, each read the same way for every system:
 
 * Postgres (`PostgresProbe`): `pg_stat_database.xact_commit` of the run's own database (so other
-  databases on a shared server do not count), the WAL position (`pg_current_wal_lsn()`, cluster-wide:
+  databases on a shared server do not count), its size on disk, the WAL position (`pg_current_wal_lsn()`, cluster-wide:
   other databases' writes do count), and the CPU of the server processes that did the run's work: the
   backends connected to the run's database plus the shared background processes (WAL writer,
   checkpointer, background writer). A PostgreSQL 15 backend flushes its statistics when it goes idle,
@@ -36,7 +36,8 @@ SELECT pid, datname IS NOT NULL AS own FROM pg_stat_activity
 WHERE (datname = current_database() AND pid <> pg_backend_pid()) OR backend_type = ANY($1::text[])
 """
 _COUNTERS_SQL = """
-SELECT xact_commit, xact_rollback, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS wal
+SELECT xact_commit, xact_rollback, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS wal,
+       pg_database_size(current_database())::float8 AS size
 FROM pg_stat_database WHERE datname = current_database()
 """
 
@@ -48,6 +49,7 @@ class PgSnapshot:
     commits: float = 0.0
     rollbacks: float = 0.0
     wal_bytes: float = 0.0
+    size_bytes: float = 0.0  # the database on disk: tables, indexes, their free space
     cpu: dict[int, float] = field(default_factory=dict)  # server pid -> CPU seconds so far
 
 
@@ -90,7 +92,7 @@ class PostgresProbe:
         """Fill in the statistics counters (after the flush wait, so every backend's last work is in them)."""
         await asyncio.sleep(self._flush_wait_s)
         row = await self._con.fetchrow(_COUNTERS_SQL)
-        snap.commits, snap.rollbacks, snap.wal_bytes = float(row[0]), float(row[1]), float(row[2])
+        snap.commits, snap.rollbacks, snap.wal_bytes, snap.size_bytes = (float(v) for v in row)
 
     @staticmethod
     def cpu_between(before: PgSnapshot, after: PgSnapshot) -> float:

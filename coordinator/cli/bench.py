@@ -179,6 +179,7 @@ WORK_ROWS = (
     ("statements", "Postgres statements / job (coordinator's counter)", 3),
     ("commits", "Postgres commits / job (pg_stat_database)", 3),
     ("wal_bytes", "WAL bytes / job (cluster-wide)", 0),
+    ("db_growth_bytes", "database growth on disk / job (bytes; history is kept)", 0),
     ("connections", "Postgres connections to this database at the end (not per job)", 0),
 )
 CPU_ROWS = (
