@@ -92,10 +92,10 @@ SLOW_READER_GRACE_S = 10.0
 ABORT_STATUS_TIMEOUT_S = 1.0
 # One ConnectResponse holds at most this many frames or (beyond its first frame) bytes.
 WRITE_BATCH_MAX = 1_000
+WRITE_BATCH_BYTES_MAX = 4 << 20
 # Stream messages (batches of frames) each way; `faultline bench` reads them per job.
 _MESSAGES_RECEIVED = metrics.GRPC_MESSAGES.labels("Connect", "received")
 _MESSAGES_SENT = metrics.GRPC_MESSAGES.labels("Connect", "sent")
-WRITE_BATCH_BYTES_MAX = 4 << 20
 PROGRESS_MESSAGE_MAX = 1024
 PROGRESS_DETAILS_MAX = 64 << 10
 ERROR_TEXT_MAX = 8 << 10
