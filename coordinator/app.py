@@ -384,7 +384,6 @@ async def main(config: Config) -> int:
     the drain; a second one ends the drain at once.
     """
     memory.pin_malloc_threshold()
-    memory.tune_gc()
     coordinator = Coordinator(config)
     loop = asyncio.get_running_loop()
     starting = asyncio.ensure_future(coordinator.start())
