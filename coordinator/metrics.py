@@ -178,6 +178,17 @@ MAINTENANCE_DURATION = Histogram(
     ["table", "op"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800), registry=REGISTRY,
 )
 
+# === work per job (issue 13): what `faultline bench` divides by the jobs of a run ===
+GRPC_MESSAGES = Counter(
+    "faultline_grpc_messages", "gRPC messages this coordinator received from and sent to clients, by RPC "
+    "(Connect counts stream messages, each a batch of frames; a unary RPC is one of each).",
+    ["rpc", "direction"], registry=REGISTRY,
+)
+DB_STATEMENTS = Counter(
+    "faultline_db_statements", "Statements the Store sent to Postgres, by named query (each is its own "
+    "autocommit transaction; a deadlock retry counts again).", ["query"], registry=REGISTRY,
+)
+
 # Label values known up front get their series at import, so they read 0 from the first scrape:
 # rate() and alert rules need the series to exist before the first event, not only after it.
 LEASE_EXPIRATION_REASONS = ("lease_expired", "heartbeat_timeout", "execution_timeout")  # expire_leases in queries.sql

@@ -75,23 +75,33 @@ class Completer(BatchingActor[CloseItem, Verdict]):
         if completions:
             metrics.DB_BATCH_SIZE.labels("complete").observe(len(completions))
             rows = await self._store.complete_jobs(completions)
-            accepted = {LeaseKey(r["id"], r["lease_token"]) for r in rows}
+            accepted: set[LeaseKey] = set()
+            # Counted per (queue, kind) of the batch, not per job: one counter and throughput update each.
+            counts: dict[tuple[str, str], list[Any]] = {}  # (queue, kind) -> [succeeded counter, jobs]
             for r in rows:
-                queue, kind = r["queue"], r["kind"]
-                children = self._succeeded.get((queue, kind))
+                key = LeaseKey(r["id"], r["lease_token"])
+                accepted.add(key)
+                group = (r["queue"], r["kind"])
+                children = self._succeeded.get(group)
                 if children is None:
                     if len(self._succeeded) >= CHILD_CACHE_MAX:
                         self._succeeded.clear()
-                    children = (metrics.JOBS_COMPLETED.labels(queue, kind, "succeeded"),
-                                metrics.JOB_DURATION.labels(queue, kind))
-                    self._succeeded[(queue, kind)] = children
-                children[0].inc()
-                if self._throughput:
-                    self._throughput.add(queue)
+                    children = (metrics.JOBS_COMPLETED.labels(group[0], group[1], "succeeded"),
+                                metrics.JOB_DURATION.labels(group[0], group[1]))
+                    self._succeeded[group] = children
+                counted = counts.get(group)
+                if counted is None:
+                    counts[group] = [children[0], 1]
+                else:
+                    counted[1] += 1
                 if r["started_at"] is not None:
                     children[1].observe((r["finished_at"] - r["started_at"]).total_seconds())
                 if self._on_closed:
-                    self._on_closed(LeaseKey(r["id"], r["lease_token"]), "succeeded", None)
+                    self._on_closed(key, "succeeded", None)
+            for (queue, _kind), (counter, n) in counts.items():
+                counter.inc(n)
+                if self._throughput:
+                    self._throughput.add(queue, n)
             await self._explain(0, {c.key: c.worker_id for c in completions}, accepted, "succeeded", verdicts)
         if failures:
             metrics.DB_BATCH_SIZE.labels("fail").observe(len(failures))

@@ -54,10 +54,16 @@ def rpc(
 ) -> Callable[..., Awaitable[Resp]]:
     """Turn Faultline errors into the status that api/status.py names; anything else is INTERNAL and logged."""
 
+    received = metrics.GRPC_MESSAGES.labels(fn.__name__, "received")
+    sent = metrics.GRPC_MESSAGES.labels(fn.__name__, "sent")
+
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        received.inc()
         try:
-            return await fn(self, request, context)
+            response = await fn(self, request, context)
+            sent.inc()
+            return response
         except FaultlineError as exc:
             code = code_for(exc)
             if code is grpc.StatusCode.INTERNAL:

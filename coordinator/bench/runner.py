@@ -14,7 +14,11 @@ first, then starts the consumers and measures the claim rate over the first --jo
 
 Clocks: submit and start stamps are time.time_ns() in different processes on one machine (one clock).
 CPU and RSS come from /proc/<pid>; "machine CPU" is every core's busy time from /proc/stat over the
-load phase, so anything else running on the machine shows up in it.
+load phase, so anything else running on the machine shows up in it. Messages, statements, commits, WAL and
+the CPU of the run's own Postgres processes over the load phase come from work.py.
+
+--coordinators N starts N coordinators on the run's database; worker i talks to coordinator i mod N and
+producer j to coordinator j mod N (the idle phase uses coordinator 0's producer).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from coordinator.bench.stats import (
     rss_mb,
     self_cpu_seconds,
 )
+from coordinator.bench.work import STATS_FLUSH_S_DEFAULT, PgSnapshot, PostgresProbe, add_counters, scrape
 from coordinator.bench.worker import KIND, PAYLOAD, QUEUE
 
 DATABASE_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -65,6 +70,7 @@ class BenchConfig:
     jobs: int = 20_000
     producers: int = 4
     workers: int = 1
+    coordinators: int = 1
     concurrency: int = 20
     # Leases each worker buffers beyond concurrency; None takes the SDK's default.
     prefetch: int | None = None
@@ -78,12 +84,15 @@ class BenchConfig:
     backlog: int = 0
     profile: str | None = None
     keep_logs: bool = False
+    stats_wait_s: float = STATS_FLUSH_S_DEFAULT
 
     def __post_init__(self) -> None:
-        if self.jobs < 1 or self.producers < 1 or self.workers < 1 or self.concurrency < 1 or self.batch < 1:
-            raise ValueError("jobs, producers, workers, concurrency and batch must be >= 1")
-        if self.runs < 1 or self.idle_jobs < 0 or self.backlog < 0 or self.sleep_ms < 0:
-            raise ValueError("runs >= 1; idle_jobs, backlog and sleep_ms >= 0")
+        if min(self.jobs, self.producers, self.workers, self.coordinators, self.concurrency, self.batch) < 1:
+            raise ValueError("jobs, producers, workers, coordinators, concurrency and batch must be >= 1")
+        if self.addr and self.coordinators != 1:
+            raise ValueError("--addr names one running coordinator; --coordinators needs the bench to start them")
+        if self.runs < 1 or self.idle_jobs < 0 or self.backlog < 0 or self.sleep_ms < 0 or self.stats_wait_s < 0:
+            raise ValueError("runs >= 1; idle_jobs, backlog, sleep_ms and stats_wait_s >= 0")
 
 
 def payload(phase: int) -> bytes:
@@ -208,7 +217,20 @@ class Harness(ABC):
         """Tear the server side down."""
 
     def server_pid(self) -> int | None:
+        pids = self.server_pids()
+        return pids[0] if pids else None
+
+    def consumer_env(self) -> dict[str, str] | None:
+        """The consumers' environment; None inherits this process's."""
         return None
+
+    def server_pids(self) -> list[int]:
+        """The server-side processes of the system besides Postgres (Faultline: its coordinators)."""
+        return []
+
+    async def work_counters(self) -> dict[str, float]:
+        """Cumulative counters of the server side (work.scrape names); empty when it keeps none."""
+        return {}
 
     @property
     def done(self) -> int:
@@ -219,7 +241,7 @@ class Harness(ABC):
             out = self.tmp / f"{self.system}-consumer-{i}.json"
             err = open(self.tmp / f"{self.system}-consumer-{i}.log", "ab")  # noqa: SIM115 - lives with the process
             proc = await asyncio.create_subprocess_exec(
-                *argv, "--out", str(out), stdout=asyncio.subprocess.PIPE, stderr=err)
+                *argv, "--out", str(out), stdout=asyncio.subprocess.PIPE, stderr=err, env=self.consumer_env())
             err.close()
             self.consumers.append(Consumer(proc, out, self.progress))
 
@@ -260,7 +282,7 @@ async def run_once(h: Harness, dsn: str | None) -> RunResult:
         if cfg.drain or cfg.backlog:
             await _run_drain(h, submit, result)
         else:
-            await _run_load(h, submit, result)
+            await _run_load(h, submit, result, dsn)
     finally:
         samples = await h.stop_consumers() if h.consumers else {}
         await h.stop()
@@ -271,7 +293,9 @@ async def run_once(h: Harness, dsn: str | None) -> RunResult:
     return result
 
 
-async def _run_load(h: Harness, submit: Callable[[list[bytes]], object], result: RunResult) -> None:
+async def _run_load(
+    h: Harness, submit: Callable[[list[bytes]], object], result: RunResult, dsn: str | None,
+) -> None:
     cfg = h.cfg
     await h.start_consumers()
     await h.wait_ready()
@@ -285,45 +309,90 @@ async def _run_load(h: Harness, submit: Callable[[list[bytes]], object], result:
         await asyncio.sleep(IDLE_GAP_S)
     base = h.done
     h.say(f"  {h.system} [{h.shape}] idle phase done ({cfg.idle_jobs} jobs one at a time); load: {cfg.jobs:,} jobs")
-
-    pid = h.server_pid()
-    cpu0 = cpu_seconds(pid) if pid else None
-    rss0 = rss_mb(pid) if pid else None
-    consumer_cpu0 = sum(cpu_seconds(c.proc.pid) for c in h.consumers)
-    busy0 = machine_busy_s()
-    pg0, me0 = postgres_cpu_seconds(), self_cpu_seconds()
     submitters = [submit] + [await h.open_producer() for _ in range(cfg.producers - 1)]
-    counter = iter(range(0, cfg.jobs, cfg.batch))
-    submit_end = 0
-    t0 = time.time_ns()
+    async with contextlib.AsyncExitStack() as stack:
+        probe = await stack.enter_async_context(PostgresProbe(dsn, flush_wait_s=cfg.stats_wait_s)) if dsn else None
+        pg0, pg1 = PgSnapshot(), PgSnapshot()
+        if probe is not None:
+            await probe.counters(pg0)
+        work0 = await h.work_counters()
+        pids = h.server_pids()
+        server_cpu0 = [cpu_seconds(p) for p in pids]
+        rss0 = [rss_mb(p) for p in pids]
+        consumer_cpu0 = sum(cpu_seconds(c.proc.pid) for c in h.consumers)
+        busy0 = machine_busy_s()
+        pgm0, me0 = postgres_cpu_seconds(), self_cpu_seconds()
+        if probe is not None:
+            pg0.cpu = await probe.cpu((await probe.pids())[0])
+        counter = iter(range(0, cfg.jobs, cfg.batch))
+        calls = 0
+        submit_end = 0
+        t0 = time.time_ns()
 
-    async def produce(fn: Callable[[list[bytes]], object]) -> None:
-        nonlocal submit_end
-        for start in counter:
-            n = min(cfg.batch, cfg.jobs - start)
-            await _await(fn([payload(PHASE_LOAD) for _ in range(n)]))
-        submit_end = max(submit_end, time.time_ns())
+        async def produce(fn: Callable[[list[bytes]], object]) -> None:
+            nonlocal submit_end, calls
+            for start in counter:
+                n = min(cfg.batch, cfg.jobs - start)
+                await _await(fn([payload(PHASE_LOAD) for _ in range(n)]))
+                calls += 1
+            submit_end = max(submit_end, time.time_ns())
 
-    producers = [asyncio.create_task(produce(fn)) for fn in submitters]
-    await h.wait_done(base + cfg.jobs, "load", t0)
-    await asyncio.gather(*producers)
-    t_end = await h.settle(base + cfg.jobs)
-    busy1 = machine_busy_s()
-    pg1, me1 = postgres_cpu_seconds(), self_cpu_seconds()
+        producers = [asyncio.create_task(produce(fn)) for fn in submitters]
+        await h.wait_done(base + cfg.jobs, "load", t0)
+        await asyncio.gather(*producers)
+        t_end = await h.settle(base + cfg.jobs)
+        busy1 = machine_busy_s()
+        pgm1, me1 = postgres_cpu_seconds(), self_cpu_seconds()
+        server_cpu1 = [cpu_seconds(p) for p in pids]
+        consumer_cpu1 = sum(cpu_seconds(c.proc.pid) for c in h.consumers)
+        work1 = await h.work_counters()
+        if probe is not None:
+            pg_pids, connections = await probe.pids()
+            pg1.cpu = await probe.cpu(pg_pids)
+            result.extra["connections"] = float(connections)
+            await probe.counters(pg1)  # after the statistics flush wait: commits of idle actors count too
     elapsed = (t_end - t0) / 1e9
+    per_1k = 1000 / cfg.jobs
     result.completed = h.done - base
     result.jobs_per_s = cfg.jobs / elapsed
     result.submit_per_s = cfg.jobs / ((submit_end - t0) / 1e9)
-    result.extra["elapsed_s"] = elapsed
-    result.extra["machine_cpu_s_per_1k"] = (busy1 - busy0) / cfg.jobs * 1000
-    result.extra["postgres_cpu_s_per_1k"] = (pg1 - pg0) / cfg.jobs * 1000
-    result.extra["producers_cpu_s_per_1k"] = (me1 - me0) / cfg.jobs * 1000
-    result.extra["consumer_cpu_s_per_1k"] = (
-        (sum(cpu_seconds(c.proc.pid) for c in h.consumers) - consumer_cpu0) / cfg.jobs * 1000)
-    if pid and cpu0 is not None and rss0 is not None:
-        result.cpu_s_per_1k = (cpu_seconds(pid) - cpu0) / cfg.jobs * 1000
-        result.extra["server_rss_mb_start"] = rss0
-        result.extra["server_rss_mb_end"] = rss_mb(pid)
+    x = result.extra
+    x["elapsed_s"] = elapsed
+    x["cpu_machine"] = (busy1 - busy0) * per_1k
+    x["cpu_postgres_machine"] = (pgm1 - pgm0) * per_1k
+    x["cpu_producers"] = (me1 - me0) * per_1k
+    x["cpu_worker"] = (consumer_cpu1 - consumer_cpu0) * per_1k
+    x["producer_calls"] = calls / cfg.jobs
+    if probe is not None:
+        x["cpu_postgres"] = PostgresProbe.cpu_between(pg0, pg1) * per_1k
+        own = PostgresProbe.OWN_COMMITS_PER_SNAPSHOT
+        x["commits"] = (pg1.commits - pg0.commits - own) / cfg.jobs
+        x["rollbacks"] = (pg1.rollbacks - pg0.rollbacks) / cfg.jobs
+        x["wal_bytes"] = (pg1.wal_bytes - pg0.wal_bytes) / cfg.jobs
+        x["db_growth_bytes"] = (pg1.size_bytes - pg0.size_bytes) / cfg.jobs
+    if pids:
+        result.cpu_s_per_1k = (sum(server_cpu1) - sum(server_cpu0)) * per_1k
+        if len(pids) > 1:
+            for i, (c0, c1) in enumerate(zip(server_cpu0, server_cpu1, strict=True)):
+                x[f"cpu_coordinator_{i}"] = (c1 - c0) * per_1k
+        x["server_rss_mb_start"] = max(rss0)
+        x["server_rss_mb_end"] = max(rss_mb(p) for p in pids)
+    if work1:
+        for key in work1.keys() | work0.keys():
+            delta = (work1.get(key, 0.0) - work0.get(key, 0.0)) / cfg.jobs
+            if delta:
+                x[key] = delta
+        # Producers' calls are unary RPCs; a stream's messages are batches of frames.
+        sums = {"msg_producer_in": 0.0, "msg_producer_out": 0.0, "statements": 0.0}
+        for key, value in list(x.items()):
+            parts = key.split(" ")
+            if parts[0] == "messages" and parts[1] != "Connect":
+                sums["msg_producer_in" if parts[2] == "received" else "msg_producer_out"] += value
+            elif parts[0] == "statements":
+                sums["statements"] += value
+        x.update(sums)
+        x["msg_worker_in"] = x.pop("messages Connect received", 0.0)
+        x["msg_worker_out"] = x.pop("messages Connect sent", 0.0)
 
 
 async def _run_drain(h: Harness, submit: Callable[[list[bytes]], object], result: RunResult) -> None:
@@ -369,63 +438,95 @@ async def _await(x: object) -> None:
 
 
 class FaultlineHarness(Harness):
-    """Faultline: its own coordinator subprocess (or --addr), W SDK worker subprocesses, SDK Client producers."""
+    """Faultline: its own coordinator subprocesses (or --addr), W SDK worker subprocesses, SDK Client producers.
+
+    code, when given, is a source tree put first on PYTHONPATH of the coordinators and workers, so that
+    another commit's code runs in the same invocation (interleaved comparisons); producers run in this
+    process, on this tree's SDK, for every system.
+    """
 
     system = "faultline"
     # FAULTLINE_AUTH=required with a work key for the workers and a submit key for the producers (auth on/off).
     auth = False
 
-    def __init__(self, cfg: BenchConfig, tmp: Path, say: Callable[[str], None]) -> None:
+    def __init__(self, cfg: BenchConfig, tmp: Path, say: Callable[[str], None], *, code: str | None = None,
+                 label: str = "faultline") -> None:
         super().__init__(cfg, tmp, say)
-        self._coordinator: asyncio.subprocess.Process | None = None
+        self.system = label
+        self._code = code
+        self._coordinators: list[asyncio.subprocess.Process] = []
+        self._metrics_addrs: list[str] = []
         self._profiler: asyncio.subprocess.Process | None = None
         self._clients: list[object] = []
-        self.addr = cfg.addr or ""
+        self.addrs = [cfg.addr] if cfg.addr else []
         self._worker_key = ""
         self._producer_key = ""
 
     @property
+    def addr(self) -> str:
+        return self.addrs[0]
+
+    @property
     def shape(self) -> str:
         c = self.cfg
-        return f"{c.workers}w x {c.concurrency}, {c.producers}p, batch {c.batch}"
+        coords = f"{c.coordinators} coordinators, " if c.coordinators > 1 else ""
+        return f"{coords}{c.workers}w x {c.concurrency}, {c.producers}p, batch {c.batch}"
 
-    def server_pid(self) -> int | None:
-        return self._coordinator.pid if self._coordinator is not None else None
+    def server_pids(self) -> list[int]:
+        return [p.pid for p in self._coordinators]
+
+    async def work_counters(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for addr in self._metrics_addrs:
+            add_counters(total, await asyncio.to_thread(scrape, addr))
+        return total
+
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {**os.environ, **extra}
+        if self._code:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (self._code, env.get("PYTHONPATH", "")) if p)
+        return env
 
     async def start(self, dsn: str | None) -> None:
         if self.cfg.addr:
             return
         assert dsn is not None
-        self.addr = f"127.0.0.1:{free_port()}"
-        env = {**os.environ, "DATABASE_URL": dsn, "FAULTLINE_GRPC_ADDR": self.addr, "FAULTLINE_METRICS_ADDR": "off"}
-        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-        env.pop("FAULTLINE_API_KEY", None)
         if self.auth:
-            env["FAULTLINE_AUTH"] = "required"
             self._worker_key, self._producer_key = await _make_bench_keys(dsn)
-        log = open(self.tmp / "coordinator.log", "ab")  # noqa: SIM115 - lives with the process
-        self._coordinator = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "coordinator", env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
-        log.close()
-        await self._wait_serving()
+        for i in range(self.cfg.coordinators):
+            addr, metrics_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+            env = self._env({"DATABASE_URL": dsn, "FAULTLINE_GRPC_ADDR": addr, "FAULTLINE_METRICS_ADDR": metrics_addr})
+            env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+            env.pop("FAULTLINE_API_KEY", None)
+            if self.auth:
+                env["FAULTLINE_AUTH"] = "required"
+            log = open(self.tmp / f"coordinator-{i}.log", "ab")  # noqa: SIM115 - lives with the process
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "coordinator", env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
+            log.close()
+            self._coordinators.append(proc)
+            self.addrs.append(addr)
+            self._metrics_addrs.append(metrics_addr)
+            # One at a time: the first applies the migrations, the others find them applied.
+            await self._wait_serving(addr, proc, self.tmp / f"coordinator-{i}.log")
         if self.cfg.profile:
             self._profiler = await asyncio.create_subprocess_exec(
-                "py-spy", "record", "--nonblocking", "-r", "200", "-p", str(self._coordinator.pid),
+                "py-spy", "record", "--nonblocking", "-r", "200", "-p", str(self._coordinators[0].pid),
                 "-o", self.cfg.profile, "-f", "speedscope" if self.cfg.profile.endswith(".json") else "flamegraph",
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
-    async def _wait_serving(self) -> None:
+    async def _wait_serving(self, addr: str, proc: asyncio.subprocess.Process, log: Path) -> None:
         from worker_sdk import Client, WorkerSDKError
 
         deadline = time.monotonic() + READY_TIMEOUT_S
-        async with Client(self.addr, api_key=self._producer_key) as client:
+        async with Client(addr, api_key=self._producer_key) as client:
             while True:
                 try:
                     await client.list_queues()
                     return
                 except WorkerSDKError:
-                    if self._coordinator is not None and self._coordinator.returncode is not None:
-                        raise RuntimeError(f"coordinator exited; see {self.tmp / 'coordinator.log'}") from None
+                    if proc.returncode is not None:
+                        raise RuntimeError(f"coordinator exited; see {log}") from None
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.1)
@@ -434,14 +535,17 @@ class FaultlineHarness(Harness):
         extra = ["--prefetch", str(self.cfg.prefetch)] if self.cfg.prefetch is not None else []
         if self._worker_key:
             extra += ["--api-key", self._worker_key]
-        return [[sys.executable, "-m", "coordinator.bench.worker", "--addr", self.addr,
+        return [[sys.executable, "-m", "coordinator.bench.worker", "--addr", self.addrs[i % len(self.addrs)],
                  "--concurrency", str(self.cfg.concurrency), "--sleep-ms", str(self.cfg.sleep_ms), *extra]
-                for _ in range(self.cfg.workers)]
+                for i in range(self.cfg.workers)]
+
+    def consumer_env(self) -> dict[str, str] | None:
+        return self._env({}) if self._code else None
 
     async def open_producer(self) -> Callable[[list[bytes]], object]:
         from worker_sdk import Client, JobSpec
 
-        client = Client(self.addr, api_key=self._producer_key)
+        client = Client(self.addrs[len(self._clients) % len(self.addrs)], api_key=self._producer_key)
         await client.__aenter__()
         self._clients.append(client)
 
@@ -460,9 +564,10 @@ class FaultlineHarness(Harness):
             self._profiler.send_signal(signal.SIGINT)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._profiler.wait(), STOP_TIMEOUT_S)
-        proc = self._coordinator
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
+        for proc in self._coordinators:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self._coordinators:
             try:
                 await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
             except TimeoutError:
@@ -475,6 +580,10 @@ class AuthFaultlineHarness(FaultlineHarness):
 
     system = "faultline+auth"
     auth = True
+
+    def __init__(self, cfg: BenchConfig, tmp: Path, say: Callable[[str], None], *, code: str | None = None,
+                 label: str = "faultline+auth") -> None:
+        super().__init__(cfg, tmp, say, code=code, label=label)
 
 
 async def _make_bench_keys(dsn: str) -> tuple[str, str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -15,9 +17,11 @@ from coordinator.bench.runner import (
     AuthFaultlineHarness,
     BenchConfig,
     FaultlineHarness,
+    Harness,
     run_system,
 )
 from coordinator.bench.stats import RunResult, fmt, median_result
+from coordinator.bench.work import STATS_FLUSH_S_DEFAULT
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -35,6 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--prefetch", type=int, default=None,
                    help="leases each worker buffers beyond --concurrency (default: the SDK's, half of it)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--coordinators", type=int, default=1,
+                   help="coordinator processes on the run's database; workers and producers are spread over "
+                        "them (default 1)")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=PATH",
+                   help="also run Faultline from the source tree PATH (another commit's checkout) as system "
+                        "LABEL, interleaved with this tree in every run; repeatable")
     p.add_argument("--producers", type=int, default=4, help="producer tasks (default 4)")
     p.add_argument("--batch", type=int, default=10,
                    help="jobs per submit call; 1 uses Submit, more use SubmitBatch "
@@ -56,6 +66,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--profile", default=None,
                    help="record the coordinator with py-spy into this file (.svg flamegraph or .json speedscope)")
     p.add_argument("--keep-logs", action="store_true", help="keep process logs of a failed run")
+    p.add_argument("--json", default=None, help="also write every run's figures to this file")
+    p.add_argument("--stats-wait-s", type=float, default=STATS_FLUSH_S_DEFAULT,
+                   help="wait before reading pg_stat_database at each end of the load phase, so that every "
+                        f"backend has flushed its counters (default {STATS_FLUSH_S_DEFAULT}, PostgreSQL 15's idle "
+                        "flush interval plus a margin)")
     p.set_defaults(func=run_bench)
 
 
@@ -89,16 +104,32 @@ def run_bench(args: argparse.Namespace) -> int:
     _say(f"faultline bench: Postgres from {where}")
     try:
         cfg = BenchConfig(
-            jobs=args.jobs, producers=args.producers, workers=args.workers, concurrency=args.concurrency,
+            jobs=args.jobs, producers=args.producers, workers=args.workers, coordinators=args.coordinators,
+            concurrency=args.concurrency,
             prefetch=args.prefetch,
             batch=args.batch, sleep_ms=args.sleep_ms, idle_jobs=args.idle_jobs, runs=args.runs,
             database_url=database_url, addr=args.addr,
             drain=args.drain or args.backlog > 0, backlog=args.backlog, profile=args.profile,
-            keep_logs=args.keep_logs,
+            keep_logs=args.keep_logs, stats_wait_s=args.stats_wait_s,
         )
     except ValueError as exc:
         print(f"faultline bench: {exc}", file=sys.stderr)
         return 2
+    # "faultline" is the system the last line reports: auth on when asked for alone.
+    systems: list[tuple[str, Callable[..., Harness]]] = [
+        ("faultline", (lambda c, t, s: AuthFaultlineHarness(c, t, s, label="faultline"))
+         if args.auth == "on" else FaultlineHarness)]
+    if args.auth == "both":
+        systems.append(("faultline+auth", AuthFaultlineHarness))
+    for spec in args.compare:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not (Path(path) / "coordinator" / "__main__.py").is_file():
+            print(f"faultline bench: --compare {spec!r}: expected LABEL=PATH, PATH a Faultline source tree",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        tree = str(Path(path).resolve())
+        systems.append((label, lambda c, t, s, label=label, tree=tree:
+                        FaultlineHarness(c, t, s, code=tree, label=label)))
     peers: list[tuple[str, Callable[..., object]]] = []
     if args.peer == "pgqueuer":
         from coordinator.bench import peers as peer_mod
@@ -117,7 +148,7 @@ def run_bench(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run  # type: ignore[assignment]
     try:
-        results = runner(_bench(cfg, peers, auth=args.auth))
+        results = runner(_bench(cfg, systems, peers))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the CLI boundary: say what failed, exit non-zero
@@ -126,28 +157,25 @@ def run_bench(args: argparse.Namespace) -> int:
     return _report(cfg, results, args)
 
 
-async def _bench(cfg: BenchConfig, peers: list[tuple[str, Callable[..., object]]], *,
-                 auth: str = "off") -> dict[str, list[RunResult]]:
-    results: dict[str, list[RunResult]] = {}
+async def _bench(
+    cfg: BenchConfig, systems: list[tuple[str, Callable[..., Harness]]], peers: list[tuple[str, Callable[..., object]]],
+) -> dict[str, list[RunResult]]:
+    results: dict[str, list[RunResult]] = {name: [] for name, _ in systems}
     started = time.monotonic()
-    # "faultline" is the system the last line reports: auth on when asked for alone.
-    systems: list[tuple[str, type[FaultlineHarness]]] = [("faultline", FaultlineHarness)]
-    if auth == "on":
-        systems = [("faultline", AuthFaultlineHarness)]
-    elif auth == "both":
-        systems.append(("faultline+auth", AuthFaultlineHarness))
     for run in range(1, cfg.runs + 1):
-        # Auth off and on alternate which goes first (ABBA): the second system of a run meets a server that
-        # the first just loaded (checkpoints, autovacuum of the last database), which would bias the ratio.
-        for name, harness in (systems if run % 2 else systems[::-1]):
-            _say(f"run {run}/{cfg.runs}: {name}")
-            r = await run_system(harness, cfg, _say, "faultline_bench")
-            results.setdefault(name, []).append(r)
+        # Faultline systems in a rotating order, so that none always runs first (or right after the peer).
+        shift = (run - 1) % len(systems)
+        for name, make_fl in systems[shift:] + systems[:shift]:
+            _say(f"run {run}/{cfg.runs}: {name} (load average {os.getloadavg()[0]:.2f})")
+            r = await run_system(make_fl, cfg, _say, "faultline_bench")
+            r.extra["load_average"] = os.getloadavg()[0]
+            results[name].append(r)
             idle_p50 = fmt(r.idle_ms.get("p50", float("nan")))
             _say(f"run {run}/{cfg.runs}: {name} {fmt(r.jobs_per_s, 0)} jobs/s, idle p50 {idle_p50} ms")
         for shape, make in peers:
-            _say(f"run {run}/{cfg.runs}: pgqueuer [{shape}]")
+            _say(f"run {run}/{cfg.runs}: pgqueuer [{shape}] (load average {os.getloadavg()[0]:.2f})")
             p = await run_system(make, cfg, _say, "pgqueuer_bench")  # type: ignore[arg-type]
+            p.extra["load_average"] = os.getloadavg()[0]
             results.setdefault(f"pgqueuer:{shape}", []).append(p)
             _say(f"run {run}/{cfg.runs}: pgqueuer [{shape}] {fmt(p.jobs_per_s, 0)} jobs/s, "
                  f"idle p50 {fmt(p.idle_ms.get('p50', float('nan')))} ms")
@@ -155,50 +183,101 @@ async def _bench(cfg: BenchConfig, peers: list[tuple[str, Callable[..., object]]
     return results
 
 
+# What the report prints per job, in order: (key in RunResult.extra, label, digits). Keys missing for a
+# system (a peer keeps no gRPC counters; a --compare tree without them) read n/a.
+WORK_ROWS = (
+    ("msg_producer_in", "gRPC producer -> coordinator  messages / job", 3),
+    ("msg_producer_out", "gRPC coordinator -> producer  messages / job", 3),
+    ("msg_worker_out", "gRPC coordinator -> worker    messages / job", 3),
+    ("msg_worker_in", "gRPC worker -> coordinator    messages / job", 3),
+    ("producer_calls", "producer calls / job (Submit or enqueue)", 3),
+    ("statements", "Postgres statements / job (coordinator's counter)", 3),
+    ("commits", "Postgres commits / job (pg_stat_database)", 3),
+    ("wal_bytes", "WAL bytes / job (cluster-wide)", 0),
+    ("db_growth_bytes", "database growth on disk / job (bytes; history is kept)", 0),
+    ("connections", "Postgres connections to this database at the end (not per job)", 0),
+)
+CPU_ROWS = (
+    ("cpu_coordinator", "coordinator(s)"),
+    ("cpu_worker", "worker / consumer process(es)"),
+    ("cpu_producers", "producers (the bench process)"),
+    ("cpu_postgres", "Postgres: this database's backends + WAL writer, checkpointer, bgwriter"),
+    ("cpu_postgres_machine", "Postgres: every postgres process on the machine"),
+    ("cpu_machine", "whole machine (/proc/stat, everyone's work)"),
+)
+NAN = float("nan")
+
+
+def _value(m: RunResult, key: str) -> float:
+    return m.cpu_s_per_1k if key == "cpu_coordinator" else m.extra.get(key, NAN)
+
+
 def _report(cfg: BenchConfig, results: dict[str, list[RunResult]], args: argparse.Namespace) -> int:
     mode = "drain" if cfg.drain else "load"
+    coords = f"{cfg.coordinators} coordinators, " if cfg.coordinators > 1 else ""
     print(f"faultline bench: {cfg.jobs:,} jobs ({mode}{f', backlog {cfg.backlog:,}' if cfg.backlog else ''}), "
-          f"{cfg.workers} worker process(es) x concurrency {cfg.concurrency}, {cfg.producers} producer(s), "
+          f"{coords}{cfg.workers} worker process(es) x concurrency {cfg.concurrency}, {cfg.producers} producer(s), "
           f"batch {cfg.batch}, handler {'sleep ' + str(cfg.sleep_ms) + ' ms' if cfg.sleep_ms else 'no-op'}, "
           f"medians of {cfg.runs} run(s), {os.cpu_count()} cores")
-    medians = {name: median_result(runs) for name, runs in results.items()}
+    medians = {name: median_result(runs) for name, runs in results.items() if runs}
     for name, m in medians.items():
         print(f"\n{name} [{m.shape}]")
         all_runs = ", ".join(fmt(r.jobs_per_s, 0) for r in results[name])
-        print(f"  end-to-end          {fmt(m.jobs_per_s, 0):>10} jobs/s   (runs: {all_runs})")
+        loads = ", ".join(fmt(r.extra.get("load_average", NAN)) for r in results[name])
+        print(f"  end-to-end          {fmt(m.jobs_per_s, 0):>10} jobs/s   (runs: {all_runs}; load average after "
+              f"each: {loads})")
         if not cfg.drain:
             print(f"  submit              {fmt(m.submit_per_s, 0):>10} jobs/s")
         for label, lat in (("idle", m.idle_ms), ("load", m.load_ms)):
             if lat:
                 print(f"  {label} submit->start  p50 {fmt(lat['p50'])} ms  p95 {fmt(lat['p95'])} ms  "
                       f"p99 {fmt(lat['p99'])} ms  (n={int(lat['n'])})")
-        if m.cpu_s_per_1k == m.cpu_s_per_1k:
+        if cfg.drain:
             print(f"  coordinator CPU     {fmt(m.cpu_s_per_1k, 3)} s per 1,000 jobs")
-        for key, value in m.extra.items():
-            print(f"  {key:<24}{fmt(value, 3)}")
+            continue
+        print("  CPU s per 1,000 jobs (load phase)")
+        for key, label in CPU_ROWS:
+            print(f"    {label:<74}{fmt(_value(m, key), 3):>8}")
+        for key in sorted(k for k in m.extra if k.startswith("cpu_coordinator_")):
+            print(f"      coordinator {key.rsplit('_', 1)[1]:<60}{fmt(m.extra[key], 3):>10}")
+        print("  work per job (load phase)")
+        for key, label, digits in WORK_ROWS:
+            print(f"    {label:<74}{fmt(_value(m, key), digits):>8}")
+        top = sorted(((v, k.split(" ", 1)[1]) for k, v in m.extra.items() if k.startswith("statements ")),
+                     reverse=True)
+        if top:
+            print("      by query: " + ", ".join(f"{q} {fmt(v, 3)}" for v, q in top[:6]))
+        pg = m.extra.get("cpu_postgres", NAN)
+        print(f"  PROJECTION, not a measurement: {fmt(1000 / pg if pg > 0 else NAN, 0)} jobs/s per dedicated "
+              f"Postgres core (1 / Postgres CPU per job, this database's processes)")
         incomplete = [r for r in results[name] if r.completed < cfg.jobs]
         if incomplete:
             print(f"  INCOMPLETE: {len(incomplete)} run(s) finished fewer than {cfg.jobs} jobs")
     fl = medians["faultline"]
     if "faultline+auth" in medians:
         on = medians["faultline+auth"]
-        nan = float("nan")
         print("\nauth on / auth off (medians)")
         print(f"  throughput x{fmt(on.jobs_per_s / fl.jobs_per_s, 3)}   idle p50 "
-              f"x{fmt(on.idle_ms.get('p50', nan) / fl.idle_ms.get('p50', nan), 3)}   coordinator CPU per job "
+              f"x{fmt(on.idle_ms.get('p50', NAN) / fl.idle_ms.get('p50', NAN), 3)}   coordinator CPU per job "
               f"x{fmt(on.cpu_s_per_1k / fl.cpu_s_per_1k, 3)}")
-    peers = {k: v for k, v in medians.items() if k not in ("faultline", "faultline+auth")}
-    if peers:
-        best_name, _ = max(peers.items(), key=lambda kv: kv[1].jobs_per_s)
-        print("\nratios (faultline / pgqueuer, medians)")
-        for name, m in peers.items():
+    others = {k: v for k, v in medians.items() if k not in ("faultline", "faultline+auth")}
+    peers = {k: v for k, v in others.items() if k.startswith("pgqueuer:")}
+    if others:
+        best_name = max(peers.items(), key=lambda kv: kv[1].jobs_per_s)[0] if peers else ""
+        print("\nratios (faultline / other, medians; CPU and latency: lower is better)")
+        for name, m in others.items():
             tag = "  <- best PgQueuer shape" if name == best_name else ""
-            nan = float("nan")
-            idle = fl.idle_ms.get("p50", nan) / m.idle_ms.get("p50", nan) if m.idle_ms else nan
-            print(f"  vs {name:<20} throughput x{fmt(fl.jobs_per_s / m.jobs_per_s)}   "
-                  f"idle p50 x{fmt(idle)} (lower is better){tag}")
-    p50 = fl.idle_ms.get("p50", float("nan"))
-    p99 = fl.idle_ms.get("p99", float("nan"))
+            idle = fl.idle_ms.get("p50", NAN) / m.idle_ms.get("p50", NAN) if m.idle_ms else NAN
+            coord = f"   coordinator CPU x{fmt(fl.cpu_s_per_1k / m.cpu_s_per_1k)}" if not name.startswith(
+                "pgqueuer:") else ""
+            print(f"  vs {name:<20} throughput x{fmt(fl.jobs_per_s / m.jobs_per_s)}   idle p50 x{fmt(idle)}   "
+                  f"Postgres CPU x{fmt(_value(fl, 'cpu_postgres') / _value(m, 'cpu_postgres'))}{coord}{tag}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k != "database_url"},
+             "runs": {name: [dataclasses.asdict(r) for r in runs] for name, runs in results.items()}}, indent=1))
+    p50 = fl.idle_ms.get("p50", NAN)
+    p99 = fl.idle_ms.get("p99", NAN)
     print(f"jobs_per_s={fl.jobs_per_s:.0f} p50_ms={p50:.2f} p99_ms={p99:.2f}")
     failed = any(r.completed < cfg.jobs for runs in results.values() for r in runs)
     return EXIT_FAILED if failed else 0

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 
+from coordinator import metrics
 from coordinator.auth.keys import KeyRecord
 from coordinator.config import RetryDefaults
 from coordinator.db.pool import APPLICATION_NAME
@@ -20,6 +21,9 @@ from coordinator.errors import DatabaseUnavailableError, FaultlineError
 from coordinator.model import Job, JobSpec, JobState, LeaseKey, Outcome
 
 logger = logging.getLogger(__name__)
+
+# One counter child per named query, looked up once: `faultline bench` reads statements per job from them.
+_STATEMENTS = {name: metrics.DB_STATEMENTS.labels(name) for name in QUERIES}
 
 # How long a caller waits for a pooled connection before the coordinator answers UNAVAILABLE
 # (back-pressure instead of an unbounded queue of waiters when Postgres refuses connections).
@@ -117,8 +121,10 @@ class Store:
 
     async def _run(self, name: str, *args: Any) -> Any:
         q = QUERIES[name]
+        counter = _STATEMENTS[name]
         attempt = 0
         while True:
+            counter.inc()
             try:
                 async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as con:
                     try:
@@ -502,6 +508,7 @@ class MaintenanceSession:
         self._con = con
 
     async def _run(self, name: str) -> Any:
+        _STATEMENTS[name].inc()
         try:
             return await run(self._con, QUERIES[name])
         except _UNAVAILABLE as exc:
