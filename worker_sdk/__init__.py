@@ -33,7 +33,16 @@ from worker_sdk._errors import (
     WorkerSDKError,
 )
 from worker_sdk._stream import ConnState
-from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, WorkerInfo
+from worker_sdk._types import (
+    Job,
+    JobSpec,
+    JobState,
+    JobTimeouts,
+    QueueSettings,
+    QueueStats,
+    RetryPolicy,
+    WorkerInfo,
+)
 from worker_sdk._version import SDK_VERSION as __version__
 from worker_sdk._worker import Worker, WorkerObserver, WorkerState
 
@@ -53,6 +62,7 @@ __all__ = [
     "LeaseLostError",
     "NonRetryableError",
     "ProtocolError",
+    "QueueSettings",
     "QueueStats",
     "RetryJob",
     "RetryPolicy",

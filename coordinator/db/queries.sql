@@ -35,21 +35,27 @@ INSERT INTO faultline_schema_migrations (version) VALUES ($1);
 SELECT 1;
 
 -- name: insert_jobs :many
--- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual.
+-- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] with labels $21[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it and the grant policy allows it; otherwise it is queued as usual.
 WITH input AS MATERIALIZED (
     SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*,
         (t.holder IS NOT NULL AND NOT COALESCE(t.run_at > now(), false) AND NOT EXISTS (
             SELECT 1 FROM faultline_jobs q
             WHERE q.state = 'queued' AND q.queue = t.queue AND q.priority >= t.priority
+        -- The grant policy (see "flow control" at the end): a limited queue is granted only by
+        -- claim_jobs_limited, and a job goes only to a worker whose labels hold its required labels.
+        ) AND (t.required_labels IS NULL OR t.required_labels <@ t.holder_labels) AND NOT EXISTS (
+            SELECT 1 FROM faultline_queues s WHERE s.queue = t.queue AND s.limited
         )) AS leased
     FROM unnest(
         $1::text[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
         $8::bigint[], $9::bigint[], $10::float8[], $11::float8[],
-        $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[], $17::text[]
+        $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[], $17::text[],
+        $19::text[], $20::jsonb[], $21::jsonb[]
     ) WITH ORDINALITY AS t(
         queue, kind, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
-        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, holder, ord
+        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, holder,
+        concurrency_key, required_labels, holder_labels, ord
     )
 ),
 ins AS (
@@ -57,7 +63,8 @@ ins AS (
         id, queue, kind, state, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
         execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
-        start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline
+        start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline,
+        concurrency_key, required_labels
     )
     SELECT
         new_id, queue, kind,
@@ -72,7 +79,8 @@ ins AS (
         CASE WHEN leased THEN holder END,
         CASE WHEN leased THEN now() END,
         CASE WHEN leased THEN now() + COALESCE(heartbeat_timeout_ms, $18) * interval '1 millisecond' END,
-        CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END
+        CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END,
+        concurrency_key, required_labels
     FROM input
     ORDER BY ord
     ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -122,7 +130,8 @@ SELECT id, queue, kind, state, priority, ''::bytea AS payload, NULL::bytea AS re
     max_attempts, idempotency_key, labels, backoff_initial_ms, backoff_max_ms, backoff_multiplier,
     backoff_jitter, execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, trace_context,
     lease_token, worker_id, lease_expires_at, cancel_requested, progress_fraction, progress_message,
-    NULL::bytea AS progress_details, created_at, run_at, started_at, finished_at, updated_at
+    NULL::bytea AS progress_details, created_at, run_at, started_at, finished_at, updated_at,
+    concurrency_key, required_labels
 FROM faultline_jobs
 WHERE ($1::text IS NULL OR queue = $1)
   AND ($2::text IS NULL OR kind = $2)
@@ -156,10 +165,12 @@ WHERE id = $1 AND state IN ('dead_lettered', 'cancelled')
 RETURNING *;
 
 -- name: claim_jobs :many
--- Lease up to $3 ready jobs of queue $1 with a kind in $2; job n goes to worker slot n of $4; bumps the fencing token and opens the attempt row. Returns the columns a grant needs (state, cancel_requested, progress and finished_at are set here or NULL).
+-- Lease up to $3 ready jobs of queue $1 with a kind in $2 whose required labels workers with labels $6 have; job n goes to worker slot n of $4; bumps the fencing token and opens the attempt row. Claims nothing from a limited queue (claim_jobs_limited's). Returns the columns a grant needs (state, cancel_requested, progress and finished_at are set here or NULL).
 WITH locked AS (
     SELECT id FROM faultline_jobs
     WHERE state = 'queued' AND queue = $1 AND kind = ANY($2::text[])
+      AND (required_labels IS NULL OR required_labels <@ $6::jsonb)
+      AND NOT EXISTS (SELECT 1 FROM faultline_queues s WHERE s.queue = $1 AND s.limited)
     ORDER BY priority DESC, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -188,7 +199,7 @@ leased AS (
         j.idempotency_key, j.labels, j.backoff_initial_ms, j.backoff_max_ms, j.backoff_multiplier,
         j.backoff_jitter, j.execution_timeout_ms, j.heartbeat_timeout_ms, j.schedule_to_start_ms,
         j.trace_context, j.lease_token, j.worker_id, j.lease_expires_at, j.created_at, j.run_at,
-        j.started_at, j.updated_at, s.slot
+        j.started_at, j.updated_at, j.concurrency_key, j.required_labels, s.slot
 ),
 opened AS (
     INSERT INTO faultline_attempts (job_id, attempt, lease_token, worker_id, started_at)
@@ -633,3 +644,189 @@ SELECT id, lease_token FROM faultline_jobs WHERE state = 'running' AND worker_id
 -- Checker: every attempt of the jobs in $1, in order, to time how long recovery of a fault took.
 SELECT job_id, attempt, lease_token, worker_id, started_at, finished_at, outcome
 FROM faultline_attempts WHERE job_id = ANY($1::bigint[]) ORDER BY job_id, attempt;
+
+-- === flow control ===
+-- The grant policy. A queue with a faultline_queues row that limits something (`limited`: paused, a cap or a
+-- rate) is granted only by claim_jobs_limited, run right after lock_queue in one transaction: the row lock
+-- serialises every coordinator's claims of that queue, and the claim, a statement of its own, reads a
+-- snapshot taken after the lock, so the running jobs it counts include every earlier claim (one statement
+-- that locked and counted would count from a snapshot older than the lock). claim_jobs and the hand-off in
+-- insert_jobs grant nothing in such a queue, and both require `required_labels <@ the worker's labels`.
+-- Every other queue costs the plain claim one primary-key probe of this small table.
+
+-- name: lock_queue :val
+-- Take queue $1's settings row lock for the rest of the transaction (serialises limited claims across coordinators); NULL when the queue has no row.
+SELECT limited FROM faultline_queues WHERE queue = $1 FOR UPDATE;
+
+-- name: claim_jobs_limited :many
+-- Under lock_queue: lease up to $3 ready jobs of limited queue $1 (kinds $2, worker labels $6, slots $4) within its pause, max_running, per-key and token-bucket limits; one row of verdict columns always, with the leased job's columns when any (job id NULL otherwise). Keys at their cap are skipped, not waited on: the keys with ready jobs are walked by a skip scan and each contributes only its room.
+WITH RECURSIVE
+settings AS (
+    SELECT q.paused, q.per_key_concurrency, q.max_running, q.rate_per_s, statement_timestamp() AS at,
+        CASE WHEN q.rate_per_s IS NOT NULL THEN
+            LEAST(COALESCE(q.burst, GREATEST(1, ceil(q.rate_per_s / 10))),
+                  q.tokens + q.rate_per_s * GREATEST(EXTRACT(EPOCH FROM statement_timestamp() - q.refilled_at), 0))
+        END AS avail
+    FROM faultline_queues q WHERE q.queue = $1
+),
+running AS (
+    SELECT count(*) AS n FROM faultline_jobs WHERE state = 'running' AND queue = $1
+),
+room AS (
+    SELECT CASE WHEN COALESCE(s.paused, false) THEN 0 ELSE
+        GREATEST(LEAST($3::int, COALESCE(s.max_running - r.n, $3::int), COALESCE(floor(s.avail)::int, $3::int)), 0)
+        END AS n,
+        GREATEST(LEAST($3::int, COALESCE(s.max_running - r.n, $3::int)), 0) AS untimed
+    FROM running r LEFT JOIN settings s ON true
+),
+busy AS (
+    SELECT concurrency_key, count(*) AS n FROM faultline_jobs
+    WHERE state = 'running' AND queue = $1 AND concurrency_key IS NOT NULL
+    GROUP BY concurrency_key
+),
+keys AS (
+    (SELECT concurrency_key AS k FROM faultline_jobs
+     WHERE state = 'queued' AND queue = $1 AND concurrency_key IS NOT NULL
+       AND (SELECT per_key_concurrency FROM settings) IS NOT NULL AND (SELECT n FROM room) > 0
+     ORDER BY concurrency_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.concurrency_key FROM faultline_jobs j
+            WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key > keys.k
+            ORDER BY j.concurrency_key LIMIT 1)
+    FROM keys WHERE keys.k IS NOT NULL
+),
+keyed AS (
+    SELECT c.id, c.priority FROM keys
+    LEFT JOIN busy b ON b.concurrency_key = keys.k
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority FROM faultline_jobs j
+        WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key = keys.k AND j.kind = ANY($2::text[])
+          AND (j.required_labels IS NULL OR j.required_labels <@ $6::jsonb)
+        ORDER BY j.priority DESC, j.id
+        LIMIT LEAST(GREATEST((SELECT per_key_concurrency FROM settings) - COALESCE(b.n, 0), 0), (SELECT n FROM room))
+    ) c
+    WHERE keys.k IS NOT NULL
+),
+keyless AS (
+    SELECT j.id, j.priority FROM faultline_jobs j
+    WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key IS NULL AND j.kind = ANY($2::text[])
+      AND (j.required_labels IS NULL OR j.required_labels <@ $6::jsonb)
+      AND (SELECT per_key_concurrency FROM settings) IS NOT NULL
+    ORDER BY j.priority DESC, j.id
+    LIMIT (SELECT n FROM room)
+),
+plain AS (
+    SELECT j.id, j.priority FROM faultline_jobs j
+    WHERE j.state = 'queued' AND j.queue = $1 AND j.kind = ANY($2::text[])
+      AND (j.required_labels IS NULL OR j.required_labels <@ $6::jsonb)
+      AND (SELECT per_key_concurrency FROM settings) IS NULL
+    ORDER BY j.priority DESC, j.id
+    LIMIT (SELECT n FROM room)
+),
+picked AS (
+    SELECT id, priority FROM (
+        SELECT id, priority FROM keyed UNION ALL SELECT id, priority FROM keyless
+        UNION ALL SELECT id, priority FROM plain
+    ) u
+    ORDER BY priority DESC, id
+    LIMIT (SELECT n FROM room)
+),
+locked AS (
+    SELECT j.id FROM faultline_jobs j JOIN picked p ON p.id = j.id
+    WHERE j.state = 'queued'
+    FOR UPDATE OF j SKIP LOCKED
+),
+slotted AS (
+    SELECT l.id, row_number() OVER (ORDER BY p.priority DESC, l.id) AS slot
+    FROM locked l JOIN picked p ON p.id = l.id
+),
+leased AS (
+    UPDATE faultline_jobs j SET
+        state = 'running',
+        attempts = j.attempts + 1,
+        lease_token = j.lease_token + 1,
+        worker_id = ($4::text[])[s.slot],
+        started_at = now(),
+        lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $5) * interval '1 millisecond',
+        attempt_deadline = now() + j.execution_timeout_ms * interval '1 millisecond',
+        start_deadline = NULL,
+        cancel_requested = false,
+        progress_fraction = NULL,
+        progress_message = NULL,
+        progress_details = NULL,
+        gated = true,
+        updated_at = now()
+    FROM slotted s
+    WHERE j.id = s.id
+    RETURNING j.id, j.queue, j.kind, j.priority, j.payload, j.result, j.last_error, j.attempts, j.max_attempts,
+        j.idempotency_key, j.labels, j.backoff_initial_ms, j.backoff_max_ms, j.backoff_multiplier,
+        j.backoff_jitter, j.execution_timeout_ms, j.heartbeat_timeout_ms, j.schedule_to_start_ms,
+        j.trace_context, j.lease_token, j.worker_id, j.lease_expires_at, j.created_at, j.run_at,
+        j.started_at, j.updated_at, j.concurrency_key, j.required_labels, s.slot
+),
+opened AS (
+    INSERT INTO faultline_attempts (job_id, attempt, lease_token, worker_id, started_at)
+    SELECT id, attempts, lease_token, worker_id, started_at FROM leased
+),
+granted AS (
+    SELECT count(*)::int AS n FROM leased
+),
+spent AS (
+    UPDATE faultline_queues q SET tokens = s.avail - g.n, refilled_at = s.at
+    FROM settings s, granted g
+    WHERE q.queue = $1 AND s.avail IS NOT NULL
+),
+verdict AS (
+    SELECT COALESCE(s.paused, false) AS paused,
+        -- Cut short by the bucket (not by the backlog, a cap or the slots): when the next token is due.
+        (s.avail IS NOT NULL AND NOT s.paused AND g.n = r.n AND r.n < r.untimed) AS throttled,
+        CASE WHEN s.avail IS NOT NULL AND NOT s.paused AND g.n = r.n AND r.n < r.untimed
+             THEN ceil((1 - (s.avail - g.n)) / s.rate_per_s * 1000)::bigint END AS refill_ms
+    FROM granted g, room r LEFT JOIN settings s ON true
+)
+SELECT v.paused, v.throttled, v.refill_ms, l.* FROM verdict v LEFT JOIN leased l ON true;
+
+-- name: queue_settings_all :many
+-- Every queue's settings row (a small table: one row per queue that was ever paused or limited).
+SELECT queue, paused, per_key_concurrency, max_running, rate_per_s, burst FROM faultline_queues ORDER BY queue;
+
+-- name: pause_queue :one
+-- Pause queue $1 ($2 true) or resume it ($2 false), creating its settings row when missing.
+INSERT INTO faultline_queues AS q (queue, paused) VALUES ($1, $2)
+ON CONFLICT (queue) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
+RETURNING queue, paused, per_key_concurrency, max_running, rate_per_s, burst;
+
+-- name: set_queue_settings :one
+-- Change queue $1's limits: each of per-key concurrency ($3), max running ($5), rate ($7) and burst ($9) only when its flag ($2, $4, $6, $8) is set; NULL clears. A new rate or burst starts with a full bucket.
+INSERT INTO faultline_queues AS q (queue, per_key_concurrency, max_running, rate_per_s, burst, tokens, refilled_at)
+VALUES ($1, CASE WHEN $2::bool THEN $3::int END, CASE WHEN $4::bool THEN $5::int END,
+        CASE WHEN $6::bool THEN $7::float8 END, CASE WHEN $8::bool THEN $9::int END,
+        COALESCE(CASE WHEN $8::bool THEN $9::int END, GREATEST(1, ceil(COALESCE(CASE WHEN $6::bool THEN $7::float8 END, 0) / 10))),
+        now())
+ON CONFLICT (queue) DO UPDATE SET
+    per_key_concurrency = CASE WHEN $2::bool THEN EXCLUDED.per_key_concurrency ELSE q.per_key_concurrency END,
+    max_running = CASE WHEN $4::bool THEN EXCLUDED.max_running ELSE q.max_running END,
+    rate_per_s = CASE WHEN $6::bool THEN EXCLUDED.rate_per_s ELSE q.rate_per_s END,
+    burst = CASE WHEN $8::bool THEN EXCLUDED.burst WHEN $6::bool AND EXCLUDED.rate_per_s IS NULL THEN NULL ELSE q.burst END,
+    tokens = CASE WHEN $6::bool OR $8::bool THEN
+        COALESCE(CASE WHEN $8::bool THEN EXCLUDED.burst ELSE q.burst END,
+                 GREATEST(1, ceil(COALESCE(CASE WHEN $6::bool THEN EXCLUDED.rate_per_s ELSE q.rate_per_s END, 0) / 10)))
+        ELSE q.tokens END,
+    refilled_at = CASE WHEN $6::bool OR $8::bool THEN now() ELSE q.refilled_at END,
+    updated_at = now()
+RETURNING queue, paused, per_key_concurrency, max_running, rate_per_s, burst;
+
+-- name: queue_flow_waiting :many
+-- Per queue, ready jobs that wait on flow control: held back by a concurrency key at its cap, and requiring worker labels.
+SELECT j.queue,
+    count(*) FILTER (WHERE j.required_labels IS NOT NULL) AS requiring_labels,
+    count(*) FILTER (WHERE b.n >= s.per_key_concurrency) AS waiting_on_key
+FROM faultline_jobs j
+LEFT JOIN faultline_queues s ON s.queue = j.queue
+LEFT JOIN (
+    SELECT queue, concurrency_key, count(*) AS n FROM faultline_jobs
+    WHERE state = 'running' AND concurrency_key IS NOT NULL
+    GROUP BY queue, concurrency_key
+) b ON b.queue = j.queue AND b.concurrency_key = j.concurrency_key
+WHERE j.state = 'queued' AND (j.required_labels IS NOT NULL OR j.concurrency_key IS NOT NULL)
+GROUP BY j.queue;
