@@ -2,8 +2,9 @@
 --
 -- Queues were only strings on jobs; a queue's settings now live in a row of their own, created by the first
 -- PauseQueue or SetQueueSettings. A queue without a row, or whose row limits nothing, is claimed exactly as
--- before (claim_jobs); any other is claimed only by claim_jobs_limited, under that row's lock (queries.sql,
--- "flow control"), which is what makes every limit hold for any number of coordinators. Expand-only.
+-- before (claim_jobs); any other is claimed only by claim_jobs_limited, under that row's lock and checked
+-- against its claim_seq (queries.sql, "flow control"), which is what makes every limit hold for any number
+-- of coordinators. Expand-only.
 
 CREATE TABLE faultline_queues (
     queue                   text PRIMARY KEY,
@@ -16,6 +17,12 @@ CREATE TABLE faultline_queues (
     burst                   integer CHECK (burst >= 1),
     tokens                  double precision NOT NULL DEFAULT 0,
     refilled_at             timestamptz NOT NULL DEFAULT now(),
+    -- Bumped by every limited claim that leased something: a claim whose snapshot predates the latest one
+    -- would count too few running jobs, so it claims nothing and runs again.
+    claim_seq               bigint NOT NULL DEFAULT 0,
+    -- Per-key queues are served round-robin over their keys: the last key a claim granted, where the next
+    -- claim's walk over the keys starts.
+    key_cursor              text,
     -- Anything the plain claim would get wrong: such a queue is claimed under its row's lock only.
     limited                 boolean GENERATED ALWAYS AS (
         paused OR per_key_concurrency IS NOT NULL OR max_running IS NOT NULL OR rate_per_s IS NOT NULL
@@ -31,8 +38,9 @@ ALTER TABLE faultline_jobs
     -- Leased by the limited claim: when this lease ends, the trigger below tells every coordinator.
     ADD COLUMN gated boolean NOT NULL DEFAULT false;
 
--- The limited claim walks a queue's ready jobs key by key (a skip scan over distinct keys, then each
--- key's head), so a key at its cap with a million jobs queued costs one probe, not a million rows.
+-- The limited claim walks a queue's ready jobs key by key (a skip scan over distinct keys from the cursor,
+-- then each key's head), so a key at its cap with a million jobs queued costs one probe, not a million rows,
+-- and a claim visits only as many keys as it has slots to fill.
 CREATE INDEX faultline_jobs_ready_key ON faultline_jobs (queue, concurrency_key, priority DESC, id)
     WHERE state = 'queued';
 

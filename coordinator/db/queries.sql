@@ -647,33 +647,41 @@ FROM faultline_attempts WHERE job_id = ANY($1::bigint[]) ORDER BY job_id, attemp
 
 -- === flow control ===
 -- The grant policy. A queue with a faultline_queues row that limits something (`limited`: paused, a cap or a
--- rate) is granted only by claim_jobs_limited, run right after lock_queue in one transaction: the row lock
--- serialises every coordinator's claims of that queue, and the claim, a statement of its own, reads a
--- snapshot taken after the lock, so the running jobs it counts include every earlier claim (one statement
--- that locked and counted would count from a snapshot older than the lock). claim_jobs and the hand-off in
--- insert_jobs grant nothing in such a queue, and both require `required_labels <@ the worker's labels`.
--- Every other queue costs the plain claim one primary-key probe of this small table.
-
--- name: lock_queue :val
--- Take queue $1's settings row lock for the rest of the transaction (serialises limited claims across coordinators); NULL when the queue has no row.
-SELECT limited FROM faultline_queues WHERE queue = $1 FOR UPDATE;
+-- rate) is granted only by claim_jobs_limited; claim_jobs and the hand-off in insert_jobs grant nothing
+-- there, and all three require `required_labels <@ the worker's labels`. Every other queue costs the plain
+-- claim one primary-key probe of this small table.
+--
+-- Why the limits hold across coordinators: claim_jobs_limited locks the queue's row (FOR UPDATE), so the
+-- limited claims of one queue run one at a time, whichever coordinator sends them; the token bucket is read
+-- from the locked, latest row version. The running jobs it counts come from the statement's snapshot,
+-- which may predate a claim that committed while this one waited for the lock: every claim that leases
+-- something bumps the row's claim_seq, and a claim whose snapshot shows an older claim_seq than the locked
+-- row leases nothing and answers `stale` (the Store runs it again, now with a newer snapshot). A completion
+-- that commits after the snapshot only makes the count high for one claim: the cap is never passed.
 
 -- name: claim_jobs_limited :many
--- Under lock_queue: lease up to $3 ready jobs of limited queue $1 (kinds $2, worker labels $6, slots $4) within its pause, max_running, per-key and token-bucket limits; one row of verdict columns always, with the leased job's columns when any (job id NULL otherwise). Keys at their cap are skipped, not waited on: the keys with ready jobs are walked by a skip scan and each contributes only its room.
+-- Lease up to $3 ready jobs of limited queue $1 (kinds $2, worker labels $6, slots $4) within its pause, max_running, per-key and token-bucket limits, under its row's lock; one row of verdict columns always, with the leased job's columns when any (job id NULL otherwise). Keys at their cap are skipped, not waited on: keys with ready jobs are walked round-robin from the row's key_cursor by a skip scan, each contributing only its room.
 WITH RECURSIVE
+locked_queue AS (
+    SELECT q.* FROM faultline_queues q WHERE q.queue = $1 FOR UPDATE
+),
+seen AS (
+    SELECT claim_seq FROM faultline_queues WHERE queue = $1
+),
 settings AS (
-    SELECT q.paused, q.per_key_concurrency, q.max_running, q.rate_per_s, statement_timestamp() AS at,
+    SELECT q.paused, q.per_key_concurrency, q.max_running, q.rate_per_s, q.key_cursor, statement_timestamp() AS at,
+        q.claim_seq <> s.claim_seq AS stale,
         CASE WHEN q.rate_per_s IS NOT NULL THEN
             LEAST(COALESCE(q.burst, GREATEST(1, ceil(q.rate_per_s / 10))),
                   q.tokens + q.rate_per_s * GREATEST(EXTRACT(EPOCH FROM statement_timestamp() - q.refilled_at), 0))
         END AS avail
-    FROM faultline_queues q WHERE q.queue = $1
+    FROM locked_queue q, seen s
 ),
 running AS (
     SELECT count(*) AS n FROM faultline_jobs WHERE state = 'running' AND queue = $1
 ),
 room AS (
-    SELECT CASE WHEN COALESCE(s.paused, false) THEN 0 ELSE
+    SELECT CASE WHEN COALESCE(s.paused OR s.stale, false) THEN 0 ELSE
         GREATEST(LEAST($3::int, COALESCE(s.max_running - r.n, $3::int), COALESCE(floor(s.avail)::int, $3::int)), 0)
         END AS n,
         GREATEST(LEAST($3::int, COALESCE(s.max_running - r.n, $3::int)), 0) AS untimed
@@ -684,28 +692,48 @@ busy AS (
     WHERE state = 'running' AND queue = $1 AND concurrency_key IS NOT NULL
     GROUP BY concurrency_key
 ),
-keys AS (
-    (SELECT concurrency_key AS k FROM faultline_jobs
-     WHERE state = 'queued' AND queue = $1 AND concurrency_key IS NOT NULL
+keys_after AS (
+    (SELECT concurrency_key AS k, 1 AS ord FROM faultline_jobs
+     WHERE state = 'queued' AND queue = $1 AND concurrency_key > (SELECT COALESCE(key_cursor, '') FROM settings)
        AND (SELECT per_key_concurrency FROM settings) IS NOT NULL AND (SELECT n FROM room) > 0
      ORDER BY concurrency_key LIMIT 1)
     UNION ALL
     SELECT (SELECT j.concurrency_key FROM faultline_jobs j
-            WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key > keys.k
-            ORDER BY j.concurrency_key LIMIT 1)
-    FROM keys WHERE keys.k IS NOT NULL
+            WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key > keys_after.k
+            ORDER BY j.concurrency_key LIMIT 1), keys_after.ord + 1
+    FROM keys_after WHERE keys_after.k IS NOT NULL
+),
+keys_before AS (
+    (SELECT concurrency_key AS k, 1 AS ord FROM faultline_jobs
+     WHERE state = 'queued' AND queue = $1 AND concurrency_key IS NOT NULL
+       AND concurrency_key <= (SELECT key_cursor FROM settings)
+       AND (SELECT per_key_concurrency FROM settings) IS NOT NULL AND (SELECT n FROM room) > 0
+     ORDER BY concurrency_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.concurrency_key FROM faultline_jobs j
+            WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key > keys_before.k
+              AND j.concurrency_key <= (SELECT key_cursor FROM settings)
+            ORDER BY j.concurrency_key LIMIT 1), keys_before.ord + 1
+    FROM keys_before WHERE keys_before.k IS NOT NULL
 ),
 keyed AS (
-    SELECT c.id, c.priority FROM keys
-    LEFT JOIN busy b ON b.concurrency_key = keys.k
+    -- Keys in rotation order from the cursor (a walk that stops once the claim's room is filled), each
+    -- contributing its head jobs up to its own room under the per-key cap.
+    SELECT c.id, c.priority, w.k, w.ord FROM (
+        SELECT k, ord FROM keys_after WHERE k IS NOT NULL
+        UNION ALL
+        SELECT k, ord + 1000000000 FROM keys_before WHERE k IS NOT NULL
+    ) w
     CROSS JOIN LATERAL (
         SELECT j.id, j.priority FROM faultline_jobs j
-        WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key = keys.k AND j.kind = ANY($2::text[])
+        WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key = w.k AND j.kind = ANY($2::text[])
           AND (j.required_labels IS NULL OR j.required_labels <@ $6::jsonb)
         ORDER BY j.priority DESC, j.id
-        LIMIT LEAST(GREATEST((SELECT per_key_concurrency FROM settings) - COALESCE(b.n, 0), 0), (SELECT n FROM room))
+        LIMIT LEAST(GREATEST((SELECT per_key_concurrency FROM settings)
+                             - COALESCE((SELECT b.n FROM busy b WHERE b.concurrency_key = w.k), 0), 0),
+                    (SELECT n FROM room))
     ) c
-    WHERE keys.k IS NOT NULL
+    LIMIT (SELECT n FROM room)
 ),
 keyless AS (
     SELECT j.id, j.priority FROM faultline_jobs j
@@ -772,19 +800,24 @@ granted AS (
     SELECT count(*)::int AS n FROM leased
 ),
 spent AS (
-    UPDATE faultline_queues q SET tokens = s.avail - g.n, refilled_at = s.at
+    UPDATE faultline_queues q SET
+        claim_seq = q.claim_seq + 1,
+        key_cursor = COALESCE((SELECT kd.k FROM keyed kd JOIN leased l ON l.id = kd.id ORDER BY kd.ord DESC LIMIT 1),
+                              q.key_cursor),
+        tokens = CASE WHEN s.avail IS NOT NULL THEN s.avail - g.n ELSE q.tokens END,
+        refilled_at = CASE WHEN s.avail IS NOT NULL THEN s.at ELSE q.refilled_at END
     FROM settings s, granted g
-    WHERE q.queue = $1 AND s.avail IS NOT NULL
+    WHERE q.queue = $1 AND g.n > 0
 ),
 verdict AS (
-    SELECT COALESCE(s.paused, false) AS paused,
+    SELECT COALESCE(s.paused, false) AS paused, COALESCE(s.stale, false) AS stale,
         -- Cut short by the bucket (not by the backlog, a cap or the slots): when the next token is due.
-        (s.avail IS NOT NULL AND NOT s.paused AND g.n = r.n AND r.n < r.untimed) AS throttled,
-        CASE WHEN s.avail IS NOT NULL AND NOT s.paused AND g.n = r.n AND r.n < r.untimed
+        (s.avail IS NOT NULL AND NOT s.paused AND NOT s.stale AND g.n = r.n AND r.n < r.untimed) AS throttled,
+        CASE WHEN s.avail IS NOT NULL AND NOT s.paused AND NOT s.stale AND g.n = r.n AND r.n < r.untimed
              THEN ceil((1 - (s.avail - g.n)) / s.rate_per_s * 1000)::bigint END AS refill_ms
     FROM granted g, room r LEFT JOIN settings s ON true
 )
-SELECT v.paused, v.throttled, v.refill_ms, l.* FROM verdict v LEFT JOIN leased l ON true;
+SELECT v.paused, v.stale, v.throttled, v.refill_ms, l.* FROM verdict v LEFT JOIN leased l ON true;
 
 -- name: queue_settings_all :many
 -- Every queue's settings row (a small table: one row per queue that was ever paused or limited).

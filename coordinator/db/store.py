@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 # (back-pressure instead of an unbounded queue of waiters when Postgres refuses connections).
 POOL_ACQUIRE_TIMEOUT_S = 5.0
 
+# How often a limited claim that found its snapshot stale (another claim of the queue committed while it
+# waited for the queue's lock) is run again at once; past it, the dispatcher claims again after the pause.
+STALE_CLAIM_RETRIES = 8
+STALE_CLAIM_PAUSE = timedelta(milliseconds=5)
+
 # How often a statement that Postgres chose as a deadlock victim is run again before it is an error.
 DEADLOCK_RETRIES = 3
 
@@ -157,34 +162,6 @@ class Store:
             except asyncpg.PostgresError as exc:
                 raise StoreError(f"{name} failed: {exc}") from exc
 
-    async def _run_in_transaction(self, steps: Sequence[tuple[str, tuple[Any, ...]]]) -> Any:
-        """Run named statements in one transaction; returns the last one's result. Errors map as in _run."""
-        attempt = 0
-        while True:
-            try:
-                async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as con:
-                    try:
-                        async with con.transaction():
-                            out: Any = None
-                            for name, args in steps:
-                                out = await run(con, QUERIES[name], *args)
-                            return out
-                    except (asyncpg.InternalClientError, asyncpg.InterfaceError):
-                        con.terminate()
-                        raise
-            except asyncpg.DeadlockDetectedError as exc:
-                attempt += 1
-                if attempt > DEADLOCK_RETRIES:
-                    raise StoreError(f"{steps[-1][0]} failed: {exc}") from exc
-                logger.warning("transaction retried after a deadlock", extra={"query": steps[-1][0],
-                                                                               "attempt": attempt})
-            except _UNAVAILABLE as exc:
-                raise DatabaseUnavailableError(f"{steps[-1][0]}: {type(exc).__name__}: {exc}") from exc
-            except asyncpg.DataError as exc:
-                raise StoreDataError(f"{steps[-1][0]} refused a value: {exc}") from exc
-            except asyncpg.PostgresError as exc:
-                raise StoreError(f"{steps[-1][0]} failed: {exc}") from exc
-
     async def ping(self) -> None:
         await self._run("ping")
 
@@ -281,16 +258,22 @@ class Store:
         self, *, queue: str, kinds: Sequence[str], slots: Sequence[str], lease_ttl_ms: int,
         labels: dict[str, str] | None = None,
     ) -> LimitedClaim:
-        """Lease up to len(slots) jobs of a limited queue under its settings row's lock (see queries.sql)."""
-        rows = await self._run_in_transaction([
-            ("lock_queue", (queue,)),
-            ("claim_jobs_limited", (queue, list(kinds), len(slots), list(slots), lease_ttl_ms, labels or {})),
-        ])
-        head = rows[0]
+        """Lease up to len(slots) jobs of a limited queue under its settings row's lock (see queries.sql).
+
+        A claim whose snapshot predated another limited claim of the queue leases nothing and says so
+        (stale); it is run again at once, up to STALE_CLAIM_RETRIES times (each retry follows a claim that
+        committed, so under contention they converge)."""
+        for _ in range(STALE_CLAIM_RETRIES):
+            rows = await self._run("claim_jobs_limited", queue, list(kinds), len(slots), list(slots), lease_ttl_ms,
+                                   labels or {})
+            head = rows[0]
+            if not head["stale"]:
+                break
         return LimitedClaim(
             jobs=[(Job.claimed(r), r["slot"] - 1) for r in rows if r["id"] is not None],
-            paused=head["paused"], throttled=head["throttled"],
-            refill_in=timedelta(milliseconds=head["refill_ms"]) if head["refill_ms"] is not None else None,
+            paused=head["paused"], throttled=head["throttled"] or head["stale"],
+            refill_in=timedelta(milliseconds=head["refill_ms"]) if head["refill_ms"] is not None
+            else (STALE_CLAIM_PAUSE if head["stale"] else None),
         )
 
     # -- flow control settings -------------------------------------------------------------------
