@@ -42,11 +42,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What one claim leased, and whether the rate limit cut it short (then the next token is due in refill_in)."""
+    """What one claim leased; retry_in says when to claim the queue again though nothing wakes the dispatcher
+    (the rate limit cut it short: the next token is due then)."""
 
     jobs: list[tuple[Job, int]]
-    throttled: bool = False
-    refill_in: timedelta | None = None
+    retry_in: timedelta | None = None
 
 
 class GrantPolicy:
@@ -114,7 +114,7 @@ class GrantPolicy:
             if not self.limited(queue):
                 return Claim(jobs)
             rest = await self._claim_limited(queue, kinds, labels, slots[len(jobs):], lease_ttl_ms)
-            return Claim(jobs + [(j, slot + len(jobs)) for j, slot in rest.jobs], rest.throttled, rest.refill_in)
+            return Claim(jobs + [(j, slot + len(jobs)) for j, slot in rest.jobs], rest.retry_in)
         return await self._claim_limited(queue, kinds, labels, slots, lease_ttl_ms)
 
     async def _claim_limited(
@@ -124,4 +124,4 @@ class GrantPolicy:
                                                    labels=labels)
         if got.throttled:
             metrics.CLAIMS_THROTTLED.labels(queue).inc()
-        return Claim(got.jobs, got.throttled, got.refill_in)
+        return Claim(got.jobs, got.retry_in)

@@ -155,8 +155,8 @@ class Dispatcher:
                 raise
             result.claims += 1
             jobs = claim.jobs
-            if claim.throttled and claim.refill_in is not None:
-                self._wake_at_refill(queue, claim.refill_in.total_seconds())
+            if claim.retry_in is not None:
+                self._wake_at_refill(queue, claim.retry_in.total_seconds())
             for job, _ in jobs:  # both stamps come from Postgres now(): no clock skew in the wait
                 if job.started_at is not None:
                     metrics.JOB_WAIT.labels(queue).observe(max((job.started_at - job.run_at).total_seconds(), 0.0))

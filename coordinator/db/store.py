@@ -109,9 +109,11 @@ class LimitedClaim:
 
     jobs: list[tuple[Job, int]]
     paused: bool
-    # Cut short by the rate limit: the queue is not empty, and its next token is due in refill_in.
+    # Cut short by the rate limit: the queue is not empty, and its next token is due in retry_in.
     throttled: bool
-    refill_in: timedelta | None
+    # When to claim again although nothing else may wake the dispatcher (a token due; a claim that stayed
+    # stale under contention); None: wait for a wake-up.
+    retry_in: timedelta | None
 
 
 def _unset(value: object) -> object:
@@ -271,8 +273,8 @@ class Store:
                 break
         return LimitedClaim(
             jobs=[(Job.claimed(r), r["slot"] - 1) for r in rows if r["id"] is not None],
-            paused=head["paused"], throttled=head["throttled"] or head["stale"],
-            refill_in=timedelta(milliseconds=head["refill_ms"]) if head["refill_ms"] is not None
+            paused=head["paused"], throttled=head["throttled"],
+            retry_in=timedelta(milliseconds=head["refill_ms"]) if head["refill_ms"] is not None
             else (STALE_CLAIM_PAUSE if head["stale"] else None),
         )
 
