@@ -221,21 +221,20 @@ async def test_job_with_required_labels_waits_for_a_matching_worker_and_runs_on_
     a = await coordinator_factory(dispatch_poll=NO_POLL)
     b = await coordinator_factory(dispatch_poll=NO_POLL)
     runs = Runs()
-    async with Client(addr_of(a)) as ca:
-        async with workers([(addr_of(a), "cpu", 4, {"gpu": "none"})], runs, queue="ml"):
-            await connected(a, 1)
-            gpu_job = await ca.submit("work", queue="ml", required_labels={"gpu": "a100"})
-            assert gpu_job.state is JobState.QUEUED, "not handed off to a worker without the label"
-            plain = await ca.submit("work", queue="ml")  # behind the gpu job, but the cpu worker can take it
-            await eventually(lambda: plain.id in runs.end, message="the plain job ran past the waiting gpu job")
-            [stats] = [q for q in await ca.list_queues() if q.name == "ml"]
-            assert stats.requiring_labels == 1 and stats.depth.get(JobState.QUEUED) == 1
-            assert gpu_job.id not in runs.start
-            stored = await ca.get(gpu_job.id)
-            assert stored.required_labels == {"gpu": "a100"}
-            # The matching worker connects to the other coordinator; it gets the job.
-            async with workers([(addr_of(b), "gpu", 1, {"gpu": "a100", "zone": "x"})], runs, queue="ml"):
-                await eventually(lambda: gpu_job.id in runs.end, message="the gpu job ran")
+    async with Client(addr_of(a)) as ca, workers([(addr_of(a), "cpu", 4, {"gpu": "none"})], runs, queue="ml"):
+        await connected(a, 1)
+        gpu_job = await ca.submit("work", queue="ml", required_labels={"gpu": "a100"})
+        assert gpu_job.state is JobState.QUEUED, "not handed off to a worker without the label"
+        plain = await ca.submit("work", queue="ml")  # behind the gpu job, but the cpu worker can take it
+        await eventually(lambda: plain.id in runs.end, message="the plain job ran past the waiting gpu job")
+        [stats] = [q for q in await ca.list_queues() if q.name == "ml"]
+        assert stats.requiring_labels == 1 and stats.depth.get(JobState.QUEUED) == 1
+        assert gpu_job.id not in runs.start
+        stored = await ca.get(gpu_job.id)
+        assert stored.required_labels == {"gpu": "a100"}
+        # The matching worker connects to the other coordinator; it gets the job.
+        async with workers([(addr_of(b), "gpu", 1, {"gpu": "a100", "zone": "x"})], runs, queue="ml"):
+            await eventually(lambda: gpu_job.id in runs.end, message="the gpu job ran")
     assert runs.worker[gpu_job.id] == "gpu"
 
 
