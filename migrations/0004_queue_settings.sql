@@ -47,6 +47,10 @@ CREATE INDEX faultline_jobs_ready_key ON faultline_jobs (queue, concurrency_key,
 -- Running jobs per queue and key: what a cap counts (bounded by worker capacity, not by the backlog).
 CREATE INDEX faultline_jobs_running_queue ON faultline_jobs (queue, concurrency_key) WHERE state = 'running';
 
+-- Ready jobs that need worker labels, counted for ListQueues and the metrics sampler without reading the
+-- rest of the backlog.
+CREATE INDEX faultline_jobs_ready_labels ON faultline_jobs (queue) WHERE state = 'queued' AND required_labels IS NOT NULL;
+
 -- A slot of a limited queue freed (its lease ended by any path: completion, failure, expiry, release):
 -- wake every coordinator's dispatcher for that queue, so work held back by a cap is claimed at once, not
 -- on a poll. The WHEN clause reads only the row, so ungated jobs (every queue without limits) never call

@@ -850,16 +850,23 @@ ON CONFLICT (queue) DO UPDATE SET
 RETURNING queue, paused, per_key_concurrency, max_running, rate_per_s, burst;
 
 -- name: queue_flow_waiting :many
--- Per queue, ready jobs that wait on flow control: held back by a concurrency key at its cap, and requiring worker labels.
-SELECT j.queue,
-    count(*) FILTER (WHERE j.required_labels IS NOT NULL) AS requiring_labels,
-    count(*) FILTER (WHERE b.n >= s.per_key_concurrency) AS waiting_on_key
-FROM faultline_jobs j
-LEFT JOIN faultline_queues s ON s.queue = j.queue
-LEFT JOIN (
-    SELECT queue, concurrency_key, count(*) AS n FROM faultline_jobs
-    WHERE state = 'running' AND concurrency_key IS NOT NULL
-    GROUP BY queue, concurrency_key
-) b ON b.queue = j.queue AND b.concurrency_key = j.concurrency_key
-WHERE j.state = 'queued' AND (j.required_labels IS NOT NULL OR j.concurrency_key IS NOT NULL)
-GROUP BY j.queue;
+-- Per queue, ready jobs that wait on flow control: held back by a concurrency key at its cap (counted through the keys at their cap only, found from the running jobs), and requiring worker labels (a partial index holds only those).
+WITH capped AS (
+    SELECT r.queue, r.concurrency_key FROM faultline_jobs r
+    JOIN faultline_queues s ON s.queue = r.queue AND s.per_key_concurrency IS NOT NULL
+    WHERE r.state = 'running' AND r.concurrency_key IS NOT NULL
+    GROUP BY r.queue, r.concurrency_key, s.per_key_concurrency
+    HAVING count(*) >= s.per_key_concurrency
+),
+on_key AS (
+    SELECT c.queue, count(*) AS n FROM capped c
+    JOIN faultline_jobs j ON j.state = 'queued' AND j.queue = c.queue AND j.concurrency_key = c.concurrency_key
+    GROUP BY c.queue
+),
+on_labels AS (
+    SELECT queue, count(*) AS n FROM faultline_jobs
+    WHERE state = 'queued' AND required_labels IS NOT NULL
+    GROUP BY queue
+)
+SELECT COALESCE(k.queue, l.queue) AS queue, COALESCE(l.n, 0) AS requiring_labels, COALESCE(k.n, 0) AS waiting_on_key
+FROM on_key k FULL JOIN on_labels l ON l.queue = k.queue;
