@@ -760,8 +760,10 @@ picked AS (
     LIMIT (SELECT n FROM room)
 ),
 locked AS (
-    SELECT j.id FROM faultline_jobs j JOIN picked p ON p.id = j.id
-    WHERE j.state = 'queued'
+    -- By primary key (= ANY of an array): the planner cannot know how few rows picked holds, and a join
+    -- on it was planned as a hash join over every row of faultline_jobs.
+    SELECT j.id FROM faultline_jobs j
+    WHERE j.id = ANY (ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
     FOR UPDATE OF j SKIP LOCKED
 ),
 slotted AS (
@@ -785,7 +787,7 @@ leased AS (
         gated = true,
         updated_at = now()
     FROM slotted s
-    WHERE j.id = s.id
+    WHERE j.id = s.id AND j.id = ANY (ARRAY(SELECT id FROM slotted))
     RETURNING j.id, j.queue, j.kind, j.priority, j.payload, j.result, j.last_error, j.attempts, j.max_attempts,
         j.idempotency_key, j.labels, j.backoff_initial_ms, j.backoff_max_ms, j.backoff_multiplier,
         j.backoff_jitter, j.execution_timeout_ms, j.heartbeat_timeout_ms, j.schedule_to_start_ms,

@@ -112,7 +112,7 @@ async def test_paused_queue_grants_nothing_on_either_path_or_coordinator_and_sur
         await connected(b, 1)
         async with Client(addr_of(a)) as ca, Client(addr_of(b)) as cb:
             running = await ca.submit("work", queue="q")  # handed off to an idle worker: it is running
-            await eventually(lambda: running.id in runs.start, message="the job before the pause started")
+            await eventually(lambda: running.id in runs.start, timeout=30, message="the job before the pause started")
             paused = await cb.pause_queue("q")
             assert paused.paused
             # Both workers wait with credit, so without the pause each Submit would be handed off (RUNNING).
@@ -122,10 +122,10 @@ async def test_paused_queue_grants_nothing_on_either_path_or_coordinator_and_sur
             # dispatchers have run a round since the paused queue's jobs were woken for.
             async with workers([(addr_of(a), "sa", 1, None), (addr_of(b), "sb", 1, None)], runs, queue="other"):
                 sentinels = [await c.submit("work", queue="other") for c in (ca, cb)]
-                await eventually(lambda: all(s.id in runs.end for s in sentinels), message="sentinels ran")
+                await eventually(lambda: all(s.id in runs.end for s in sentinels), timeout=30, message="sentinels ran")
             assert (await states(db, "q")).get("queued") == 10, "a paused queue grants nothing through the claim"
             gate.set()  # the job that was running when the pause came finishes
-            await eventually(lambda: running.id in runs.end, message="the running job finished")
+            await eventually(lambda: running.id in runs.end, timeout=30, message="the running job finished")
             assert await db.fetchval("SELECT state::text FROM faultline_jobs WHERE id = $1", int(running.id)) == \
                 "succeeded"
             [stats] = [q for q in await ca.list_queues() if q.name == "q"]
@@ -226,7 +226,7 @@ async def test_job_with_required_labels_waits_for_a_matching_worker_and_runs_on_
         gpu_job = await ca.submit("work", queue="ml", required_labels={"gpu": "a100"})
         assert gpu_job.state is JobState.QUEUED, "not handed off to a worker without the label"
         plain = await ca.submit("work", queue="ml")  # behind the gpu job, but the cpu worker can take it
-        await eventually(lambda: plain.id in runs.end, message="the plain job ran past the waiting gpu job")
+        await eventually(lambda: plain.id in runs.end, timeout=30, message="the plain job ran past the waiting gpu job")
         [stats] = [q for q in await ca.list_queues() if q.name == "ml"]
         assert stats.requiring_labels == 1 and stats.depth.get(JobState.QUEUED) == 1
         assert gpu_job.id not in runs.start
@@ -234,7 +234,7 @@ async def test_job_with_required_labels_waits_for_a_matching_worker_and_runs_on_
         assert stored.required_labels == {"gpu": "a100"}
         # The matching worker connects to the other coordinator; it gets the job.
         async with workers([(addr_of(b), "gpu", 1, {"gpu": "a100", "zone": "x"})], runs, queue="ml"):
-            await eventually(lambda: gpu_job.id in runs.end, message="the gpu job ran")
+            await eventually(lambda: gpu_job.id in runs.end, timeout=30, message="the gpu job ran")
     assert runs.worker[gpu_job.id] == "gpu"
 
 
