@@ -47,7 +47,9 @@ from coordinator.db.pool import create_pool
 from coordinator.db.store import ProbeSession, Store
 from coordinator.errors import DatabaseUnavailableError, StartupError
 from coordinator.grants import Handoff
+from coordinator.policy import GrantPolicy
 from coordinator.sessions import DispatchSignal, SessionRegistry
+from coordinator.submit import Submitter
 from coordinator.supervisor import ChildSpec, Supervisor
 from coordinator.throughput import Throughput
 from coordinator.tracing import JobTracer
@@ -72,6 +74,8 @@ class Coordinator:
     server: grpc.aio.Server | None = None
     supervisor: Supervisor | None = None
     registry: SessionRegistry | None = None
+    policy: GrantPolicy | None = None
+    submitter: Submitter | None = None
     _worker_servicer: WorkerServicer | None = None
     _health: HealthServicer | None = None
     _health_server: grpc.aio.Server | None = None
@@ -124,11 +128,20 @@ class Coordinator:
                 signal_.wake()
                 promoter_wake.set()
 
+        # The grant policy (coordinator/policy.py) is asked by both grant paths; the Submitter is the one
+        # submit entry point (coordinator/submit.py) for the JobService and any other producer of jobs.
+        self.policy = policy = GrantPolicy(store=store)
+        await policy.reload()
+        self.submitter = submitter = Submitter(
+            handoff=Handoff(store=store, registry=registry, signal=signal_, lease_ttl_ms=cfg.lease_ttl_ms,
+                            enabled=cfg.handoff, policy=policy, on_released=tracer.attempt_closed),
+            signal=signal_, tracer=tracer, promoter_wake=promoter_wake.set)
         children = [
             ChildSpec("dispatcher", lambda: Dispatcher(
                 config=DispatcherConfig(lease_ttl_ms=cfg.lease_ttl_ms, claim_batch_max=cfg.claim_batch_max,
                                         fallback_poll_s=cfg.dispatch_poll.total_seconds()),
-                store=store, registry=registry, signal=signal_, on_released=tracer.attempt_closed)),
+                store=store, registry=registry, signal=signal_, policy=policy,
+                on_released=tracer.attempt_closed)),
             ChildSpec("completer", lambda: Completer(
                 inbox=completer_inbox, store=store, retry=cfg.retry, max_items=FLUSH_MAX_ITEMS_DEFAULT,
                 on_retry_scheduled=promoter_wake.set, on_closed=tracer.attempt_closed, throughput=throughput)),
@@ -171,10 +184,8 @@ class Coordinator:
             )
 
         job_servicer = JobServicer(
-            store=store, signal=signal_, registry=registry, tracer=tracer, throughput=throughput,
-            handoff=Handoff(store=store, registry=registry, signal=signal_, lease_ttl_ms=cfg.lease_ttl_ms,
-                            enabled=cfg.handoff, on_released=tracer.attempt_closed),
-            promoter_wake=promoter_wake.set, max_payload=cfg.max_payload_bytes,
+            store=store, signal=signal_, registry=registry, throughput=throughput, submitter=submitter,
+            policy=policy, max_payload=cfg.max_payload_bytes,
             max_attempts_default=cfg.max_attempts_default,
             admission=SubmitAdmission(max_requests=cfg.submit_inflight_max, max_bytes=cfg.submit_inflight_bytes_max,
                                       retry_after=SUBMIT_RETRY_AFTER))

@@ -62,6 +62,15 @@ SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT = 64 << 20
 SUBMIT_RETRY_AFTER = timedelta(milliseconds=200)
 # Distinct queue and kind label values that get metric series of their own; later ones read "other".
 METRIC_LABEL_VALUES_MAX_DEFAULT = 100
+# --- Flow control (coordinator/policy.py; limits themselves are rows in faultline_queues) ---
+# Least time between two reloads of the queue settings cache after a plain claim came back short.
+SETTINGS_RELOAD_MIN = timedelta(milliseconds=250)
+# Bounds of the settings an operator may set (SetQueueSettings), checked at the edge.
+PER_KEY_CONCURRENCY_MAX = 100_000
+MAX_RUNNING_MAX = 1_000_000
+RATE_PER_S_MAX = 1_000_000.0
+BURST_MAX = 1_000_000
+
 # Supervisor: restart delays grow from BASE to MAX; more than INTENSITY restarts of one actor
 # within WINDOW means something is broken for good and the process exits non-zero.
 RESTART_BACKOFF_BASE = timedelta(milliseconds=100)

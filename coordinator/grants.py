@@ -1,6 +1,9 @@
 """Lease grants: handing leased jobs to worker sessions, and the direct hand-off of a job at Submit.
 
-Two paths lease a job. The dispatcher claims queued jobs for sessions with credit. The direct hand-off
+Two paths lease a job, and both ask coordinator/policy.py (GrantPolicy) whether they may: the dispatcher
+claims queued jobs for sessions with credit (GrantPolicy.claim), and the direct hand-off offers a job
+only to a session the policy allows (GrantPolicy.may_hand_off; insert_jobs re-checks it in SQL). Jobs
+reach the hand-off only through coordinator/submit.py (Submitter), the one submit entry point. The direct hand-off
 leases a job in the statement that inserts it, when a worker is already waiting for work: without it,
 an idle worker's job costs two durable statements in series (insert, then claim) plus a dispatcher
 wake-up before its grant is written.
@@ -30,6 +33,7 @@ from datetime import UTC, datetime
 from coordinator import metrics
 from coordinator.db.store import Store
 from coordinator.model import Job, JobSpec, JobState, LeaseKey
+from coordinator.policy import GrantPolicy
 from coordinator.sessions import DispatchSignal, Session, SessionRegistry
 
 logger = logging.getLogger(__name__)
@@ -78,9 +82,10 @@ class Handoff:
 
     def __init__(
         self, *, store: Store, registry: SessionRegistry, signal: DispatchSignal, lease_ttl_ms: int, enabled: bool,
-        on_released: OnReleased | None = None,
+        policy: GrantPolicy, on_released: OnReleased | None = None,
     ) -> None:
         self._store = store
+        self._policy = policy
         self._registry = registry
         self._signal = signal
         self._lease_ttl_ms = lease_ttl_ms
@@ -103,6 +108,7 @@ class Handoff:
         try:
             results = await self._store.insert_jobs(
                 specs, holders=[s.worker_id if s is not None else None for s in offers],
+                holder_labels=[s.labels if s is not None else None for s in offers],
                 lease_ttl_ms=self._lease_ttl_ms, submitted_by=submitted_by)
         except BaseException:
             self._give_back(offers)
@@ -137,12 +143,13 @@ class Handoff:
         now = datetime.now(UTC)
         due = [i for i, spec in enumerate(specs) if spec.run_at is None or spec.run_at <= now]
         due.sort(key=lambda i: (-specs[i].priority, i))
+        policy = self._policy
         for i in due:
             spec = specs[i]
             best: Session | None = None
             for key, s in budget.items():
-                if credit[key] > 0 and spec.queue in s.queues and spec.kind in s.kinds and (
-                        best is None or credit[key] > credit[id(best)]):
+                if (credit[key] > 0 and (best is None or credit[key] > credit[id(best)])
+                        and policy.may_hand_off(spec, s)):
                     best = s
             if best is not None:
                 credit[id(best)] -= 1

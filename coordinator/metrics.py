@@ -177,6 +177,23 @@ MAINTENANCE_DURATION = Histogram(
     "faultline_maintenance_duration_seconds", "How long one VACUUM or ANALYZE of a job table took.",
     ["table", "op"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800), registry=REGISTRY,
 )
+# -- flow control (coordinator/policy.py) --
+QUEUE_PAUSED = BoundedGauge(
+    "faultline_queue_paused", "1 while the queue is paused (PauseQueue), else 0 (sampled, and set at once by this "
+    "coordinator's own pause and resume).", ["queue"], registry=REGISTRY,
+)
+CLAIMS_THROTTLED = BoundedCounter(
+    "faultline_claims_throttled", "Claims of a queue cut short by its rate limit (the queue had more ready jobs).",
+    ["queue"], registry=REGISTRY,
+)
+JOBS_WAITING_ON_KEY = BoundedGauge(
+    "faultline_jobs_waiting_on_key", "Ready jobs held back because their concurrency key is at the queue's "
+    "per-key cap (sampled).", ["queue"], registry=REGISTRY,
+)
+JOBS_REQUIRING_LABELS = BoundedGauge(
+    "faultline_jobs_requiring_labels", "Ready jobs that wait for a worker with their required labels (sampled).",
+    ["queue"], registry=REGISTRY,
+)
 
 # === work per job (issue 13): what `faultline bench` divides by the jobs of a run ===
 GRPC_MESSAGES = Counter(

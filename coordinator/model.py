@@ -98,6 +98,9 @@ class JobSpec:
     schedule_to_start_ms: int | None
     labels: dict[str, str] = field(default_factory=dict)
     trace_context: dict[str, str] | None = None
+    # Flow control (coordinator/policy.py): the key a per-key cap counts, the worker labels the job needs.
+    concurrency_key: str | None = None
+    required_labels: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +139,8 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    concurrency_key: str | None = None
+    required_labels: dict[str, str] | None = None
 
     @classmethod
     def inserted(cls, spec: JobSpec, r: Any) -> Job:
@@ -180,6 +185,8 @@ class Job:
             started_at=r["started_at"] if leased else None,
             finished_at=None,
             updated_at=r["updated_at"],
+            concurrency_key=spec.concurrency_key,
+            required_labels=spec.required_labels,
         )
 
     @classmethod
@@ -221,6 +228,8 @@ class Job:
             started_at=r["started_at"],
             finished_at=None,
             updated_at=r["updated_at"],
+            concurrency_key=r["concurrency_key"],
+            required_labels=_json_obj(r["required_labels"]),
         )
 
     @classmethod
@@ -258,7 +267,57 @@ class Job:
             started_at=r["started_at"],
             finished_at=r["finished_at"],
             updated_at=r["updated_at"],
+            concurrency_key=r.get("concurrency_key"),
+            required_labels=_json_obj(r.get("required_labels")),
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSettings:
+    """A queue's flow limits as stored in faultline_queues; None is "no limit"."""
+
+    queue: str
+    paused: bool = False
+    per_key_concurrency: int | None = None
+    max_running: int | None = None
+    rate_per_s: float | None = None
+    burst: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Whether only the limited claim may grant this queue's jobs (the `limited` column)."""
+        return (self.paused or self.per_key_concurrency is not None or self.max_running is not None
+                or self.rate_per_s is not None)
+
+    @classmethod
+    def from_record(cls, r: Any) -> QueueSettings:
+        return cls(queue=r["queue"], paused=r["paused"], per_key_concurrency=r["per_key_concurrency"],
+                   max_running=r["max_running"], rate_per_s=r["rate_per_s"], burst=r["burst"])
+
+
+class _Unchanged:
+    """The marker of a setting that a SettingsChange leaves as it is."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = _Unchanged()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettingsChange:
+    """Limits to change: UNCHANGED keeps one, None clears it."""
+
+    per_key_concurrency: int | _Unchanged | None = UNCHANGED
+    max_running: int | _Unchanged | None = UNCHANGED
+    rate_per_s: float | _Unchanged | None = UNCHANGED
+    burst: int | _Unchanged | None = UNCHANGED
+
+
+def labels_match(required: dict[str, str] | None, offered: dict[str, str]) -> bool:
+    """The grant policy's label rule, as SQL spells it (`required_labels <@ worker labels`)."""
+    return not required or all(offered.get(k) == v for k, v in required.items())
 
 
 def _json_obj(value: Any) -> dict[str, str] | None:

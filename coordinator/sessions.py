@@ -22,6 +22,8 @@ class Session(Protocol):
     worker_id: str
     queues: tuple[str, ...]
     kinds: tuple[str, ...]
+    # From the hello; a job's required_labels must all be among them (coordinator/policy.py).
+    labels: dict[str, str]
 
     @property
     def credit(self) -> int: ...

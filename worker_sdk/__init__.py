@@ -37,7 +37,16 @@ from worker_sdk._errors import (
     WorkerSDKError,
 )
 from worker_sdk._stream import ConnState
-from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, WorkerInfo
+from worker_sdk._types import (
+    Job,
+    JobSpec,
+    JobState,
+    JobTimeouts,
+    QueueSettings,
+    QueueStats,
+    RetryPolicy,
+    WorkerInfo,
+)
 from worker_sdk._version import SDK_VERSION as __version__
 from worker_sdk._worker import Worker, WorkerObserver, WorkerState
 
@@ -59,6 +68,7 @@ __all__ = [
     "NonRetryableError",
     "PermissionDeniedError",
     "ProtocolError",
+    "QueueSettings",
     "QueueStats",
     "RateLimitedError",
     "RetryJob",

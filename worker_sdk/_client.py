@@ -40,7 +40,16 @@ from worker_sdk._errors import (
 )
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from worker_sdk._tracing import outgoing_metadata
-from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, WorkerInfo
+from worker_sdk._types import (
+    Job,
+    JobSpec,
+    JobState,
+    JobTimeouts,
+    QueueSettings,
+    QueueStats,
+    RetryPolicy,
+    WorkerInfo,
+)
 
 #: Deadline of each unary call unless the Client is given another.
 CALL_TIMEOUT_DEFAULT = timedelta(seconds=10)
@@ -206,6 +215,8 @@ class Client:
         timeouts: JobTimeouts | None = None,
         labels: Mapping[str, str] | None = None,
         full: bool = False,
+        concurrency_key: str | None = None,
+        required_labels: Mapping[str, str] | None = None,
     ) -> Job:
         """Enqueue one job and return it as stored (the existing job if idempotency_key matched in this queue).
 
@@ -224,6 +235,8 @@ class Client:
             timeouts=timeouts,
             labels=labels,
             full=full,
+            concurrency_key=concurrency_key,
+            required_labels=required_labels,
         )
         return job
 
@@ -241,6 +254,8 @@ class Client:
         timeouts: JobTimeouts | None = None,
         labels: Mapping[str, str] | None = None,
         full: bool = False,
+        concurrency_key: str | None = None,
+        required_labels: Mapping[str, str] | None = None,
     ) -> tuple[Job, bool]:
         """Like submit(), also returning whether the job was created (False: idempotency key matched).
 
@@ -256,6 +271,8 @@ class Client:
             retry_policy=retry_policy,
             timeouts=timeouts,
             labels=labels,
+            concurrency_key=concurrency_key,
+            required_labels=required_labels,
         )
         request = self._submit_request(spec)
         request.view = job_pb2.JOB_VIEW_FULL if full else job_pb2.JOB_VIEW_BASIC
@@ -343,6 +360,38 @@ class Client:
         """Cancel a job: at once if not running; a running job's worker is told to stop."""
         response = await self._unary(self._ensure_stub().CancelJob, job_service_pb2.CancelJobRequest(id=str(job_id)))
         return _convert.job_from_pb(response.job)
+
+    async def pause_queue(self, queue: str) -> QueueSettings:
+        """Stop granting the queue's jobs on every coordinator (Submits still queue up; running jobs finish)."""
+        response = await self._unary(self._ensure_stub().PauseQueue, job_service_pb2.PauseQueueRequest(queue=queue))
+        return _convert.queue_settings_from_pb(response.settings)
+
+    async def resume_queue(self, queue: str) -> QueueSettings:
+        """Grant a paused queue's jobs again."""
+        response = await self._unary(self._ensure_stub().ResumeQueue, job_service_pb2.ResumeQueueRequest(queue=queue))
+        return _convert.queue_settings_from_pb(response.settings)
+
+    async def set_queue_settings(
+        self,
+        queue: str,
+        *,
+        per_key_concurrency: int | None = None,
+        max_running: int | None = None,
+        rate_per_second: float | None = None,
+        burst: int | None = None,
+    ) -> QueueSettings:
+        """Change a queue's limits; None leaves a limit as it is, 0 clears it."""
+        request = job_service_pb2.SetQueueSettingsRequest(queue=queue)
+        if per_key_concurrency is not None:
+            request.per_key_concurrency = per_key_concurrency
+        if max_running is not None:
+            request.max_running = max_running
+        if rate_per_second is not None:
+            request.rate_per_second = rate_per_second
+        if burst is not None:
+            request.burst = burst
+        response = await self._unary(self._ensure_stub().SetQueueSettings, request)
+        return _convert.queue_settings_from_pb(response.settings)
 
     async def requeue(self, job_id: str, extra_attempts: int = 0) -> Job:
         """Bring a dead-lettered or cancelled job back to the queue with extra attempts (0 means 1)."""

@@ -33,7 +33,7 @@ from worker_sdk._frames import (
     Welcome,
 )
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, worker_service_pb2
-from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, WorkerInfo
+from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueSettings, QueueStats, RetryPolicy, WorkerInfo
 
 _JOB_STATE_FROM_PB: dict[job_pb2.JobState, JobState] = {
     job_pb2.JOB_STATE_QUEUED: JobState.QUEUED,
@@ -189,6 +189,8 @@ def job_from_pb(msg: job_pb2.Job) -> Job:
         started_at=timestamp_to_datetime(msg.started_at) if has("started_at") else None,
         finished_at=timestamp_to_datetime(msg.finished_at) if has("finished_at") else None,
         updated_at=timestamp_to_datetime(msg.updated_at) if has("updated_at") else None,
+        concurrency_key=msg.concurrency_key or None,
+        required_labels=dict(msg.required_labels) if msg.required_labels else {},
     )
 
 
@@ -216,6 +218,10 @@ def fill_submit_request(msg: job_service_pb2.SubmitRequest, spec: JobSpec) -> No
     msg.priority = spec.priority
     if spec.labels:
         msg.labels.update(spec.labels)
+    if spec.concurrency_key:
+        msg.concurrency_key = spec.concurrency_key
+    if spec.required_labels:
+        msg.required_labels.update(spec.required_labels)
     if spec.run_at is not None:
         msg.run_at.CopyFrom(datetime_to_timestamp(spec.run_at))
     if spec.retry_policy is not None:
@@ -237,7 +243,16 @@ def queue_stats_from_pb(msg: job_service_pb2.QueueStats) -> QueueStats:
         depth={_state_key(k): v for k, v in msg.depth.items()},
         oldest_ready_age=duration_to_timedelta(msg.oldest_ready_age),
         finished_last_minute=msg.finished_last_minute,
+        settings=queue_settings_from_pb(msg.settings) if msg.HasField("settings") else None,
+        waiting_on_key=msg.waiting_on_key,
+        requiring_labels=msg.requiring_labels,
     )
+
+
+def queue_settings_from_pb(msg: job_service_pb2.QueueSettings) -> QueueSettings:
+    return QueueSettings(
+        name=msg.name, paused=msg.paused, per_key_concurrency=msg.per_key_concurrency or None,
+        max_running=msg.max_running or None, rate_per_second=msg.rate_per_second or None, burst=msg.burst or None)
 
 
 def worker_info_from_pb(msg: job_service_pb2.WorkerInfo) -> WorkerInfo:

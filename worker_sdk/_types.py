@@ -101,6 +101,10 @@ class Job:
     requeued_by: str | None = None
     #: (attempt, holder, outcome) of every attempt, the holder qualified with its identity; by Client.get().
     attempt_holders: tuple[tuple[int, str, str], ...] = ()
+    #: Key the queue's per-key concurrency cap counts this job under; None when none.
+    concurrency_key: str | None = None
+    #: Labels a worker must have (hello labels) to be granted this job; empty when any worker may.
+    required_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +124,24 @@ class JobSpec:
     retry_policy: RetryPolicy | None = None
     timeouts: JobTimeouts | None = None
     labels: Mapping[str, str] | None = None
+    #: Optional key (a customer id, say) that the queue's per-key concurrency cap counts running jobs by.
+    concurrency_key: str | None = None
+    #: Only a worker whose labels include all of these (same values) is granted the job.
+    required_labels: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSettings:
+    """A queue's flow limits, enforced by every coordinator on the database; None means no limit."""
+
+    name: str
+    paused: bool = False
+    per_key_concurrency: int | None = None
+    max_running: int | None = None
+    #: Grants per second, cluster-wide.
+    rate_per_second: float | None = None
+    #: Most grants at once after a quiet spell; None with a rate means max(1, rate / 10).
+    burst: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,6 +152,11 @@ class QueueStats:
     depth: Mapping[JobState | str, int]
     oldest_ready_age: timedelta
     finished_last_minute: int
+    settings: QueueSettings | None = None
+    #: Ready jobs held back because their concurrency key is at the per-key cap.
+    waiting_on_key: int = 0
+    #: Ready jobs that wait for a worker with their required labels.
+    requiring_labels: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,10 +1,17 @@
 """Dispatcher: pushes leases to workers with credit, claiming ready jobs in batches with SKIP LOCKED.
 
-Each round groups accepting sessions by (queues, kinds), and for each group claims from its queues
-in rotation, so that every queue gets a share of the credit (fairness across queues); a claim never
-asks for more jobs than the group has credit. Jobs are spread over the group's sessions slot by slot.
-A queue that came back short is "exhausted" and is not claimed again until a Submit, a promotion or
-the fallback poll says it may have work. The dispatcher keeps no state that a restart would lose.
+Each round groups accepting sessions by (queues, kinds, labels), and for each group claims from its
+queues in rotation, so that every queue gets a share of the credit (fairness across queues); a claim
+never asks for more jobs than the group has credit. Every claim goes through the grant policy
+(coordinator/policy.py), which applies the queue's flow limits in Postgres and only gives a group jobs
+its labels satisfy. Jobs are spread over the group's sessions slot by slot.
+
+A queue that came back short is "exhausted" and is not claimed again until something says it may
+have work: a Submit, a promotion, a slot of a limited queue freeing (NOTIFY from the
+faultline_jobs_slot_freed trigger, on any coordinator), a settings change, or the fallback poll. A
+claim cut short by a rate limit is not an empty queue: the dispatcher sets a timer for the moment the
+queue's next token is due and claims again then. The dispatcher keeps no state that a restart would
+lose (a lost timer is covered by the fallback poll).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from coordinator.config import DISPATCH_FALLBACK_POLL
 from coordinator.db.store import Store
 from coordinator.errors import DatabaseUnavailableError
 from coordinator.model import Job
+from coordinator.policy import GrantPolicy
 from coordinator.sessions import DispatchSignal, Session, SessionRegistry
 
 logger = logging.getLogger(__name__)
@@ -53,7 +61,11 @@ class DispatchResult:
 class _Group:
     queues: tuple[str, ...]
     kinds: tuple[str, ...]
+    labels: dict[str, str]
     sessions: list[Session] = field(default_factory=list)
+
+
+_GroupKey = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
 
 
 class Dispatcher:
@@ -63,16 +75,19 @@ class Dispatcher:
 
     def __init__(
         self, *, config: DispatcherConfig, store: Store, registry: SessionRegistry, signal: DispatchSignal,
-        on_released: grants.OnReleased | None = None,
+        policy: GrantPolicy, on_released: grants.OnReleased | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._registry = registry
         self._signal = signal
+        self._policy = policy
         self._on_released = on_released
-        # Only used by this actor: queues known to be empty for a group, and where each group's rotation stands.
-        self._exhausted: set[tuple[str, tuple[str, ...]]] = set()
-        self._rotation: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = defaultdict(int)
+        # Only used by this actor: queues known to be empty for a group, where each group's rotation stands,
+        # and the wake-up timer of each throttled queue (at most one per queue).
+        self._exhausted: set[tuple[str, _GroupKey]] = set()
+        self._rotation: dict[_GroupKey, int] = defaultdict(int)
+        self._refill_timers: dict[str, asyncio.TimerHandle] = {}
 
     async def run(self) -> None:
         while True:
@@ -84,12 +99,16 @@ class Dispatcher:
         everything, dirty = self._signal.take()
         if everything:
             self._exhausted.clear()
+            try:
+                await self._policy.reload()  # the fallback round: settings changed elsewhere count from here on
+            except DatabaseUnavailableError:
+                pass  # the claims below meet the same outage and pause
         elif dirty:
             self._exhausted = {e for e in self._exhausted if e[0] not in dirty}
         result = DispatchResult()
         try:
-            for group in self._groups():
-                await self._dispatch_group(group, result)
+            for gkey, group in self._groups():
+                await self._dispatch_group(gkey, group, result)
         except DatabaseUnavailableError as exc:
             logger.warning("dispatch paused: database unavailable", extra={"error": str(exc)})
             await asyncio.sleep(UNAVAILABLE_PAUSE_S)
@@ -99,20 +118,19 @@ class Dispatcher:
             logger.debug("dispatched", extra={"claimed": result.claimed, "claims": result.claims})
         return result
 
-    def _groups(self) -> list[_Group]:
-        groups: dict[tuple[tuple[str, ...], tuple[str, ...]], _Group] = {}
+    def _groups(self) -> list[tuple[_GroupKey, _Group]]:
+        groups: dict[_GroupKey, _Group] = {}
         for s in self._registry:
             if s.accepting and s.credit > 0:
-                key = (s.queues, s.kinds)
-                groups.setdefault(key, _Group(s.queues, s.kinds)).sessions.append(s)
-        return list(groups.values())
+                key = (s.queues, s.kinds, tuple(sorted(s.labels.items())))
+                groups.setdefault(key, _Group(s.queues, s.kinds, s.labels)).sessions.append(s)
+        return list(groups.items())
 
-    async def _dispatch_group(self, group: _Group, result: DispatchResult) -> None:
+    async def _dispatch_group(self, gkey: _GroupKey, group: _Group, result: DispatchResult) -> None:
         credit = sum(s.credit for s in group.sessions)
-        queues = [q for q in group.queues if (q, group.kinds) not in self._exhausted]
+        queues = [q for q in group.queues if (q, gkey) not in self._exhausted]
         if not queues or credit <= 0:
             return
-        gkey = (group.queues, group.kinds)
         start = self._rotation[gkey] % len(queues)
         self._rotation[gkey] += 1
         order = queues[start:] + queues[:start]
@@ -124,8 +142,8 @@ class Dispatcher:
                 break
             slots = self._slots(group.sessions, want)
             try:
-                jobs = await self._store.claim_jobs(
-                    queue=queue, kinds=group.kinds, slots=[s.worker_id for s in slots],
+                claim = await self._policy.claim(
+                    queue=queue, kinds=group.kinds, labels=group.labels, slots=[s.worker_id for s in slots],
                     lease_ttl_ms=self._config.lease_ttl_ms,
                 )
             except BaseException:
@@ -136,11 +154,14 @@ class Dispatcher:
                     s.return_credit(1)
                 raise
             result.claims += 1
+            jobs = claim.jobs
+            if claim.retry_in is not None:
+                self._wake_at_refill(queue, claim.retry_in.total_seconds())
             for job, _ in jobs:  # both stamps come from Postgres now(): no clock skew in the wait
                 if job.started_at is not None:
                     metrics.JOB_WAIT.labels(queue).observe(max((job.started_at - job.run_at).total_seconds(), 0.0))
             if len(jobs) < len(slots):
-                self._exhausted.add((queue, group.kinds))
+                self._exhausted.add((queue, gkey))
             else:
                 result.more = True
             for s in slots[len(jobs):]:
@@ -148,6 +169,17 @@ class Dispatcher:
             credit -= len(jobs)
             result.claimed += len(jobs)
             result.released += await self._deliver(jobs, slots)
+
+    def _wake_at_refill(self, queue: str, delay_s: float) -> None:
+        """Claim `queue` again when its next token is due (not before: a claim then would only find none)."""
+        if queue in self._refill_timers:
+            return
+
+        def fire() -> None:
+            self._refill_timers.pop(queue, None)
+            self._signal.wake(queue, announce=False)  # every coordinator keeps its own timer
+
+        self._refill_timers[queue] = asyncio.get_running_loop().call_later(max(delay_s, 0.0), fire)
 
     @staticmethod
     def _slots(sessions: list[Session], want: int) -> list[Session]:

@@ -1,4 +1,5 @@
-"""MetricsSampler: refreshes the gauges that need a query (queue depth, oldest ready age) or a look at memory.
+"""MetricsSampler: refreshes the gauges that need a query (queue depth, oldest ready age, jobs waiting on flow
+control) or a look at memory.
 
 It never writes.
 """
@@ -60,6 +61,16 @@ class MetricsSampler:
             ages[q] = max(ages.get(q, 0.0), (r["now"] - r["oldest_run_at"]).total_seconds())
         for q in self._queues:
             metrics.OLDEST_READY_AGE.labels(q).set(ages.get(q, 0.0))
+        # Flow control (coordinator/policy.py): ready jobs held back by a key at its cap, or needing labels.
+        on_key: dict[str, int] = {}
+        on_labels: dict[str, int] = {}
+        for r in await self._store.queue_flow_waiting():
+            q = metrics.queue_label(r["queue"])
+            on_key[q] = on_key.get(q, 0) + r["waiting_on_key"]
+            on_labels[q] = on_labels.get(q, 0) + r["requiring_labels"]
+        for q in self._queues:
+            metrics.JOBS_WAITING_ON_KEY.labels(q).set(on_key.get(q, 0))
+            metrics.JOBS_REQUIRING_LABELS.labels(q).set(on_labels.get(q, 0))
 
     def sample_memory(self) -> None:
         """Gauges that come from this process alone."""

@@ -8,8 +8,8 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from coordinator.model import Job, JobState
-from worker_sdk._proto.faultline.v1 import job_pb2
+from coordinator.model import Job, JobState, QueueSettings
+from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2
 
 STATE_TO_PB: dict[JobState, int] = {
     JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,
@@ -73,6 +73,10 @@ def job_to_pb(job: Job, *, full: bool = True) -> job_pb2.Job:
         fields["labels"] = job.labels
     if job.cancel_requested:
         fields["cancel_requested"] = True
+    if job.concurrency_key:
+        fields["concurrency_key"] = job.concurrency_key
+    if job.required_labels:
+        fields["required_labels"] = job.required_labels
     if job.started_at is not None:
         fields["started_at"] = timestamp(job.started_at)
     if job.finished_at is not None:
@@ -98,3 +102,9 @@ def job_to_pb(job: Job, *, full: bool = True) -> job_pb2.Job:
             schedule_to_start=duration_ms(job.schedule_to_start_ms),
         )
     return job_pb2.Job(**fields)
+
+
+def queue_settings_to_pb(s: QueueSettings) -> job_service_pb2.QueueSettings:
+    return job_service_pb2.QueueSettings(
+        name=s.queue, paused=s.paused, per_key_concurrency=s.per_key_concurrency or 0,
+        max_running=s.max_running or 0, rate_per_second=s.rate_per_s or 0.0, burst=s.burst or 0)

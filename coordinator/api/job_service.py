@@ -26,11 +26,11 @@ from coordinator.errors import (
     JobNotFoundError,
     PermissionDeniedError,
 )
-from coordinator.grants import Handoff
-from coordinator.model import Job, JobState
+from coordinator.model import Job, JobSpec, JobState
+from coordinator.policy import GrantPolicy
 from coordinator.sessions import DispatchSignal, SessionRegistry
+from coordinator.submit import Submitter
 from coordinator.throughput import Throughput
-from coordinator.tracing import JobTracer
 from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 from worker_sdk._proto.faultline.v1 import job_service_pb2_grpc
 
@@ -103,10 +103,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         store: Store,
         signal: DispatchSignal,
         registry: SessionRegistry,
-        handoff: Handoff,
-        tracer: JobTracer,
+        submitter: Submitter,
+        policy: GrantPolicy,
         throughput: Throughput,
-        promoter_wake: Callable[[], None],
         max_payload: int,
         max_attempts_default: int,
         admission: SubmitAdmission,
@@ -114,10 +113,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._store = store
         self._signal = signal
         self._registry = registry
-        self._handoff = handoff
-        self._tracer = tracer
+        self._submitter = submitter
+        self._policy = policy
         self._throughput = throughput
-        self._promoter_wake = promoter_wake
         self._max_payload = max_payload
         self._max_attempts_default = max_attempts_default
         self._admission = admission
@@ -130,38 +128,21 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def _submit_admitted(self, rpc_name: str, reqs: list[Any], context: grpc.aio.ServicerContext[Any, Any],
                                prefix: Callable[[int], str]) -> list[tuple[Job, bool]]:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        span = self._tracer.submit_span(rpc_name, metadata, **{"faultline.jobs": len(reqs)})
-        try:
-            carrier = self._tracer.carrier(span) or None
+        principal = auth_keys.current()
+
+        def build(carrier: dict[str, str] | None) -> list[JobSpec]:
             specs = [
                 validate.submit(r, field=prefix(i), max_payload=self._max_payload,
                                 max_attempts_default=self._max_attempts_default, trace_context=carrier)
                 for i, r in enumerate(reqs)
             ]
-            principal = auth_keys.current()
-            if principal.restricted:
+            if principal.restricted:  # a submit key limited to queues submits only to them
                 for i, spec in enumerate(specs):
                     principal.require_queue(spec.queue, f"{prefix(i)}queue")
-            results = await self._handoff.insert(specs, submitted_by=principal.audit)
-            if len(results) == 1:
-                span.set_attribute("faultline.job_id", str(results[0][0].id))
-        except FaultlineError as exc:
-            span.record_exception(exc)
-            raise
-        finally:
-            span.end()
-        scheduled = False
-        for job, created in results:
-            if created:
-                metrics.JOBS_SUBMITTED.labels(job.queue, job.kind).inc()
-                if job.state is JobState.QUEUED:
-                    self._signal.wake(job.queue)
-                elif job.state is JobState.SCHEDULED:
-                    scheduled = True
-                # RUNNING: handed off to a waiting worker at insert (coordinator/grants.py).
-        if scheduled:
-            self._promoter_wake()
-        return results
+            return specs
+
+        return await self._submitter.submit_built(build, origin=rpc_name, metadata=metadata, count=len(reqs),
+                                                  submitted_by=principal.audit)
 
     @rpc
     async def Submit(
@@ -303,11 +284,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> jpb.ListQueuesResponse:
         depths = await self._store.queue_depths()
         oldest = {r["queue"]: r for r in await self._store.oldest_ready()}
+        waiting = {r["queue"]: r for r in await self._store.queue_flow_waiting()}
+        await self._policy.reload()  # the settings other coordinators made count too
         by_queue: dict[str, dict[str, int]] = {}
         for r in depths:
             by_queue.setdefault(r["queue"], {})[r["state"]] = r["depth"]
         for q in self._throughput.queues():
             by_queue.setdefault(q, {})
+        for settings in self._policy.all_settings():
+            by_queue.setdefault(settings.queue, {})
         out = []
         principal = auth_keys.current()
         for q in sorted(by_queue):
@@ -316,9 +301,45 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             age = Duration()
             if q in oldest:
                 age.FromTimedelta(max(oldest[q]["now"] - oldest[q]["oldest_run_at"], timedelta(0)))
-            out.append(jpb.QueueStats(name=q, depth=by_queue[q], oldest_ready_age=age,
-                                      finished_last_minute=self._throughput.last_minute(q)))
+            w = waiting.get(q)
+            out.append(jpb.QueueStats(
+                name=q, depth=by_queue[q], oldest_ready_age=age, finished_last_minute=self._throughput.last_minute(q),
+                settings=convert.queue_settings_to_pb(self._policy.settings(q)),
+                waiting_on_key=w["waiting_on_key"] if w else 0, requiring_labels=w["requiring_labels"] if w else 0))
         return jpb.ListQueuesResponse(queues=out)
+
+    def _settings_changed(self, queue: str) -> None:
+        # Claims of this queue may now grant, or may have to take the other statement: this coordinator's
+        # dispatcher looks at once, and the signal's announcement (NOTIFY) makes every other one look too.
+        self._signal.wake(queue)
+
+    @rpc
+    async def PauseQueue(
+        self, request: jpb.PauseQueueRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.PauseQueueResponse:
+        queue = validate.name(request.queue, "queue")
+        settings = await self._policy.pause(queue, paused=True)
+        self._settings_changed(queue)
+        return jpb.PauseQueueResponse(settings=convert.queue_settings_to_pb(settings))
+
+    @rpc
+    async def ResumeQueue(
+        self, request: jpb.ResumeQueueRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.ResumeQueueResponse:
+        queue = validate.name(request.queue, "queue")
+        settings = await self._policy.pause(queue, paused=False)
+        self._settings_changed(queue)
+        return jpb.ResumeQueueResponse(settings=convert.queue_settings_to_pb(settings))
+
+    @rpc
+    async def SetQueueSettings(
+        self, request: jpb.SetQueueSettingsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.SetQueueSettingsResponse:
+        queue = validate.name(request.queue, "queue")
+        change = validate.queue_settings(request)
+        settings = await self._policy.change(queue, change)
+        self._settings_changed(queue)
+        return jpb.SetQueueSettingsResponse(settings=convert.queue_settings_to_pb(settings))
 
     @rpc
     async def ListWorkers(
@@ -337,6 +358,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 worker_id=s.worker_id, session_id=s.session_id, queues=list(s.queues), kinds=list(s.kinds),
                 capacity=s.capacity, lease_ids=s.lease_ids, credit=s.credit, sdk=s.sdk,  # type: ignore[attr-defined]
                 connected_at=convert.timestamp(s.connected_at), draining=not s.accepting,  # type: ignore[attr-defined]
-                labels=s.labels, since_heartbeat=since,  # type: ignore[attr-defined]
+                labels=s.labels, since_heartbeat=since,
             ))
         return jpb.ListWorkersResponse(workers=out)

@@ -10,8 +10,9 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
+from coordinator.config import BURST_MAX, MAX_RUNNING_MAX, PER_KEY_CONCURRENCY_MAX, RATE_PER_S_MAX
 from coordinator.errors import InvalidArgumentError
-from coordinator.model import JobSpec, positive_bigint
+from coordinator.model import JobSpec, SettingsChange, positive_bigint
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2
 
 # The alphabets of names a client chooses (docs: README "Names"). Every pattern is matched with
@@ -80,6 +81,51 @@ def idempotency_key(value: str, field: str) -> str | None:
         raise InvalidArgumentError(
             field, f"must be at most {IDEMPOTENCY_KEY_MAX} printable ASCII characters without spaces")
     return value
+
+
+def token(value: str, field: str) -> str | None:
+    """A key a client chooses (concurrency key): None when empty; else 1-256 printable ASCII, no spaces."""
+    if not value:
+        return None
+    if len(value) > IDEMPOTENCY_KEY_MAX or not TOKEN_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            field, f"must be at most {IDEMPOTENCY_KEY_MAX} printable ASCII characters without spaces")
+    return value
+
+
+def _limit(req: Any, field: str, hi: int) -> int | None:
+    """A set int32 limit: 0 clears it (None); anything else must be in [1, hi]."""
+    value = int(getattr(req, field))
+    if value == 0:
+        return None
+    if not 1 <= value <= hi:
+        raise InvalidArgumentError(field, f"must be in [1, {hi}] (0 clears it), got {value}")
+    return value
+
+
+def queue_settings(req: job_service_pb2.SetQueueSettingsRequest) -> SettingsChange:
+    """The limits a SetQueueSettingsRequest changes; a field it does not set stays as it is."""
+    change: dict[str, Any] = {}
+    if req.HasField("per_key_concurrency"):
+        change["per_key_concurrency"] = _limit(req, "per_key_concurrency", PER_KEY_CONCURRENCY_MAX)
+    if req.HasField("max_running"):
+        change["max_running"] = _limit(req, "max_running", MAX_RUNNING_MAX)
+    if req.HasField("rate_per_second"):
+        rate = req.rate_per_second
+        if rate == 0:
+            change["rate_per_s"] = None
+            change["burst"] = None
+        elif not 0 < rate <= RATE_PER_S_MAX:  # also refuses NaN and infinities
+            raise InvalidArgumentError("rate_per_second", f"must be in (0, {RATE_PER_S_MAX:.0f}] (0 clears it), "
+                                                          f"got {rate}")
+        else:
+            change["rate_per_s"] = float(rate)
+    if req.HasField("burst"):
+        change["burst"] = _limit(req, "burst", BURST_MAX)
+    if not change:
+        raise InvalidArgumentError("per_key_concurrency", "no setting given: set at least one of "
+                                   "per_key_concurrency, max_running, rate_per_second, burst")
+    return SettingsChange(**change)
 
 
 def labels(value: Mapping[str, str], field: str) -> dict[str, str]:
@@ -173,6 +219,8 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
         jitter = rp.jitter
     to = req.timeouts
     job_labels = labels(req.labels, f"{field}labels")
+    concurrency_key = token(req.concurrency_key, f"{field}concurrency_key")
+    required = labels(req.required_labels, f"{field}required_labels") or None
     return JobSpec(
         queue=queue,
         kind=kind,
@@ -190,6 +238,8 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
         schedule_to_start_ms=_duration_ms(to.schedule_to_start, f"{field}timeouts.schedule_to_start"),
         labels=job_labels,
         trace_context=trace_context,
+        concurrency_key=concurrency_key,
+        required_labels=required,
     )
 
 

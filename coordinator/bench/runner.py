@@ -48,9 +48,17 @@ from coordinator.bench.stats import (
     self_cpu_seconds,
 )
 from coordinator.bench.work import STATS_FLUSH_S_DEFAULT, PgSnapshot, PostgresProbe, add_counters, scrape
-from coordinator.bench.worker import KIND, PAYLOAD, QUEUE
+from coordinator.bench.worker import HELD_QUEUE, KIND, PAYLOAD, QUEUE
 
 DATABASE_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+# bench --flow: off (no settings row: the plain claim), capped (max_running far above the load: the limited
+# claim's own cost), keys (per-key concurrency 2 over --keys distinct keys, the backlog included), paused /
+# throttled (the --backlog waits in a second queue that is paused / limited to THROTTLED_RATE per second,
+# which the workers also serve).
+FLOW_MODES = ("off", "capped", "keys", "paused", "throttled")
+FLOW_CAPPED_MAX_RUNNING = 1_000_000
+FLOW_PER_KEY = 2
+THROTTLED_RATE = 1.0
 IDLE_JOBS_DEFAULT = 200
 # Pause after each idle job completes, so the next one really finds every process idle.
 IDLE_GAP_S = 0.002
@@ -85,8 +93,15 @@ class BenchConfig:
     profile: str | None = None
     keep_logs: bool = False
     stats_wait_s: float = STATS_FLUSH_S_DEFAULT
+    # Flow limits on the bench queues (FLOW_MODES), and how many distinct concurrency keys --flow keys uses.
+    flow: str = "off"
+    keys: int = 1000
 
     def __post_init__(self) -> None:
+        if self.flow not in FLOW_MODES:
+            raise ValueError(f"flow must be one of {', '.join(FLOW_MODES)}")
+        if self.keys < 1:
+            raise ValueError("keys must be >= 1")
         if min(self.jobs, self.producers, self.workers, self.coordinators, self.concurrency, self.batch) < 1:
             raise ValueError("jobs, producers, workers, coordinators, concurrency and batch must be >= 1")
         if self.addr and self.coordinators != 1:
@@ -204,6 +219,10 @@ class Harness(ABC):
     @abstractmethod
     def consumer_commands(self) -> list[list[str]]:
         """One argv per consumer subprocess; each gets `--out FILE` appended."""
+
+    async def open_backlog_producer(self) -> Callable[[list[bytes]], object] | None:
+        """A producer of --backlog jobs when they go elsewhere than the measured ones (bench --flow); else None."""
+        return None
 
     @abstractmethod
     async def open_producer(self) -> Callable[[list[bytes]], asyncio.Future[None] | object]:
@@ -400,6 +419,7 @@ async def _run_drain(h: Harness, submit: Callable[[list[bytes]], object], result
     total = cfg.jobs + cfg.backlog
     h.say(f"  {h.system} [{h.shape}] queueing {total:,} jobs before any consumer starts")
     submitters = [submit] + [await h.open_producer() for _ in range(BACKLOG_PRODUCERS - 1)]
+    backlog_submit = await h.open_backlog_producer()
     counter = iter(range(0, total, BACKLOG_BATCH))
     queued = 0
     last_said = time.monotonic()
@@ -408,6 +428,8 @@ async def _run_drain(h: Harness, submit: Callable[[list[bytes]], object], result
         nonlocal queued, last_said
         for start in counter:
             n = min(BACKLOG_BATCH, total - start)
+            if backlog_submit is not None and start >= cfg.jobs:
+                fn = backlog_submit  # the backlog waits in its own (paused or throttled) queue
             await _await(fn([payload(PHASE_DRAIN) for _ in range(n)]))
             queued += n
             if time.monotonic() - last_said > PROGRESS_INTERVAL_S * 5:
@@ -470,7 +492,8 @@ class FaultlineHarness(Harness):
     def shape(self) -> str:
         c = self.cfg
         coords = f"{c.coordinators} coordinators, " if c.coordinators > 1 else ""
-        return f"{coords}{c.workers}w x {c.concurrency}, {c.producers}p, batch {c.batch}"
+        flow = "" if c.flow == "off" else f", flow {c.flow}" + (f" ({c.keys} keys)" if c.flow == "keys" else "")
+        return f"{coords}{c.workers}w x {c.concurrency}, {c.producers}p, batch {c.batch}{flow}"
 
     def server_pids(self) -> list[int]:
         return [p.pid for p in self._coordinators]
@@ -509,6 +532,7 @@ class FaultlineHarness(Harness):
             self._metrics_addrs.append(metrics_addr)
             # One at a time: the first applies the migrations, the others find them applied.
             await self._wait_serving(addr, proc, self.tmp / f"coordinator-{i}.log")
+        await self._apply_flow()
         if self.cfg.profile:
             self._profiler = await asyncio.create_subprocess_exec(
                 "py-spy", "record", "--nonblocking", "-r", "200", "-p", str(self._coordinators[0].pid),
@@ -531,10 +555,29 @@ class FaultlineHarness(Harness):
                         raise
                     await asyncio.sleep(0.1)
 
+    async def _apply_flow(self) -> None:
+        """The queue settings of bench --flow, set before any job is queued."""
+        from worker_sdk import Client
+
+        flow = self.cfg.flow
+        if flow == "off":
+            return
+        async with Client(self.addr) as client:
+            if flow == "capped":
+                await client.set_queue_settings(QUEUE, max_running=FLOW_CAPPED_MAX_RUNNING)
+            elif flow == "keys":
+                await client.set_queue_settings(QUEUE, per_key_concurrency=FLOW_PER_KEY)
+            elif flow == "paused":
+                await client.pause_queue(HELD_QUEUE)
+            elif flow == "throttled":
+                await client.set_queue_settings(HELD_QUEUE, rate_per_second=THROTTLED_RATE)
+
     def consumer_commands(self) -> list[list[str]]:
         extra = ["--prefetch", str(self.cfg.prefetch)] if self.cfg.prefetch is not None else []
         if self._worker_key:
             extra += ["--api-key", self._worker_key]
+        if self.cfg.flow in ("paused", "throttled"):
+            extra += ["--extra-queue", HELD_QUEUE]
         return [[sys.executable, "-m", "coordinator.bench.worker", "--addr", self.addrs[i % len(self.addrs)],
                  "--concurrency", str(self.cfg.concurrency), "--sleep-ms", str(self.cfg.sleep_ms), *extra]
                 for i in range(self.cfg.workers)]
@@ -549,11 +592,31 @@ class FaultlineHarness(Harness):
         await client.__aenter__()
         self._clients.append(client)
 
+        keyed = self.cfg.flow == "keys"
+        keys = self.cfg.keys
+
         async def submit(payloads: list[bytes]) -> None:
-            if len(payloads) == 1 and self.cfg.batch == 1:
+            if len(payloads) == 1 and self.cfg.batch == 1 and not keyed:
                 await client.submit(KIND, payloads[0], queue=QUEUE)
+            elif keyed:
+                await client.submit_batch([JobSpec(kind=KIND, payload=p, queue=QUEUE,
+                                                   concurrency_key=f"k{secrets.randbelow(keys)}") for p in payloads])
             else:
                 await client.submit_batch([JobSpec(kind=KIND, payload=p, queue=QUEUE) for p in payloads])
+
+        return submit
+
+    async def open_backlog_producer(self) -> Callable[[list[bytes]], object] | None:
+        if self.cfg.flow not in ("paused", "throttled"):
+            return None
+        from worker_sdk import Client, JobSpec
+
+        client = Client(self.addr)
+        await client.__aenter__()
+        self._clients.append(client)
+
+        async def submit(payloads: list[bytes]) -> None:
+            await client.submit_batch([JobSpec(kind=KIND, payload=p, queue=HELD_QUEUE) for p in payloads])
 
         return submit
 

@@ -28,6 +28,8 @@ from worker_sdk import ConnState, JobContext, Worker
 PAYLOAD = struct.Struct("<qB")
 KIND = "noop"
 QUEUE = "bench"
+# bench --flow paused|throttled: the backlog waits in this queue, which the workers serve too.
+HELD_QUEUE = "bench-held"
 # Progress lines are written at most this often, so a busy worker does not spend its time on stdout;
 # the first completion after a quiet spell is written at once (the idle-latency phase waits for it).
 REPORT_MIN_INTERVAL_S = 0.002
@@ -76,8 +78,8 @@ async def main(args: argparse.Namespace) -> None:
     obs = _Observer()
     latencies: dict[int, array[float]] = {0: array("d"), 1: array("d"), 2: array("d")}
     sleep_s = args.sleep_ms / 1000.0
-    worker = Worker(args.addr, queues=[QUEUE], concurrency=args.concurrency, prefetch=args.prefetch, observer=obs,
-                    drain_grace=timedelta(seconds=5), api_key=args.api_key or "")
+    worker = Worker(args.addr, queues=[QUEUE, *args.extra_queue], concurrency=args.concurrency,
+                    prefetch=args.prefetch, observer=obs, drain_grace=timedelta(seconds=5), api_key=args.api_key or "")
 
     @worker.handler(KIND)
     async def noop(ctx: JobContext) -> bytes:
@@ -105,6 +107,7 @@ def cli() -> None:
     p.add_argument("--concurrency", type=int, default=20)
     p.add_argument("--prefetch", type=int, default=None, help="leases buffered beyond concurrency (SDK default)")
     p.add_argument("--sleep-ms", type=float, default=0.0)
+    p.add_argument("--extra-queue", action="append", default=[], help="another queue to serve (bench --flow)")
     p.add_argument("--out", required=True)
     p.add_argument("--api-key", default="", help="API key (work scope) for a coordinator with auth on")
     args = p.parse_args()

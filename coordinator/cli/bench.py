@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.bench.runner import (
+    FLOW_MODES,
     IDLE_JOBS_DEFAULT,
     AuthFaultlineHarness,
     BenchConfig,
@@ -57,6 +58,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--drain", action="store_true", help="queue every job first, then measure the claim rate")
     p.add_argument("--backlog", type=int, default=0,
                    help="extra jobs queued behind the measured ones (implies --drain)")
+    p.add_argument("--flow", choices=list(FLOW_MODES), default="off",
+                   help="flow limits on the bench queues: off (none), capped (a max-running far above the load), "
+                        "keys (per-key concurrency 2 over --keys keys), paused / throttled (the --backlog waits in a "
+                        "second, paused / 1-per-second queue that the workers also serve) (default: off)")
+    p.add_argument("--keys", type=int, default=1000, help="distinct concurrency keys of --flow keys (default 1000)")
     p.add_argument("--peer", choices=["pgqueuer"], default=None, help="run this peer too, in the same run")
     p.add_argument("--peer-shapes", default="defaults,tasks,bench",
                    help="PgQueuer shapes to run (default: defaults,tasks,bench)")
@@ -110,7 +116,7 @@ def run_bench(args: argparse.Namespace) -> int:
             batch=args.batch, sleep_ms=args.sleep_ms, idle_jobs=args.idle_jobs, runs=args.runs,
             database_url=database_url, addr=args.addr,
             drain=args.drain or args.backlog > 0, backlog=args.backlog, profile=args.profile,
-            keep_logs=args.keep_logs, stats_wait_s=args.stats_wait_s,
+            keep_logs=args.keep_logs, stats_wait_s=args.stats_wait_s, flow=args.flow, keys=args.keys,
         )
     except ValueError as exc:
         print(f"faultline bench: {exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from worker_sdk import Client, Job, JobState, QueueStats, UnavailableError, WorkerSDKError
+from worker_sdk import Client, Job, JobState, QueueSettings, QueueStats, UnavailableError, WorkerSDKError
 
 ADDR_ENV = "FAULTLINE_ADDR"
 ADDR_DEFAULT = "127.0.0.1:50051"
@@ -79,6 +79,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--priority", type=_int_in(-INT32_MAX - 1, INT32_MAX), default=0,
                    help="higher runs first within a queue")
     p.add_argument("--label", type=_label, action="append", default=[], metavar="K=V", help="a label (repeatable)")
+    p.add_argument("--concurrency-key", type=_text,
+                   help="key the queue's per-key concurrency cap counts (a customer id)")
+    p.add_argument("--require", type=_label, action="append", default=[], metavar="K=V",
+                   help="a label the worker must have to run the job (repeatable)")
     _bind(p, _submit)
 
     jobs = sub.add_parser("jobs", help="list, show and cancel jobs").add_subparsers(dest="jobs_command", required=True,
@@ -106,8 +110,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _bind(rq, _dlq_requeue)
 
     q = sub.add_parser("queues", parents=[common],
-                       help="per queue: depth by state, oldest ready job's age, jobs finished in the last minute")
+                       help="per queue: depth by state, oldest ready job's age, jobs finished in the last minute, "
+                            "flow limits; or pause, resume or limit a queue")
     _bind(q, _queues)
+    qs = q.add_subparsers(dest="queues_command", required=False, metavar="ACTION")
+    pause = qs.add_parser("pause", parents=[common], help="grant none of the queue's jobs, on every coordinator, until "
+                                                           "resumed (Submits still queue up; running jobs finish)")
+    pause.add_argument("queue", type=_text)
+    _bind(pause, _queues_pause)
+    resume = qs.add_parser("resume", parents=[common], help="grant a paused queue's jobs again")
+    resume.add_argument("queue", type=_text)
+    _bind(resume, _queues_resume)
+    qset = qs.add_parser("set", parents=[common], help="change a queue's flow limits (0 clears one)")
+    qset.add_argument("queue", type=_text)
+    qset.add_argument("--per-key-concurrency", type=_int_in(0, INT32_MAX), metavar="N",
+                      help="most running jobs per concurrency key (Submit's concurrency_key)")
+    qset.add_argument("--max-running", type=_int_in(0, INT32_MAX), metavar="N", help="most running jobs in the queue")
+    qset.add_argument("--rate", type=_rate, metavar="N/s", help="most grants per second, cluster-wide (e.g. 20/s)")
+    qset.add_argument("--burst", type=_int_in(0, INT32_MAX), metavar="M",
+                      help="most grants at once after a quiet spell (default: max(1, rate / 10))")
+    _bind(qset, _queues_set)
     w = sub.add_parser("workers", parents=[common], help="connected workers and the leases they hold")
     _bind(w, _workers)
 
@@ -151,6 +173,18 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
 
     parse.__name__ = "integer"  # argparse names the type in its message
     return parse
+
+
+def _rate(value: str) -> float:
+    """A rate as N/s (or plain N), N a finite number >= 0; 0 clears the limit."""
+    text = value[:-2] if value.endswith("/s") else value
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a rate like 20/s, got {_safe(value)!r}") from None
+    if not (math.isfinite(rate) and rate >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite rate >= 0 (0 clears it), got {_safe(value)!r}")
+    return rate
 
 
 def _seconds(value: str) -> float:
@@ -234,6 +268,7 @@ async def _submit(client: Client, args: argparse.Namespace) -> _View:
     job, created = await client.submit_ex(
         args.kind, payload, queue=args.queue, idempotency_key=args.idempotency_key,
         max_attempts=args.max_attempts, priority=args.priority, labels=labels or None, full=True,
+        concurrency_key=args.concurrency_key, required_labels=dict(args.require) or None,
     )
     where = f"queue {_safe(job.queue)}, kind {_safe(job.kind)}, state {job.state.value}"
     text = (f"job {job.id} submitted ({where})" if created else
@@ -291,10 +326,44 @@ async def _dlq_requeue(client: Client, args: argparse.Namespace) -> _View:
 
 async def _queues(client: Client, args: argparse.Namespace) -> _View:
     queues = sorted(await client.list_queues(), key=lambda q: q.name)
-    rows = [[q.name, *(_depth(q, s) for s in QUEUE_STATES), _duration(q.oldest_ready_age), q.finished_last_minute]
+    rows = [[q.name, *(_depth(q, s) for s in QUEUE_STATES), _duration(q.oldest_ready_age), q.finished_last_minute,
+             _limits(q.settings), q.waiting_on_key or "-", q.requiring_labels or "-"]
             for q in queues]
-    header = ["QUEUE", *(s.value.upper() for s in QUEUE_STATES), "OLDEST READY", "FINISHED/1M"]
+    header = ["QUEUE", *(s.value.upper() for s in QUEUE_STATES), "OLDEST READY", "FINISHED/1M", "FLOW",
+              "WAITING ON KEY", "NEEDING LABELS"]
     return _View(queues, _table(header, rows) if queues else "no queues")
+
+
+def _limits(s: QueueSettings | None) -> str:
+    """A queue's flow settings in one cell: paused, key=N, max=N, rate=N/s (burst M); "-" when none."""
+    if s is None:
+        return "-"
+    parts = ["paused"] if s.paused else []
+    if s.per_key_concurrency:
+        parts.append(f"key={s.per_key_concurrency}")
+    if s.max_running:
+        parts.append(f"max={s.max_running}")
+    if s.rate_per_second:
+        parts.append(f"rate={s.rate_per_second:g}/s" + (f" burst={s.burst}" if s.burst else ""))
+    return " ".join(parts) or "-"
+
+
+async def _queues_pause(client: Client, args: argparse.Namespace) -> _View:
+    s = await client.pause_queue(args.queue)
+    return _View(s, f"queue {_safe(s.name)} paused: nothing is granted until `faultline queues resume {_safe(s.name)}`")
+
+
+async def _queues_resume(client: Client, args: argparse.Namespace) -> _View:
+    s = await client.resume_queue(args.queue)
+    return _View(s, f"queue {_safe(s.name)} resumed ({_limits(s)})")
+
+
+async def _queues_set(client: Client, args: argparse.Namespace) -> _View:
+    if all(v is None for v in (args.per_key_concurrency, args.max_running, args.rate, args.burst)):
+        raise _UsageError("give at least one of --per-key-concurrency, --max-running, --rate, --burst")
+    s = await client.set_queue_settings(args.queue, per_key_concurrency=args.per_key_concurrency,
+                                        max_running=args.max_running, rate_per_second=args.rate, burst=args.burst)
+    return _View(s, f"queue {_safe(s.name)}: {_limits(s)}")
 
 
 async def _workers(client: Client, args: argparse.Namespace) -> _View:

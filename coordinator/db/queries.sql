@@ -35,21 +35,27 @@ INSERT INTO faultline_schema_migrations (version) VALUES ($1);
 SELECT 1;
 
 -- name: insert_jobs :many
--- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual. $19 is the submitting identity (audit; NULL when anonymous).
+-- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] with labels $21[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it and the grant policy allows it; otherwise it is queued as usual. $22 is the submitting identity (audit; NULL when anonymous).
 WITH input AS MATERIALIZED (
     SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*,
         (t.holder IS NOT NULL AND NOT COALESCE(t.run_at > now(), false) AND NOT EXISTS (
             SELECT 1 FROM faultline_jobs q
             WHERE q.state = 'queued' AND q.queue = t.queue AND q.priority >= t.priority
+        -- The grant policy (see "flow control" at the end): a limited queue is granted only by
+        -- claim_jobs_limited, and a job goes only to a worker whose labels hold its required labels.
+        ) AND (t.required_labels IS NULL OR t.required_labels <@ t.holder_labels) AND NOT EXISTS (
+            SELECT 1 FROM faultline_queues s WHERE s.queue = t.queue AND s.limited
         )) AS leased
     FROM unnest(
         $1::text[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
         $8::bigint[], $9::bigint[], $10::float8[], $11::float8[],
-        $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[], $17::text[]
+        $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[], $17::text[],
+        $19::text[], $20::jsonb[], $21::jsonb[]
     ) WITH ORDINALITY AS t(
         queue, kind, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
-        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, holder, ord
+        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, holder,
+        concurrency_key, required_labels, holder_labels, ord
     )
 ),
 ins AS (
@@ -58,7 +64,7 @@ ins AS (
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
         execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
         start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline,
-        submitted_by
+        concurrency_key, required_labels, submitted_by
     )
     SELECT
         new_id, queue, kind,
@@ -74,7 +80,7 @@ ins AS (
         CASE WHEN leased THEN now() END,
         CASE WHEN leased THEN now() + COALESCE(heartbeat_timeout_ms, $18) * interval '1 millisecond' END,
         CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END,
-        $19::text
+        concurrency_key, required_labels, $22::text
     FROM input
     ORDER BY ord
     ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -124,7 +130,8 @@ SELECT id, queue, kind, state, priority, ''::bytea AS payload, NULL::bytea AS re
     max_attempts, idempotency_key, labels, backoff_initial_ms, backoff_max_ms, backoff_multiplier,
     backoff_jitter, execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, trace_context,
     lease_token, worker_id, lease_expires_at, cancel_requested, progress_fraction, progress_message,
-    NULL::bytea AS progress_details, created_at, run_at, started_at, finished_at, updated_at
+    NULL::bytea AS progress_details, created_at, run_at, started_at, finished_at, updated_at,
+    concurrency_key, required_labels
 FROM faultline_jobs
 WHERE ($1::text IS NULL OR queue = $1)
   AND ($2::text IS NULL OR kind = $2)
@@ -158,10 +165,12 @@ WHERE id = $1 AND state IN ('dead_lettered', 'cancelled')
 RETURNING *;
 
 -- name: claim_jobs :many
--- Lease up to $3 ready jobs of queue $1 with a kind in $2; job n goes to worker slot n of $4; bumps the fencing token and opens the attempt row. Returns the columns a grant needs (state, cancel_requested, progress and finished_at are set here or NULL).
+-- Lease up to $3 ready jobs of queue $1 with a kind in $2 whose required labels workers with labels $6 have; job n goes to worker slot n of $4; bumps the fencing token and opens the attempt row. Claims nothing from a limited queue (claim_jobs_limited's). Returns the columns a grant needs (state, cancel_requested, progress and finished_at are set here or NULL).
 WITH locked AS (
     SELECT id FROM faultline_jobs
     WHERE state = 'queued' AND queue = $1 AND kind = ANY($2::text[])
+      AND (required_labels IS NULL OR required_labels <@ $6::jsonb)
+      AND NOT EXISTS (SELECT 1 FROM faultline_queues s WHERE s.queue = $1 AND s.limited)
     ORDER BY priority DESC, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -190,7 +199,7 @@ leased AS (
         j.idempotency_key, j.labels, j.backoff_initial_ms, j.backoff_max_ms, j.backoff_multiplier,
         j.backoff_jitter, j.execution_timeout_ms, j.heartbeat_timeout_ms, j.schedule_to_start_ms,
         j.trace_context, j.lease_token, j.worker_id, j.lease_expires_at, j.created_at, j.run_at,
-        j.started_at, j.updated_at, s.slot
+        j.started_at, j.updated_at, j.concurrency_key, j.required_labels, s.slot
 ),
 opened AS (
     INSERT INTO faultline_attempts (job_id, attempt, lease_token, worker_id, started_at)
@@ -676,3 +685,231 @@ SELECT submitted_by, cancelled_by, requeued_by FROM faultline_jobs WHERE id = $1
 -- Every attempt of job $1 and the holder that ran it, for GetJob's audit.
 SELECT attempt, COALESCE(worker_id, '') AS worker_id, COALESCE(outcome, '') AS outcome
 FROM faultline_attempts WHERE job_id = $1 ORDER BY attempt;
+
+-- === flow control ===
+-- The grant policy. A queue with a faultline_queues row that limits something (`limited`: paused, a cap or a
+-- rate) is granted only by claim_jobs_limited; claim_jobs and the hand-off in insert_jobs grant nothing
+-- there, and all three require `required_labels <@ the worker's labels`. Every other queue costs the plain
+-- claim one primary-key probe of this small table.
+--
+-- Why the limits hold across coordinators: claim_jobs_limited locks the queue's row (FOR UPDATE), so the
+-- limited claims of one queue run one at a time, whichever coordinator sends them; the token bucket is read
+-- from the locked, latest row version. The running jobs it counts come from the statement's snapshot,
+-- which may predate a claim that committed while this one waited for the lock: every claim that leases
+-- something bumps the row's claim_seq, and a claim whose snapshot shows an older claim_seq than the locked
+-- row leases nothing and answers `stale` (the Store runs it again, now with a newer snapshot). A completion
+-- that commits after the snapshot only makes the count high for one claim: the cap is never passed.
+
+-- name: claim_jobs_limited :many
+-- Lease up to $3 ready jobs of limited queue $1 (kinds $2, worker labels $6, slots $4) within its pause, max_running, per-key and token-bucket limits, under its row's lock; one row of verdict columns always, with the leased job's columns when any (job id NULL otherwise). Keys at their cap are skipped, not waited on: keys with ready jobs are walked round-robin from the row's key_cursor by a skip scan, each contributing only its room.
+WITH RECURSIVE
+locked_queue AS (
+    SELECT q.* FROM faultline_queues q WHERE q.queue = $1 FOR UPDATE
+),
+seen AS (
+    SELECT claim_seq FROM faultline_queues WHERE queue = $1
+),
+settings AS (
+    SELECT q.paused, q.per_key_concurrency, q.max_running, q.rate_per_s, q.key_cursor, statement_timestamp() AS at,
+        q.claim_seq <> s.claim_seq AS stale,
+        CASE WHEN q.rate_per_s IS NOT NULL THEN
+            LEAST(COALESCE(q.burst, GREATEST(1, ceil(q.rate_per_s / 10))),
+                  q.tokens + q.rate_per_s * GREATEST(EXTRACT(EPOCH FROM statement_timestamp() - q.refilled_at), 0))
+        END AS avail
+    FROM locked_queue q, seen s
+),
+running AS (
+    SELECT count(*) AS n FROM faultline_jobs WHERE state = 'running' AND queue = $1
+),
+room AS (
+    SELECT CASE WHEN COALESCE(s.paused OR s.stale, false) THEN 0 ELSE
+        GREATEST(LEAST($3::int, COALESCE(s.max_running - r.n, $3::int), COALESCE(floor(s.avail)::int, $3::int)), 0)
+        END AS n,
+        GREATEST(LEAST($3::int, COALESCE(s.max_running - r.n, $3::int)), 0) AS untimed
+    FROM running r LEFT JOIN settings s ON true
+),
+busy AS (
+    SELECT concurrency_key, count(*) AS n FROM faultline_jobs
+    WHERE state = 'running' AND queue = $1 AND concurrency_key IS NOT NULL
+    GROUP BY concurrency_key
+),
+keys_after AS (
+    (SELECT concurrency_key AS k, 1 AS ord FROM faultline_jobs
+     WHERE state = 'queued' AND queue = $1 AND concurrency_key > (SELECT COALESCE(key_cursor, '') FROM settings)
+       AND (SELECT per_key_concurrency FROM settings) IS NOT NULL AND (SELECT n FROM room) > 0
+     ORDER BY concurrency_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.concurrency_key FROM faultline_jobs j
+            WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key > keys_after.k
+            ORDER BY j.concurrency_key LIMIT 1), keys_after.ord + 1
+    FROM keys_after WHERE keys_after.k IS NOT NULL
+),
+keys_before AS (
+    (SELECT concurrency_key AS k, 1 AS ord FROM faultline_jobs
+     WHERE state = 'queued' AND queue = $1 AND concurrency_key IS NOT NULL
+       AND concurrency_key <= (SELECT key_cursor FROM settings)
+       AND (SELECT per_key_concurrency FROM settings) IS NOT NULL AND (SELECT n FROM room) > 0
+     ORDER BY concurrency_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.concurrency_key FROM faultline_jobs j
+            WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key > keys_before.k
+              AND j.concurrency_key <= (SELECT key_cursor FROM settings)
+            ORDER BY j.concurrency_key LIMIT 1), keys_before.ord + 1
+    FROM keys_before WHERE keys_before.k IS NOT NULL
+),
+keyed AS (
+    -- Keys in rotation order from the cursor (a walk that stops once the claim's room is filled), each
+    -- contributing its head jobs up to its own room under the per-key cap.
+    SELECT c.id, c.priority, w.k, w.ord FROM (
+        SELECT k, ord FROM keys_after WHERE k IS NOT NULL
+        UNION ALL
+        SELECT k, ord + 1000000000 FROM keys_before WHERE k IS NOT NULL
+    ) w
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority FROM faultline_jobs j
+        WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key = w.k AND j.kind = ANY($2::text[])
+          AND (j.required_labels IS NULL OR j.required_labels <@ $6::jsonb)
+        ORDER BY j.priority DESC, j.id
+        LIMIT LEAST(GREATEST((SELECT per_key_concurrency FROM settings)
+                             - COALESCE((SELECT b.n FROM busy b WHERE b.concurrency_key = w.k), 0), 0),
+                    (SELECT n FROM room))
+    ) c
+    LIMIT (SELECT n FROM room)
+),
+keyless AS (
+    SELECT j.id, j.priority FROM faultline_jobs j
+    WHERE j.state = 'queued' AND j.queue = $1 AND j.concurrency_key IS NULL AND j.kind = ANY($2::text[])
+      AND (j.required_labels IS NULL OR j.required_labels <@ $6::jsonb)
+      AND (SELECT per_key_concurrency FROM settings) IS NOT NULL
+    ORDER BY j.priority DESC, j.id
+    LIMIT (SELECT n FROM room)
+),
+plain AS (
+    SELECT j.id, j.priority FROM faultline_jobs j
+    WHERE j.state = 'queued' AND j.queue = $1 AND j.kind = ANY($2::text[])
+      AND (j.required_labels IS NULL OR j.required_labels <@ $6::jsonb)
+      AND (SELECT per_key_concurrency FROM settings) IS NULL
+    ORDER BY j.priority DESC, j.id
+    LIMIT (SELECT n FROM room)
+),
+picked AS (
+    SELECT id, priority FROM (
+        SELECT id, priority FROM keyed UNION ALL SELECT id, priority FROM keyless
+        UNION ALL SELECT id, priority FROM plain
+    ) u
+    ORDER BY priority DESC, id
+    LIMIT (SELECT n FROM room)
+),
+locked AS (
+    -- By primary key (= ANY of an array): the planner cannot know how few rows picked holds, and a join
+    -- on it was planned as a hash join over every row of faultline_jobs.
+    SELECT j.id FROM faultline_jobs j
+    WHERE j.id = ANY (ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
+    FOR UPDATE OF j SKIP LOCKED
+),
+slotted AS (
+    SELECT l.id, row_number() OVER (ORDER BY p.priority DESC, l.id) AS slot
+    FROM locked l JOIN picked p ON p.id = l.id
+),
+leased AS (
+    UPDATE faultline_jobs j SET
+        state = 'running',
+        attempts = j.attempts + 1,
+        lease_token = j.lease_token + 1,
+        worker_id = ($4::text[])[s.slot],
+        started_at = now(),
+        lease_expires_at = now() + COALESCE(j.heartbeat_timeout_ms, $5) * interval '1 millisecond',
+        attempt_deadline = now() + j.execution_timeout_ms * interval '1 millisecond',
+        start_deadline = NULL,
+        cancel_requested = false,
+        progress_fraction = NULL,
+        progress_message = NULL,
+        progress_details = NULL,
+        gated = true,
+        updated_at = now()
+    FROM slotted s
+    WHERE j.id = s.id AND j.id = ANY (ARRAY(SELECT id FROM slotted))
+    RETURNING j.id, j.queue, j.kind, j.priority, j.payload, j.result, j.last_error, j.attempts, j.max_attempts,
+        j.idempotency_key, j.labels, j.backoff_initial_ms, j.backoff_max_ms, j.backoff_multiplier,
+        j.backoff_jitter, j.execution_timeout_ms, j.heartbeat_timeout_ms, j.schedule_to_start_ms,
+        j.trace_context, j.lease_token, j.worker_id, j.lease_expires_at, j.created_at, j.run_at,
+        j.started_at, j.updated_at, j.concurrency_key, j.required_labels, s.slot
+),
+opened AS (
+    INSERT INTO faultline_attempts (job_id, attempt, lease_token, worker_id, started_at)
+    SELECT id, attempts, lease_token, worker_id, started_at FROM leased
+),
+granted AS (
+    SELECT count(*)::int AS n FROM leased
+),
+spent AS (
+    UPDATE faultline_queues q SET
+        claim_seq = q.claim_seq + 1,
+        key_cursor = COALESCE((SELECT kd.k FROM keyed kd JOIN leased l ON l.id = kd.id ORDER BY kd.ord DESC LIMIT 1),
+                              q.key_cursor),
+        tokens = CASE WHEN s.avail IS NOT NULL THEN s.avail - g.n ELSE q.tokens END,
+        refilled_at = CASE WHEN s.avail IS NOT NULL THEN s.at ELSE q.refilled_at END
+    FROM settings s, granted g
+    WHERE q.queue = $1 AND g.n > 0
+),
+verdict AS (
+    SELECT COALESCE(s.paused, false) AS paused, COALESCE(s.stale, false) AS stale,
+        -- Cut short by the bucket (not by the backlog, a cap or the slots): when the next token is due.
+        (s.avail IS NOT NULL AND NOT s.paused AND NOT s.stale AND g.n = r.n AND r.n < r.untimed) AS throttled,
+        CASE WHEN s.avail IS NOT NULL AND NOT s.paused AND NOT s.stale AND g.n = r.n AND r.n < r.untimed
+             THEN ceil((1 - (s.avail - g.n)) / s.rate_per_s * 1000)::bigint END AS refill_ms
+    FROM granted g, room r LEFT JOIN settings s ON true
+)
+SELECT v.paused, v.stale, v.throttled, v.refill_ms, l.* FROM verdict v LEFT JOIN leased l ON true;
+
+-- name: queue_settings_all :many
+-- Every queue's settings row (a small table: one row per queue that was ever paused or limited).
+SELECT queue, paused, per_key_concurrency, max_running, rate_per_s, burst FROM faultline_queues ORDER BY queue;
+
+-- name: pause_queue :one
+-- Pause queue $1 ($2 true) or resume it ($2 false), creating its settings row when missing.
+INSERT INTO faultline_queues AS q (queue, paused) VALUES ($1, $2)
+ON CONFLICT (queue) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
+RETURNING queue, paused, per_key_concurrency, max_running, rate_per_s, burst;
+
+-- name: set_queue_settings :one
+-- Change queue $1's limits: each of per-key concurrency ($3), max running ($5), rate ($7) and burst ($9) only when its flag ($2, $4, $6, $8) is set; NULL clears. A new rate or burst starts with a full bucket.
+INSERT INTO faultline_queues AS q (queue, per_key_concurrency, max_running, rate_per_s, burst, tokens, refilled_at)
+VALUES ($1, CASE WHEN $2::bool THEN $3::int END, CASE WHEN $4::bool THEN $5::int END,
+        CASE WHEN $6::bool THEN $7::float8 END, CASE WHEN $8::bool THEN $9::int END,
+        COALESCE(CASE WHEN $8::bool THEN $9::int END, GREATEST(1, ceil(COALESCE(CASE WHEN $6::bool THEN $7::float8 END, 0) / 10))),
+        now())
+ON CONFLICT (queue) DO UPDATE SET
+    per_key_concurrency = CASE WHEN $2::bool THEN EXCLUDED.per_key_concurrency ELSE q.per_key_concurrency END,
+    max_running = CASE WHEN $4::bool THEN EXCLUDED.max_running ELSE q.max_running END,
+    rate_per_s = CASE WHEN $6::bool THEN EXCLUDED.rate_per_s ELSE q.rate_per_s END,
+    burst = CASE WHEN $8::bool THEN EXCLUDED.burst WHEN $6::bool AND EXCLUDED.rate_per_s IS NULL THEN NULL ELSE q.burst END,
+    tokens = CASE WHEN $6::bool OR $8::bool THEN
+        COALESCE(CASE WHEN $8::bool THEN EXCLUDED.burst ELSE q.burst END,
+                 GREATEST(1, ceil(COALESCE(CASE WHEN $6::bool THEN EXCLUDED.rate_per_s ELSE q.rate_per_s END, 0) / 10)))
+        ELSE q.tokens END,
+    refilled_at = CASE WHEN $6::bool OR $8::bool THEN now() ELSE q.refilled_at END,
+    updated_at = now()
+RETURNING queue, paused, per_key_concurrency, max_running, rate_per_s, burst;
+
+-- name: queue_flow_waiting :many
+-- Per queue, ready jobs that wait on flow control: held back by a concurrency key at its cap (counted through the keys at their cap only, found from the running jobs), and requiring worker labels (a partial index holds only those).
+WITH capped AS (
+    SELECT r.queue, r.concurrency_key FROM faultline_jobs r
+    JOIN faultline_queues s ON s.queue = r.queue AND s.per_key_concurrency IS NOT NULL
+    WHERE r.state = 'running' AND r.concurrency_key IS NOT NULL
+    GROUP BY r.queue, r.concurrency_key, s.per_key_concurrency
+    HAVING count(*) >= s.per_key_concurrency
+),
+on_key AS (
+    SELECT c.queue, count(*) AS n FROM capped c
+    JOIN faultline_jobs j ON j.state = 'queued' AND j.queue = c.queue AND j.concurrency_key = c.concurrency_key
+    GROUP BY c.queue
+),
+on_labels AS (
+    SELECT queue, count(*) AS n FROM faultline_jobs
+    WHERE state = 'queued' AND required_labels IS NOT NULL
+    GROUP BY queue
+)
+SELECT COALESCE(k.queue, l.queue) AS queue, COALESCE(l.n, 0) AS requiring_labels, COALESCE(k.n, 0) AS waiting_on_key
+FROM on_key k FULL JOIN on_labels l ON l.queue = k.queue;

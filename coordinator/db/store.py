@@ -18,7 +18,7 @@ from coordinator.config import RetryDefaults
 from coordinator.db.pool import APPLICATION_NAME
 from coordinator.db.queries import QUERIES, run
 from coordinator.errors import DatabaseUnavailableError, FaultlineError
-from coordinator.model import Job, JobSpec, JobState, LeaseKey, Outcome
+from coordinator.model import UNCHANGED, Job, JobSpec, JobState, LeaseKey, Outcome, QueueSettings, SettingsChange
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ _STATEMENTS = {name: metrics.DB_STATEMENTS.labels(name) for name in QUERIES}
 # How long a caller waits for a pooled connection before the coordinator answers UNAVAILABLE
 # (back-pressure instead of an unbounded queue of waiters when Postgres refuses connections).
 POOL_ACQUIRE_TIMEOUT_S = 5.0
+
+# How often a limited claim that found its snapshot stale (another claim of the queue committed while it
+# waited for the queue's lock) is run again at once; past it, the dispatcher claims again after the pause.
+STALE_CLAIM_RETRIES = 8
+STALE_CLAIM_PAUSE = timedelta(milliseconds=5)
 
 # How often a statement that Postgres chose as a deadlock victim is run again before it is an error.
 DEADLOCK_RETRIES = 3
@@ -103,6 +108,23 @@ class Verdict:
     superseded: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class LimitedClaim:
+    """What claim_jobs_limited leased, and why it leased no more."""
+
+    jobs: list[tuple[Job, int]]
+    paused: bool
+    # Cut short by the rate limit: the queue is not empty, and its next token is due in retry_in.
+    throttled: bool
+    # When to claim again although nothing else may wake the dispatcher (a token due; a claim that stayed
+    # stale under contention); None: wait for a wake-up.
+    retry_in: timedelta | None
+
+
+def _unset(value: object) -> object:
+    return None if value is UNCHANGED else value
+
+
 def _job_of(item: LeaseKey | Completion | Failure | ProgressUpdate) -> int:
     """Sort key of batched lease writes: every batch locks its job rows in id order, so two batches over the
     same leases (a heartbeat and a completion of one worker, say) cannot deadlock each other."""
@@ -157,12 +179,15 @@ class Store:
     async def insert_jobs(
         self, specs: Sequence[JobSpec], *, holders: Sequence[str | None] | None = None, lease_ttl_ms: int = 0,
         submitted_by: str | None = None,
+        holder_labels: Sequence[dict[str, str] | None] | None = None,
     ) -> list[tuple[Job, bool]]:
         """Insert in one statement; an existing idempotency key yields the stored job with created=False.
 
-        holders[i], when given and not None, offers job i to that worker (direct hand-off): it comes back
-        running under fencing token 1 if nothing queued in its queue would be dispatched before it, and
-        queued (or scheduled) as usual otherwise. lease_ttl_ms is the lease of jobs without a heartbeat timeout.
+        holders[i], when given and not None, offers job i to that worker (direct hand-off), whose hello
+        labels are holder_labels[i]: it comes back running under fencing token 1 if nothing queued in its
+        queue would be dispatched before it and the grant policy allows it (the queue is not limited, the
+        worker has the job's required labels), and queued (or scheduled) as usual otherwise.
+        lease_ttl_ms is the lease of jobs without a heartbeat timeout.
         """
         cols: list[list[Any]] = [[] for _ in range(16)]
         for s in specs:
@@ -175,7 +200,10 @@ class Store:
         offered = list(holders) if holders is not None else [None] * len(specs)
         if len(offered) != len(specs):
             raise ValueError("holders must name one worker (or None) per spec")
-        rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms, submitted_by)
+        offered_labels = list(holder_labels) if holder_labels is not None else [None] * len(specs)
+        rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms,
+                               [s.concurrency_key for s in specs], [s.required_labels for s in specs],
+                               offered_labels, submitted_by)
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
         missing: dict[tuple[str, str], list[int]] = {}  # (queue, idempotency key) -> indexes
         for row in rows:
@@ -228,11 +256,56 @@ class Store:
     # -- leases --------------------------------------------------------------------------------
 
     async def claim_jobs(
-        self, *, queue: str, kinds: Sequence[str], slots: Sequence[str], lease_ttl_ms: int
+        self, *, queue: str, kinds: Sequence[str], slots: Sequence[str], lease_ttl_ms: int,
+        labels: dict[str, str] | None = None,
     ) -> list[tuple[Job, int]]:
-        """Lease up to len(slots) jobs; returns each job with its 0-based slot index."""
-        rows = await self._run("claim_jobs", queue, list(kinds), len(slots), list(slots), lease_ttl_ms)
+        """Lease up to len(slots) jobs of a queue that is not limited, for workers with these labels;
+        returns each job with its 0-based slot index."""
+        rows = await self._run("claim_jobs", queue, list(kinds), len(slots), list(slots), lease_ttl_ms, labels or {})
         return [(Job.claimed(r), r["slot"] - 1) for r in rows]
+
+    async def claim_jobs_limited(
+        self, *, queue: str, kinds: Sequence[str], slots: Sequence[str], lease_ttl_ms: int,
+        labels: dict[str, str] | None = None,
+    ) -> LimitedClaim:
+        """Lease up to len(slots) jobs of a limited queue under its settings row's lock (see queries.sql).
+
+        A claim whose snapshot predated another limited claim of the queue leases nothing and says so
+        (stale); it is run again at once, up to STALE_CLAIM_RETRIES times (each retry follows a claim that
+        committed, so under contention they converge)."""
+        for _ in range(STALE_CLAIM_RETRIES):
+            rows = await self._run("claim_jobs_limited", queue, list(kinds), len(slots), list(slots), lease_ttl_ms,
+                                   labels or {})
+            head = rows[0]
+            if not head["stale"]:
+                break
+        return LimitedClaim(
+            jobs=[(Job.claimed(r), r["slot"] - 1) for r in rows if r["id"] is not None],
+            paused=head["paused"], throttled=head["throttled"],
+            retry_in=timedelta(milliseconds=head["refill_ms"]) if head["refill_ms"] is not None
+            else (STALE_CLAIM_PAUSE if head["stale"] else None),
+        )
+
+    # -- flow control settings -------------------------------------------------------------------
+
+    async def queue_settings(self) -> list[QueueSettings]:
+        return [QueueSettings.from_record(r) for r in await self._run("queue_settings_all")]
+
+    async def pause_queue(self, queue: str, *, paused: bool) -> QueueSettings:
+        return QueueSettings.from_record(await self._run("pause_queue", queue, paused))
+
+    async def set_queue_settings(self, queue: str, change: SettingsChange) -> QueueSettings:
+        return QueueSettings.from_record(await self._run(
+            "set_queue_settings", queue,
+            change.per_key_concurrency is not UNCHANGED, _unset(change.per_key_concurrency),
+            change.max_running is not UNCHANGED, _unset(change.max_running),
+            change.rate_per_s is not UNCHANGED, _unset(change.rate_per_s),
+            change.burst is not UNCHANGED, _unset(change.burst),
+        ))
+
+    async def queue_flow_waiting(self) -> list[Any]:
+        """Per queue: ready jobs waiting on a key at its cap, and ready jobs requiring worker labels."""
+        return list(await self._run("queue_flow_waiting"))
 
     async def release_leases(self, keys: Sequence[LeaseKey], *, holder: str | None = None) -> list[Any]:
         """Put leases whose handler never ran back in the queue, uncounted; returns (id, queue) of each released.

@@ -12,6 +12,7 @@ import pytest
 
 from coordinator.actors.dispatcher import Dispatcher, DispatcherConfig
 from coordinator.errors import DatabaseUnavailableError
+from coordinator.policy import GrantPolicy
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from tests.helpers.sessions import FakeSession
 
@@ -19,6 +20,9 @@ from tests.helpers.sessions import FakeSession
 class DownStore:
     def __init__(self) -> None:
         self.claims = 0
+
+    async def queue_settings(self) -> list[Any]:
+        raise DatabaseUnavailableError("queue_settings_all: ConnectionRefusedError")
 
     async def claim_jobs(self, **kw: Any) -> list[Any]:
         self.claims += 1
@@ -40,7 +44,7 @@ async def test_failed_claim_returns_the_reserved_credit(unavailable_pause: None)
     registry.add(b)
     store = DownStore()
     dispatcher = Dispatcher(config=DispatcherConfig(lease_ttl_ms=1000, claim_batch_max=500), store=store,  # type: ignore[arg-type]
-                            registry=registry, signal=signal)
+                            registry=registry, signal=signal, policy=GrantPolicy(store=store))  # type: ignore[arg-type]
     for _ in range(3):
         result = await dispatcher.run_once()
         assert result.claimed == 0

@@ -21,6 +21,7 @@ from coordinator.db.pool import create_pool
 from coordinator.db.store import Completion, Store, StoreError
 from coordinator.grants import Handoff, deliver
 from coordinator.model import Job, JobSpec, JobState, LeaseKey
+from coordinator.policy import GrantPolicy
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from tests.helpers.raw_worker import RawWorker
 from tests.helpers.sessions import FakeSession
@@ -52,7 +53,8 @@ def handoff(store: Store, *sessions: FakeSession, enabled: bool = True) -> tuple
     for s in sessions:
         registry.add(s)
     signal.take()
-    return Handoff(store=store, registry=registry, signal=signal, lease_ttl_ms=TTL_MS, enabled=enabled), signal
+    return Handoff(store=store, registry=registry, signal=signal, lease_ttl_ms=TTL_MS, enabled=enabled,
+                   policy=GrantPolicy(store=store)), signal
 
 
 async def row(db: asyncpg.Connection[Any], job_id: int) -> Any:

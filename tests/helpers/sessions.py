@@ -10,11 +10,13 @@ from coordinator.model import Job, LeaseKey
 class FakeSession:
     """Implements coordinator.sessions.Session; deliver() records the jobs, or fails while not open."""
 
-    def __init__(self, session_id: str, credit: int, *, kinds: tuple[str, ...] = ("k",), open_: bool = True) -> None:
+    def __init__(self, session_id: str, credit: int, *, kinds: tuple[str, ...] = ("k",), open_: bool = True,
+                 labels: dict[str, str] | None = None, queues: tuple[str, ...] = ("default",)) -> None:
         self.session_id = session_id
         self.worker_id = f"worker-{session_id}"
-        self.queues = ("default",)
+        self.queues = queues
         self.kinds = kinds
+        self.labels = dict(labels or {})
         self._credit = credit
         self.open = open_
         self.delivered: list[Job] = []

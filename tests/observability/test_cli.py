@@ -131,7 +131,7 @@ async def test_dlq_queues_and_workers_show_what_the_coordinator_holds(coordinato
 
         header, rows = table(ok(queues))
         assert header == ["QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "RETRYING", "DEAD_LETTERED", "OLDEST READY",
-                          "FINISHED/1M"]
+                          "FINISHED/1M", "FLOW", "WAITING ON KEY", "NEEDING LABELS"]
         row = next(r for r in rows if r[0] == queue)
         assert row[1:6] == ["1", "0", "1", "0", "1"] and row[7] == "1", row
         stats: dict[str, Any] = next(q for q in json.loads(ok(queues_json)) if q["name"] == queue)
@@ -149,3 +149,29 @@ async def test_dlq_queues_and_workers_show_what_the_coordinator_holds(coordinato
         release.set()
         await worker.stop()
         await running
+
+
+async def test_queues_pause_resume_and_set_in_text_and_json(addr: str) -> None:
+    queue = f"flow-{uuid.uuid4().hex[:8]}"
+    a = ["--addr", addr]
+    paused = json.loads(ok(await cli("queues", "pause", queue, *a, "--json")))
+    assert paused == {"name": queue, "paused": True, "per_key_concurrency": None, "max_running": None,
+                      "rate_per_second": None, "burst": None}
+    limited = json.loads(ok(await cli("queues", "set", queue, *a, "--rate", "20/s", "--burst", "5",
+                                      "--per-key-concurrency", "2", "--max-running", "10", "--json")))
+    assert (limited["paused"], limited["rate_per_second"], limited["burst"], limited["per_key_concurrency"],
+            limited["max_running"]) == (True, 20.0, 5, 2, 10)
+    ok(await cli("submit", "echo", *a, "--queue", queue, "--concurrency-key", "cust-1", "--require", "gpu=a100"))
+    header, rows = table(ok(await cli("queues", *a)))
+    row = dict(zip(header, next(r for r in rows if r[0] == queue), strict=True))
+    assert row["FLOW"] == "paused key=2 max=10 rate=20/s burst=5" and row["NEEDING LABELS"] == "1", row
+    stats = next(q for q in json.loads(ok(await cli("queues", *a, "--json"))) if q["name"] == queue)
+    assert stats["settings"]["paused"] and stats["requiring_labels"] == 1
+    assert "resumed" in ok(await cli("queues", "resume", queue, *a))
+    cleared = json.loads(ok(await cli("queues", "set", queue, *a, "--rate", "0", "--max-running", "0", "--json")))
+    assert (cleared["paused"], cleared["rate_per_second"], cleared["burst"], cleared["max_running"]) == \
+        (False, None, None, None)
+    assert "per_key_concurrency" in one_line_error(await cli("queues", "set", queue, *a, "--per-key-concurrency",
+                                                             "200000"))
+    r = await cli("queues", "set", queue, *a, "--rate", "fast")
+    assert r.code == 2 and "rate" in r.err, r

@@ -43,6 +43,8 @@ COORDINATOR_FAMILIES = {
     "faultline_db_pool_max_connections": set(),
     "faultline_maintenance_runs_total": {"table", "op"},
     "faultline_maintenance_duration_seconds_bucket": {"table", "op", "le"},
+    "faultline_jobs_waiting_on_key": {"queue"},
+    "faultline_jobs_requiring_labels": {"queue"},
 }
 WORKER_FAMILIES = {
     "faultline_worker_handler_duration_seconds_bucket": {"queue", "kind", "le"},

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x61ultline/v1/job.proto\x12\x0c\x66\x61ultline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\x0bRetryPolicy\x12\x32\n\x0finitial_backoff\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12\x0e\n\x06jitter\x18\x04 \x01(\x01\"\x9f\x01\n\x0bJobTimeouts\x12,\n\texecution\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11schedule_to_start\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x0bJobProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\x0c\"\xcd\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.faultline.v1.JobState\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0e\n\x06result\x18\x06 \x01(\x0c\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x10\n\x08priority\x18\n \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12+\n\x08progress\x18\x0c \x01(\x0b\x32\x19.faultline.v1.JobProgress\x12-\n\x06labels\x18\r \x03(\x0b\x32\x1d.faultline.v1.Job.LabelsEntry\x12/\n\x0cretry_policy\x18\x0e \x01(\x0b\x32\x19.faultline.v1.RetryPolicy\x12+\n\x08timeouts\x18\x0f \x01(\x0b\x32\x19.faultline.v1.JobTimeouts\x12\x18\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x08\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06run_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xd2\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x16\n\x12JOB_STATE_RETRYING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x1b\n\x17JOB_STATE_DEAD_LETTERED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x07*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x61ultline/v1/job.proto\x12\x0c\x66\x61ultline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\x0bRetryPolicy\x12\x32\n\x0finitial_backoff\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12\x0e\n\x06jitter\x18\x04 \x01(\x01\"\x9f\x01\n\x0bJobTimeouts\x12,\n\texecution\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11schedule_to_start\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x0bJobProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\x0c\"\xdd\x06\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.faultline.v1.JobState\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x0e\n\x06result\x18\x06 \x01(\x0c\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\x10\n\x08priority\x18\n \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12+\n\x08progress\x18\x0c \x01(\x0b\x32\x19.faultline.v1.JobProgress\x12-\n\x06labels\x18\r \x03(\x0b\x32\x1d.faultline.v1.Job.LabelsEntry\x12/\n\x0cretry_policy\x18\x0e \x01(\x0b\x32\x19.faultline.v1.RetryPolicy\x12+\n\x08timeouts\x18\x0f \x01(\x0b\x32\x19.faultline.v1.JobTimeouts\x12\x18\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x08\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06run_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63oncurrency_key\x18\x1e \x01(\t\x12>\n\x0frequired_labels\x18\x1f \x03(\x0b\x32%.faultline.v1.Job.RequiredLabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xd2\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x16\n\x12JOB_STATE_RETRYING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x1b\n\x17JOB_STATE_DEAD_LETTERED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x07*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_LABELSENTRY']._loaded_options = None
   _globals['_JOB_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1207
-  _globals['_JOBSTATE']._serialized_end=1417
-  _globals['_JOBVIEW']._serialized_start=1419
-  _globals['_JOBVIEW']._serialized_end=1493
+  _globals['_JOB_REQUIREDLABELSENTRY']._loaded_options = None
+  _globals['_JOB_REQUIREDLABELSENTRY']._serialized_options = b'8\001'
+  _globals['_JOBSTATE']._serialized_start=1351
+  _globals['_JOBSTATE']._serialized_end=1561
+  _globals['_JOBVIEW']._serialized_start=1563
+  _globals['_JOBVIEW']._serialized_end=1637
   _globals['_RETRYPOLICY']._serialized_start=106
   _globals['_RETRYPOLICY']._serialized_end=255
   _globals['_JOBTIMEOUTS']._serialized_start=258
@@ -46,7 +48,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBPROGRESS']._serialized_start=419
   _globals['_JOBPROGRESS']._serialized_end=484
   _globals['_JOB']._serialized_start=487
-  _globals['_JOB']._serialized_end=1204
-  _globals['_JOB_LABELSENTRY']._serialized_start=1159
-  _globals['_JOB_LABELSENTRY']._serialized_end=1204
+  _globals['_JOB']._serialized_end=1348
+  _globals['_JOB_LABELSENTRY']._serialized_start=1248
+  _globals['_JOB_LABELSENTRY']._serialized_end=1293
+  _globals['_JOB_REQUIREDLABELSENTRY']._serialized_start=1295
+  _globals['_JOB_REQUIREDLABELSENTRY']._serialized_end=1348
 # @@protoc_insertion_point(module_scope)

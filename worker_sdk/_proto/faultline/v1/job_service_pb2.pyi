@@ -12,8 +12,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("kind", "queue", "payload", "idempotency_key", "max_attempts", "priority", "run_at", "retry_policy", "timeouts", "labels", "view")
+    __slots__ = ("kind", "queue", "payload", "idempotency_key", "max_attempts", "priority", "run_at", "retry_policy", "timeouts", "labels", "view", "concurrency_key", "required_labels")
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class RequiredLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +38,8 @@ class SubmitRequest(_message.Message):
     TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_LABELS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     queue: str
     payload: bytes
@@ -42,7 +51,9 @@ class SubmitRequest(_message.Message):
     timeouts: _job_pb2.JobTimeouts
     labels: _containers.ScalarMap[str, str]
     view: _job_pb2.JobView
-    def __init__(self, kind: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_policy: _Optional[_Union[_job_pb2.RetryPolicy, _Mapping]] = ..., timeouts: _Optional[_Union[_job_pb2.JobTimeouts, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., view: _Optional[_Union[_job_pb2.JobView, str]] = ...) -> None: ...
+    concurrency_key: str
+    required_labels: _containers.ScalarMap[str, str]
+    def __init__(self, kind: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_policy: _Optional[_Union[_job_pb2.RetryPolicy, _Mapping]] = ..., timeouts: _Optional[_Union[_job_pb2.JobTimeouts, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., view: _Optional[_Union[_job_pb2.JobView, str]] = ..., concurrency_key: _Optional[str] = ..., required_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("job", "created")
@@ -135,7 +146,7 @@ class ListQueuesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("name", "depth", "oldest_ready_age", "finished_last_minute")
+    __slots__ = ("name", "depth", "oldest_ready_age", "finished_last_minute", "settings", "waiting_on_key", "requiring_labels")
     class DepthEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -147,11 +158,77 @@ class QueueStats(_message.Message):
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     OLDEST_READY_AGE_FIELD_NUMBER: _ClassVar[int]
     FINISHED_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_ON_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUIRING_LABELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     depth: _containers.ScalarMap[str, int]
     oldest_ready_age: _duration_pb2.Duration
     finished_last_minute: int
-    def __init__(self, name: _Optional[str] = ..., depth: _Optional[_Mapping[str, int]] = ..., oldest_ready_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., finished_last_minute: _Optional[int] = ...) -> None: ...
+    settings: QueueSettings
+    waiting_on_key: int
+    requiring_labels: int
+    def __init__(self, name: _Optional[str] = ..., depth: _Optional[_Mapping[str, int]] = ..., oldest_ready_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., finished_last_minute: _Optional[int] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ..., waiting_on_key: _Optional[int] = ..., requiring_labels: _Optional[int] = ...) -> None: ...
+
+class QueueSettings(_message.Message):
+    __slots__ = ("name", "paused", "per_key_concurrency", "max_running", "rate_per_second", "burst")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PER_KEY_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    paused: bool
+    per_key_concurrency: int
+    max_running: int
+    rate_per_second: float
+    burst: int
+    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ..., per_key_concurrency: _Optional[int] = ..., max_running: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., burst: _Optional[int] = ...) -> None: ...
+
+class PauseQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class PauseQueueResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: QueueSettings
+    def __init__(self, settings: _Optional[_Union[QueueSettings, _Mapping]] = ...) -> None: ...
+
+class ResumeQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class ResumeQueueResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: QueueSettings
+    def __init__(self, settings: _Optional[_Union[QueueSettings, _Mapping]] = ...) -> None: ...
+
+class SetQueueSettingsRequest(_message.Message):
+    __slots__ = ("queue", "per_key_concurrency", "max_running", "rate_per_second", "burst")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PER_KEY_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    per_key_concurrency: int
+    max_running: int
+    rate_per_second: float
+    burst: int
+    def __init__(self, queue: _Optional[str] = ..., per_key_concurrency: _Optional[int] = ..., max_running: _Optional[int] = ..., rate_per_second: _Optional[float] = ..., burst: _Optional[int] = ...) -> None: ...
+
+class SetQueueSettingsResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: QueueSettings
+    def __init__(self, settings: _Optional[_Union[QueueSettings, _Mapping]] = ...) -> None: ...
 
 class ListQueuesResponse(_message.Message):
     __slots__ = ("queues",)

@@ -85,6 +85,21 @@ class JobServiceStub:
                 request_serializer=faultline_dot_v1_dot_job__service__pb2.ListQueuesRequest.SerializeToString,
                 response_deserializer=faultline_dot_v1_dot_job__service__pb2.ListQueuesResponse.FromString,
                 _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/faultline.v1.JobService/PauseQueue',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.PauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/faultline.v1.JobService/ResumeQueue',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.ResumeQueueResponse.FromString,
+                _registered_method=True)
+        self.SetQueueSettings = channel.unary_unary(
+                '/faultline.v1.JobService/SetQueueSettings',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.SetQueueSettingsRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.SetQueueSettingsResponse.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/faultline.v1.JobService/ListWorkers',
                 request_serializer=faultline_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
@@ -168,6 +183,29 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseQueue(self, request, context):
+        """PauseQueue stops granting the queue's jobs, through every coordinator on the database and across their
+        restarts: Submits are still accepted (and queue up), running jobs finish. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """ResumeQueue lets a paused queue's jobs be granted again, and wakes every coordinator's dispatcher. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQueueSettings(self, request, context):
+        """SetQueueSettings changes a queue's flow limits (per-key concurrency, running cap, rate limit); fields left
+        unset keep their value. Every limit is enforced in Postgres at grant time, for all coordinators together.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkers(self, request, context):
         """ListWorkers reports the workers connected to this coordinator and the leases they hold.
         """
@@ -212,6 +250,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListQueues,
                     request_deserializer=faultline_dot_v1_dot_job__service__pb2.ListQueuesRequest.FromString,
                     response_serializer=faultline_dot_v1_dot_job__service__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.PauseQueueRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.PauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'SetQueueSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQueueSettings,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.SetQueueSettingsRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.SetQueueSettingsResponse.SerializeToString,
             ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
@@ -424,6 +477,87 @@ class JobService:
             '/faultline.v1.JobService/ListQueues',
             faultline_dot_v1_dot_job__service__pb2.ListQueuesRequest.SerializeToString,
             faultline_dot_v1_dot_job__service__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/PauseQueue',
+            faultline_dot_v1_dot_job__service__pb2.PauseQueueRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.PauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/ResumeQueue',
+            faultline_dot_v1_dot_job__service__pb2.ResumeQueueRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQueueSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/SetQueueSettings',
+            faultline_dot_v1_dot_job__service__pb2.SetQueueSettingsRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.SetQueueSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
