@@ -27,7 +27,9 @@ from coordinator.actors.maintenance import Maintenance, MaintenanceConfig
 from coordinator.actors.metrics_sampler import MetricsSampler
 from coordinator.actors.peers import Listener, Notifier
 from coordinator.actors.promoter import Promoter
+from coordinator.actors.pruner import Pruner, PrunerConfig
 from coordinator.actors.reaper import LeaseReaper
+from coordinator.actors.scheduler import Scheduler
 from coordinator.api.admission import SubmitAdmission
 from coordinator.api.decode import DecodeGuard
 from coordinator.api.job_service import JobServicer
@@ -46,10 +48,12 @@ from coordinator.db.pool import create_pool
 from coordinator.db.store import ProbeSession, Store
 from coordinator.errors import DatabaseUnavailableError, StartupError
 from coordinator.grants import Handoff
+from coordinator.schedules import make_submit
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.supervisor import ChildSpec, Supervisor
 from coordinator.throughput import Throughput
 from coordinator.tracing import JobTracer
+from coordinator.watch import WatchHub
 from worker_sdk._proto.faultline.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
@@ -164,6 +168,21 @@ class Coordinator:
         if cfg.maintenance_interval is not None:
             maintenance = MaintenanceConfig(interval=cfg.maintenance_interval)
             children.append(ChildSpec("maintenance", lambda: Maintenance(store=store, dsn=dsn, config=maintenance)))
+        # === time: watches, schedules, retention ===
+        handoff = Handoff(store=store, registry=registry, signal=signal_, lease_ttl_ms=cfg.lease_ttl_ms,
+                          enabled=cfg.handoff, on_released=tracer.attempt_closed)
+        submit_job = make_submit(insert=handoff.insert, wake_queue=signal_.wake, wake_promoter=promoter_wake.set)
+        # The hub's watchers outlive a restart of its poll loop: the factory hands back the same instance.
+        watch_hub = WatchHub(store=store, interval_s=cfg.watch_poll.total_seconds(), max_watchers=cfg.watchers_max)
+        children.append(ChildSpec("watch_hub", lambda: watch_hub))
+        if cfg.scheduler:
+            children.append(ChildSpec("scheduler", lambda: Scheduler(
+                store=store, submit=submit_job, grace=cfg.schedule_misfire_grace)))
+        if cfg.retention_interval is not None:
+            pruner = PrunerConfig(interval=cfg.retention_interval, succeeded=cfg.retention_succeeded,
+                                  dead_lettered=cfg.retention_dead_lettered, cancelled=cfg.retention_cancelled,
+                                  keyed=cfg.retention_keyed)
+            children.append(ChildSpec("pruner", lambda: Pruner(store=store, config=pruner)))
         self.supervisor = Supervisor(children, on_restart=lambda name: metrics.ACTOR_RESTARTS.labels(name).inc())
         for c in children:
             metrics.ACTOR_RESTARTS.labels(c.name)
@@ -191,8 +210,7 @@ class Coordinator:
         # The generated *_pb2_grpc modules have no annotations (gen_protos.py emits no .pyi for them).
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(  # type: ignore[no-untyped-call]
             store=store, signal=signal_, registry=registry, tracer=tracer, throughput=throughput,
-            handoff=Handoff(store=store, registry=registry, signal=signal_, lease_ttl_ms=cfg.lease_ttl_ms,
-                            enabled=cfg.handoff, on_released=tracer.attempt_closed),
+            handoff=handoff, watch_hub=watch_hub, submit_job=submit_job,
             promoter_wake=promoter_wake.set, max_payload=cfg.max_payload_bytes,
             max_attempts_default=cfg.max_attempts_default,
             admission=SubmitAdmission(max_requests=cfg.submit_inflight_max, max_bytes=cfg.submit_inflight_bytes_max,

@@ -50,3 +50,11 @@ class OverloadedError(FaultlineError):
 
 class RestartIntensityExceeded(FaultlineError):
     """An actor crashed more often than the supervisor allows."""
+
+
+class ScheduleNotFoundError(FaultlineError):
+    """No such schedule."""
+
+
+class AlreadyExistsError(FaultlineError):
+    """The name is taken."""

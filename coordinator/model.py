@@ -268,3 +268,69 @@ def _json_obj(value: Any) -> dict[str, str] | None:
         parsed = json.loads(value)
         return parsed if isinstance(parsed, dict) else None
     return dict(value)
+
+
+class ScheduleCatchup(StrEnum):
+    """What a schedule does with ticks it missed, spelled as in faultline_schedules.catchup."""
+
+    SKIP = "skip"
+    RUN_ONCE = "run_once"
+
+
+class ScheduleOverlap(StrEnum):
+    """Whether a tick submits while the previous tick's job is unfinished (faultline_schedules.overlap)."""
+
+    SKIP = "skip"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRow:
+    """A schedule as stored (faultline_schedules); exactly one of cron and every_ms is set."""
+
+    name: str
+    cron: str | None
+    time_zone: str
+    every_ms: int | None
+    kind: str
+    queue: str
+    payload: bytes
+    priority: int
+    max_attempts: int
+    labels: dict[str, str]
+    catchup: ScheduleCatchup
+    overlap: ScheduleOverlap
+    id: int = 0
+    paused: bool = False
+    next_run_at: datetime | None = None
+    last_run_at: datetime | None = None
+    last_job_id: int | None = None
+    fired: int = 0
+    skipped: int = 0
+    created_at: datetime | None = None
+
+    @classmethod
+    def of(cls, r: Any) -> ScheduleRow:
+        return cls(
+            id=r["id"], name=r["name"], cron=r["cron"], time_zone=r["time_zone"], every_ms=r["every_ms"],
+            kind=r["kind"], queue=r["queue"], payload=bytes(r["payload"]), priority=r["priority"],
+            max_attempts=r["max_attempts"], labels=_json_obj(r["labels"]) or {},
+            catchup=ScheduleCatchup(r["catchup"]), overlap=ScheduleOverlap(r["overlap"]), paused=r["paused"],
+            next_run_at=r["next_run_at"], last_run_at=r["last_run_at"], last_job_id=r["last_job_id"],
+            fired=r["fired"], skipped=r["skipped"], created_at=r["created_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DueSchedule:
+    """A schedule whose tick has come, as the scheduler locked it: with Postgres' clock and its last job's state."""
+
+    row: ScheduleRow
+    db_now: datetime
+    # None when it never fired, or its last job was pruned.
+    last_job_state: JobState | None
+
+    @classmethod
+    def of(cls, r: Any) -> DueSchedule:
+        state = r["last_job_state"]
+        return cls(row=ScheduleRow.of(r), db_now=r["db_now"], last_job_state=JobState(state) if state else None)

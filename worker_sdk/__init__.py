@@ -30,10 +30,11 @@ from worker_sdk._errors import (
     RetryJob,
     SubmitOutcomeUnknownError,
     UnavailableError,
+    WaitTimeoutError,
     WorkerSDKError,
 )
 from worker_sdk._stream import ConnState
-from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, WorkerInfo
+from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, Schedule, WorkerInfo
 from worker_sdk._version import SDK_VERSION as __version__
 from worker_sdk._worker import Worker, WorkerObserver, WorkerState
 
@@ -56,8 +57,10 @@ __all__ = [
     "QueueStats",
     "RetryJob",
     "RetryPolicy",
+    "Schedule",
     "SubmitOutcomeUnknownError",
     "UnavailableError",
+    "WaitTimeoutError",
     "Worker",
     "WorkerInfo",
     "WorkerObserver",

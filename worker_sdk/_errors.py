@@ -68,5 +68,9 @@ class SubmitOutcomeUnknownError(UnavailableError):
     """
 
 
+class WaitTimeoutError(WorkerSDKError):
+    """Client.wait() gave up: the job did not finish within its timeout (it goes on running)."""
+
+
 class ProtocolError(WorkerSDKError):
     """The coordinator sent something this SDK does not understand."""

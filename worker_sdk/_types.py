@@ -142,3 +142,37 @@ class WorkerInfo:
     draining: bool
     labels: Mapping[str, str]
     since_heartbeat: timedelta | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    """A stored schedule: what it submits, when (cron in a time zone, or every interval), and where it is."""
+
+    name: str
+    id: str
+    kind: str
+    queue: str
+    #: The cron expression (5 fields, or 6 with seconds first), or None for an interval schedule.
+    cron: str | None
+    #: IANA time zone of the cron expression ("UTC" when none was given); None for an interval schedule.
+    time_zone: str | None
+    #: Interval between ticks, or None for a cron schedule.
+    every: timedelta | None
+    payload: bytes = b""
+    priority: int = 0
+    max_attempts: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: What missed ticks do: "skip" (nothing) or "run_once" (one job for all of them).
+    catchup: str = "skip"
+    #: What a tick does while the previous job is unfinished: "skip" or "allow".
+    overlap: str = "skip"
+    paused: bool = False
+    #: The next tick; None while paused.
+    next_run_at: datetime | None = None
+    #: The tick (or trigger) that last submitted a job, and that job's id.
+    last_run_at: datetime | None = None
+    last_job_id: str | None = None
+    #: Ticks that submitted a job, and ticks skipped (missed, or overlapping an unfinished job).
+    fired: int = 0
+    skipped: int = 0
+    created_at: datetime | None = None

@@ -8,8 +8,9 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from coordinator.model import Job, JobState
+from coordinator.model import Job, JobState, ScheduleCatchup, ScheduleOverlap, ScheduleRow
 from worker_sdk._proto.faultline.v1 import job_pb2
+from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 
 STATE_TO_PB: dict[JobState, int] = {
     JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,
@@ -98,3 +99,26 @@ def job_to_pb(job: Job, *, full: bool = True) -> job_pb2.Job:
             schedule_to_start=duration_ms(job.schedule_to_start_ms),
         )
     return job_pb2.Job(**fields)
+
+
+# === time: schedules ===
+
+def schedule_to_pb(row: ScheduleRow) -> jpb.Schedule:
+    """A stored schedule as the wire's Schedule."""
+    spec = jpb.ScheduleSpec(
+        name=row.name, cron=row.cron or "", time_zone=row.time_zone if row.cron else "", kind=row.kind,
+        queue=row.queue, payload=row.payload, priority=row.priority, max_attempts=row.max_attempts,
+        labels=row.labels, catchup=CATCHUP_TO_PB[row.catchup], overlap=OVERLAP_TO_PB[row.overlap],
+        every=duration_ms(row.every_ms),
+    )
+    return jpb.Schedule(
+        spec=spec, id=str(row.id), paused=row.paused, next_run_at=timestamp(row.next_run_at),
+        last_run_at=timestamp(row.last_run_at), last_job_id=str(row.last_job_id) if row.last_job_id else "",
+        fired=row.fired, skipped=row.skipped, created_at=timestamp(row.created_at),
+    )
+
+
+CATCHUP_TO_PB: dict[ScheduleCatchup, jpb.ScheduleCatchup] = {
+    ScheduleCatchup.SKIP: jpb.SCHEDULE_CATCHUP_SKIP, ScheduleCatchup.RUN_ONCE: jpb.SCHEDULE_CATCHUP_RUN_ONCE}
+OVERLAP_TO_PB: dict[ScheduleOverlap, jpb.ScheduleOverlap] = {
+    ScheduleOverlap.SKIP: jpb.SCHEDULE_OVERLAP_SKIP, ScheduleOverlap.ALLOW: jpb.SCHEDULE_OVERLAP_ALLOW}

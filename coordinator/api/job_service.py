@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -18,12 +19,21 @@ from coordinator.api.admission import SubmitAdmission
 from coordinator.api.status import code_for, trailing_metadata_for
 from coordinator.config import SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT, SUBMIT_INFLIGHT_MAX_DEFAULT, SUBMIT_RETRY_AFTER
 from coordinator.db.store import Store
-from coordinator.errors import FailedPreconditionError, FaultlineError, InvalidArgumentError, JobNotFoundError
+from coordinator.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    FaultlineError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    ScheduleNotFoundError,
+)
 from coordinator.grants import Handoff
-from coordinator.model import Job, JobState
+from coordinator.model import Job, JobState, ScheduleRow
+from coordinator.schedules import SubmitJob, make_submit, next_tick, tick_spec
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.throughput import Throughput
 from coordinator.tracing import JobTracer
+from coordinator.watch import WatchHub, signature
 from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 from worker_sdk._proto.faultline.v1 import job_service_pb2_grpc
 
@@ -97,6 +107,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         max_payload: int,
         max_attempts_default: int,
         admission: SubmitAdmission | None = None,
+        watch_hub: WatchHub | None = None,
+        submit_job: SubmitJob | None = None,
     ) -> None:
         self._store = store
         self._signal = signal
@@ -110,6 +122,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._admission = admission or SubmitAdmission(
             max_requests=SUBMIT_INFLIGHT_MAX_DEFAULT, max_bytes=SUBMIT_INFLIGHT_BYTES_MAX_DEFAULT,
             retry_after=SUBMIT_RETRY_AFTER)
+        self._watch_hub = watch_hub or WatchHub(store=store)
+        # Schedules submit through this one function (coordinator/schedules.py make_submit).
+        self._submit_job = submit_job or make_submit(
+            insert=handoff.insert, wake_queue=signal.wake, wake_promoter=promoter_wake)
 
     async def _submit(self, rpc_name: str, reqs: list[Any], context: grpc.aio.ServicerContext[Any, Any],
                       prefix: Callable[[int], str]) -> list[tuple[Job, bool]]:
@@ -286,3 +302,118 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 labels=s.labels, since_heartbeat=since,  # type: ignore[attr-defined]
             ))
         return jpb.ListWorkersResponse(workers=out)
+
+    # === time: schedules and WatchJob ===
+
+    async def _schedule(self, name: str) -> ScheduleRow:
+        row = await self._store.get_schedule(name)
+        if row is None:
+            raise ScheduleNotFoundError(f"schedule {name!r} not found")
+        return row
+
+    @rpc
+    async def CreateSchedule(
+        self, request: jpb.CreateScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.CreateScheduleResponse:
+        row = validate.schedule_spec(request.spec, max_payload=self._max_payload,
+                                     max_attempts_default=self._max_attempts_default)
+        now = await self._store.db_now()
+        row = replace(row, created_at=now)
+        first = next_tick(row, now)
+        stored = await self._store.insert_schedule(row, first_tick=first, created_at=now)
+        if stored is None:
+            raise AlreadyExistsError(f"a schedule named {row.name!r} exists: delete it first or pick another name")
+        logger.info("schedule created", extra={"schedule": stored.name, "next_run_at": str(stored.next_run_at)})
+        return jpb.CreateScheduleResponse(schedule=convert.schedule_to_pb(stored))
+
+    @rpc
+    async def ListSchedules(
+        self, request: jpb.ListSchedulesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.ListSchedulesResponse:
+        return jpb.ListSchedulesResponse(
+            schedules=[convert.schedule_to_pb(r) for r in await self._store.list_schedules()])
+
+    @rpc
+    async def GetSchedule(
+        self, request: jpb.GetScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.GetScheduleResponse:
+        return jpb.GetScheduleResponse(schedule=convert.schedule_to_pb(
+            await self._schedule(validate.schedule_name(request.name))))
+
+    @rpc
+    async def PauseSchedule(
+        self, request: jpb.PauseScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.PauseScheduleResponse:
+        name = validate.schedule_name(request.name)
+        row = await self._store.pause_schedule(name)
+        if row is None:
+            raise ScheduleNotFoundError(f"schedule {name!r} not found")
+        logger.info("schedule paused", extra={"schedule": name})
+        return jpb.PauseScheduleResponse(schedule=convert.schedule_to_pb(row))
+
+    @rpc
+    async def ResumeSchedule(
+        self, request: jpb.ResumeScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.ResumeScheduleResponse:
+        name = validate.schedule_name(request.name)
+        current = await self._schedule(name)
+        nxt = next_tick(current, await self._store.db_now())
+        row = await self._store.resume_schedule(name, nxt) if nxt is not None else current
+        if row is None:
+            raise ScheduleNotFoundError(f"schedule {name!r} not found")
+        logger.info("schedule resumed", extra={"schedule": name, "next_run_at": str(row.next_run_at)})
+        return jpb.ResumeScheduleResponse(schedule=convert.schedule_to_pb(row))
+
+    @rpc
+    async def DeleteSchedule(
+        self, request: jpb.DeleteScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.DeleteScheduleResponse:
+        name = validate.schedule_name(request.name)
+        if not await self._store.delete_schedule(name):
+            raise ScheduleNotFoundError(f"schedule {name!r} not found")
+        logger.info("schedule deleted", extra={"schedule": name})
+        return jpb.DeleteScheduleResponse()
+
+    @rpc
+    async def TriggerSchedule(
+        self, request: jpb.TriggerScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.TriggerScheduleResponse:
+        row = await self._schedule(validate.schedule_name(request.name))
+        now = await self._store.db_now()
+        # No idempotency key: a trigger is an operator's explicit extra run, outside the ticks.
+        job, _ = await self._submit_job(tick_spec(row, now, key=None))
+        updated = await self._store.record_schedule_run(row.id, job.id, now) or row
+        logger.info("schedule triggered", extra={"schedule": row.name, "job_id": job.id})
+        return jpb.TriggerScheduleResponse(job=convert.job_to_pb(job, full=False),
+                                           schedule=convert.schedule_to_pb(updated))
+
+    async def WatchJob(
+        self, request: jpb.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[jpb.WatchJobResponse]:
+        """See job_service.proto; the hub (coordinator/watch.py) samples changes, so memory per watcher is one job."""
+        try:
+            job_id = validate.job_id(request.id)
+            full = validate.view(request.view)
+            with self._watch_hub.watch(job_id) as watcher:
+                metrics.WATCHERS.set(self._watch_hub.watching)
+                try:
+                    job: Job | None = await self._get(job_id)  # registered first: no change is missed
+                    sent: tuple[object, ...] | None = None
+                    while True:
+                        if job is None:
+                            raise JobNotFoundError(f"job {job_id} no longer exists (pruned by retention)")
+                        if signature(job) != sent:
+                            sent = signature(job)
+                            if job.state.terminal and full:
+                                job = await self._get(job_id)
+                            yield jpb.WatchJobResponse(job=convert.job_to_pb(job, full=full))
+                        if job.state.terminal:
+                            return
+                        job = await watcher.next()
+                finally:
+                    metrics.WATCHERS.set(self._watch_hub.watching - 1)
+        except FaultlineError as exc:
+            code = code_for(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                logger.error("rpc failed", extra={"rpc": "WatchJob"}, exc_info=True)
+            await context.abort(code, str(exc), trailing_metadata_for(exc, code))

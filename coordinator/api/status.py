@@ -10,12 +10,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from coordinator.errors import (
+    AlreadyExistsError,
     DatabaseUnavailableError,
     FailedPreconditionError,
     FaultlineError,
     InvalidArgumentError,
     JobNotFoundError,
     OverloadedError,
+    ScheduleNotFoundError,
 )
 
 STATUS_BY_ERROR: tuple[tuple[type[FaultlineError], grpc.StatusCode], ...] = (
@@ -24,6 +26,8 @@ STATUS_BY_ERROR: tuple[tuple[type[FaultlineError], grpc.StatusCode], ...] = (
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (DatabaseUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ScheduleNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
 )
 
 
