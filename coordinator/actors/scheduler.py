@@ -90,7 +90,7 @@ class Scheduler:
                             duplicates += 1  # another coordinator submitted it and died before advancing
                         logger.info("schedule fired", extra={
                             "schedule": due.row.name, "tick": p.fire.isoformat(), "job_id": job.id,
-                            "created": created})
+                            "job_created": created})
                 if p.skipped_missed:
                     metrics.SCHEDULE_TICKS.labels("skipped_missed").inc(p.skipped_missed)
                 if p.skipped_overlap:
