@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -46,7 +47,7 @@ def test_daily_cron_in_the_repeated_hour_runs_once_and_hourly_runs_in_each_real_
     assert local(daily, BERLIN) == ["10-25 02:30+0200", "10-26 02:30+0100"]
     hourly = take(row(cron="0 * * * *", tz="Europe/Berlin"), datetime(2026, 10, 24, 23, 30, tzinfo=UTC), 4)
     assert local(hourly, BERLIN) == ["10-25 02:00+0200", "10-25 02:00+0100", "10-25 03:00+0100", "10-25 04:00+0100"]
-    assert [b - a for a, b in zip(hourly, hourly[1:], strict=False)] == [timedelta(hours=1)] * 3
+    assert [b - a for a, b in itertools.pairwise(hourly)] == [timedelta(hours=1)] * 3
 
 
 def test_cron_is_read_in_its_time_zone_across_a_us_dst_change() -> None:
