@@ -98,6 +98,10 @@ class JobSpec:
     schedule_to_start_ms: int | None
     labels: dict[str, str] = field(default_factory=dict)
     trace_context: dict[str, str] | None = None
+    # Dedup window of the idempotency key: it names this job for dedup_period_ms after the submit, or while
+    # the job is unfinished (dedup_unfinished); neither means for as long as the job exists.
+    dedup_period_ms: int | None = None
+    dedup_unfinished: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +140,9 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    # The idempotency key's window (migration 0005): until when it names this job, or only while unfinished.
+    dedup_until: datetime | None = None
+    dedup_unfinished: bool = False
 
     @classmethod
     def inserted(cls, spec: JobSpec, r: Any) -> Job:
@@ -180,6 +187,8 @@ class Job:
             started_at=r["started_at"] if leased else None,
             finished_at=None,
             updated_at=r["updated_at"],
+            dedup_until=r["dedup_until"],
+            dedup_unfinished=spec.dedup_unfinished,
         )
 
     @classmethod
@@ -258,6 +267,9 @@ class Job:
             started_at=r["started_at"],
             finished_at=r["finished_at"],
             updated_at=r["updated_at"],
+            # Absent from the explicit column lists of list_jobs_basic and watch_jobs.
+            dedup_until=r.get("dedup_until"),
+            dedup_unfinished=bool(r.get("dedup_unfinished", False)),
         )
 
 

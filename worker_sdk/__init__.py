@@ -34,7 +34,17 @@ from worker_sdk._errors import (
     WorkerSDKError,
 )
 from worker_sdk._stream import ConnState
-from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, Schedule, WorkerInfo
+from worker_sdk._types import (
+    Job,
+    JobSpec,
+    JobState,
+    JobTimeouts,
+    QueueStats,
+    RetryPolicy,
+    Schedule,
+    SubmitResult,
+    WorkerInfo,
+)
 from worker_sdk._version import SDK_VERSION as __version__
 from worker_sdk._worker import Worker, WorkerObserver, WorkerState
 
@@ -59,6 +69,7 @@ __all__ = [
     "RetryPolicy",
     "Schedule",
     "SubmitOutcomeUnknownError",
+    "SubmitResult",
     "UnavailableError",
     "WaitTimeoutError",
     "Worker",

@@ -36,7 +36,17 @@ from worker_sdk._errors import (
 )
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from worker_sdk._tracing import outgoing_metadata
-from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, Schedule, WorkerInfo
+from worker_sdk._types import (
+    Job,
+    JobSpec,
+    JobState,
+    JobTimeouts,
+    QueueStats,
+    RetryPolicy,
+    Schedule,
+    SubmitResult,
+    WorkerInfo,
+)
 
 #: Deadline of each unary call unless the Client is given another.
 CALL_TIMEOUT_DEFAULT = timedelta(seconds=10)
@@ -234,6 +244,17 @@ class Client:
         response: job_service_pb2.SubmitResponse = await self._submit_call(
             "Submit", request, keyed=bool(idempotency_key))
         return _convert.job_from_pb(response.job), response.created
+
+    async def submit_spec(self, spec: JobSpec, *, full: bool = False) -> SubmitResult:
+        """Submit one JobSpec and say which job came back and why (created, or which dedup window matched).
+
+        With spec.dedup_period or spec.dedup_while_unfinished the idempotency key names its job only for that
+        window; after it a submit with the key stores a new job."""
+        request = self._submit_request(spec)
+        request.view = job_pb2.JOB_VIEW_FULL if full else job_pb2.JOB_VIEW_BASIC
+        response: job_service_pb2.SubmitResponse = await self._submit_call(
+            "Submit", request, keyed=bool(spec.idempotency_key))
+        return _convert.submit_result_from_pb(response)
 
     async def submit_batch(self, specs: Iterable[JobSpec]) -> builtins.list[Job]:
         """Enqueue many jobs in one transaction (all or none); results in request order."""

@@ -33,7 +33,17 @@ from worker_sdk._frames import (
     Welcome,
 )
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, worker_service_pb2
-from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueStats, RetryPolicy, Schedule, WorkerInfo
+from worker_sdk._types import (
+    Job,
+    JobSpec,
+    JobState,
+    JobTimeouts,
+    QueueStats,
+    RetryPolicy,
+    Schedule,
+    SubmitResult,
+    WorkerInfo,
+)
 
 _JOB_STATE_FROM_PB: dict[job_pb2.JobState, JobState] = {
     job_pb2.JOB_STATE_QUEUED: JobState.QUEUED,
@@ -222,6 +232,24 @@ def fill_submit_request(msg: job_service_pb2.SubmitRequest, spec: JobSpec) -> No
         msg.retry_policy.CopyFrom(retry_policy_to_pb(spec.retry_policy))
     if spec.timeouts is not None:
         msg.timeouts.CopyFrom(timeouts_to_pb(spec.timeouts))
+    if spec.dedup_period is not None:
+        msg.dedup_window = job_service_pb2.DEDUP_WINDOW_PERIOD
+        msg.dedup_period.CopyFrom(timedelta_to_duration(spec.dedup_period))
+    elif spec.dedup_while_unfinished:
+        msg.dedup_window = job_service_pb2.DEDUP_WINDOW_UNFINISHED
+
+
+_OUTCOME_NAMES = {
+    job_service_pb2.SUBMIT_OUTCOME_CREATED: "created",
+    job_service_pb2.SUBMIT_OUTCOME_DUPLICATE_KEY: "duplicate_key",
+    job_service_pb2.SUBMIT_OUTCOME_DUPLICATE_IN_PERIOD: "duplicate_in_period",
+    job_service_pb2.SUBMIT_OUTCOME_DUPLICATE_UNFINISHED: "duplicate_unfinished",
+}
+
+
+def submit_result_from_pb(msg: job_service_pb2.SubmitResponse) -> SubmitResult:
+    outcome = _OUTCOME_NAMES.get(msg.outcome) or ("created" if msg.created else "duplicate_key")
+    return SubmitResult(job=job_from_pb(msg.job), created=msg.created, outcome=outcome, detail=msg.outcome_detail)
 
 
 def _state_key(name: str) -> JobState | str:

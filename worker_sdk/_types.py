@@ -114,6 +114,23 @@ class JobSpec:
     retry_policy: RetryPolicy | None = None
     timeouts: JobTimeouts | None = None
     labels: Mapping[str, str] | None = None
+    #: The idempotency key names its job only this long after that job's submit (1 s to 366 days); None: for ever.
+    dedup_period: timedelta | None = None
+    #: The idempotency key names its job only while the job is unfinished.
+    dedup_while_unfinished: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitResult:
+    """A submit's answer: the job it returned, and why that one."""
+
+    job: Job
+    created: bool
+    #: "created", or which window of the idempotency key matched an existing job: "duplicate_key" (the
+    #: default, for as long as the job exists), "duplicate_in_period" or "duplicate_unfinished".
+    outcome: str
+    #: One line naming the job that holds the key and until when (empty when created).
+    detail: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -122,3 +122,18 @@ CATCHUP_TO_PB: dict[ScheduleCatchup, jpb.ScheduleCatchup] = {
     ScheduleCatchup.SKIP: jpb.SCHEDULE_CATCHUP_SKIP, ScheduleCatchup.RUN_ONCE: jpb.SCHEDULE_CATCHUP_RUN_ONCE}
 OVERLAP_TO_PB: dict[ScheduleOverlap, jpb.ScheduleOverlap] = {
     ScheduleOverlap.SKIP: jpb.SCHEDULE_OVERLAP_SKIP, ScheduleOverlap.ALLOW: jpb.SCHEDULE_OVERLAP_ALLOW}
+
+
+# === time: dedup windows ===
+
+def submit_outcome(job: Job, created: bool) -> tuple[jpb.SubmitOutcome, str]:
+    """Why a SubmitResponse carries this job: created, or which window of its key matched (and until when)."""
+    if created:
+        return jpb.SUBMIT_OUTCOME_CREATED, ""  # the outcome says it all; a batch's reply stays small
+    where = f"job {job.id} holds idempotency key {job.idempotency_key!r} in queue {job.queue!r}"
+    if job.dedup_until is not None:
+        until = job.dedup_until.astimezone(UTC).isoformat(timespec="milliseconds")
+        return jpb.SUBMIT_OUTCOME_DUPLICATE_IN_PERIOD, f"{where} until {until} (its dedup period)"
+    if job.dedup_unfinished:
+        return jpb.SUBMIT_OUTCOME_DUPLICATE_UNFINISHED, f"{where} while it is unfinished (now {job.state.value})"
+    return jpb.SUBMIT_OUTCOME_DUPLICATE_KEY, f"{where} for as long as the job exists"

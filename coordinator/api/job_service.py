@@ -50,6 +50,8 @@ RESPONSE_BUDGET_BYTES = 4_000_000
 # What a SubmitResponse adds to the fields it echoes from its SubmitRequest (id, state, attempts,
 # timestamps, created, framing), in bytes: a generous bound used to size a reply before storing.
 SUBMIT_RESPONSE_OVERHEAD_BYTES = 128
+# What a duplicate's outcome_detail adds besides the key and queue it names (the words, the id, a timestamp).
+OUTCOME_DETAIL_OVERHEAD_BYTES = 128
 
 
 def rpc(
@@ -85,10 +87,18 @@ def _check_batch_response_fits(request: jpb.SubmitBatchRequest, *, full: bool) -
     estimate = 0
     for r in request.jobs:
         estimate += r.ByteSize() + SUBMIT_RESPONSE_OVERHEAD_BYTES - (0 if full else len(r.payload))
+        if r.idempotency_key:  # a duplicate's outcome_detail names the key and queue again (convert.submit_outcome)
+            estimate += len(r.idempotency_key) + len(r.queue) + OUTCOME_DETAIL_OVERHEAD_BYTES
     if estimate > RESPONSE_BUDGET_BYTES:
         raise InvalidArgumentError(
             "jobs", f"the response would take about {estimate} bytes, over the {RESPONSE_BUDGET_BYTES}-byte "
                     "budget of a reply: split the batch" + ("" if not full else " or ask for view BASIC"))
+
+
+def _submit_response(job: Job, created: bool, *, full: bool) -> jpb.SubmitResponse:
+    outcome, detail = convert.submit_outcome(job, created)
+    return jpb.SubmitResponse(job=convert.job_to_pb(job, full=full), created=created, outcome=outcome,
+                              outcome_detail=detail)
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -170,7 +180,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> jpb.SubmitResponse:
         full = validate.view(request.view)
         [(job, created)] = await self._submit("Submit", [request], context, lambda _: "")
-        return jpb.SubmitResponse(job=convert.job_to_pb(job, full=full), created=created)
+        return _submit_response(job, created, full=full)
 
     @rpc
     async def SubmitBatch(
@@ -184,7 +194,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         _check_batch_response_fits(request, full=full)
         results = await self._submit("SubmitBatch", list(request.jobs), context, lambda i: f"jobs[{i}].")
         return jpb.SubmitBatchResponse(
-            results=[jpb.SubmitResponse(job=convert.job_to_pb(j, full=full), created=c) for j, c in results]
+            results=[_submit_response(j, c, full=full) for j, c in results]
         )
 
     async def _get(self, job_id: int) -> Job:

@@ -174,7 +174,10 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
         jitter = rp.jitter
     to = req.timeouts
     job_labels = labels(req.labels, f"{field}labels")
+    period_ms, unfinished = dedup_window(req, field, keyed=key is not None)
     return JobSpec(
+        dedup_period_ms=period_ms,
+        dedup_unfinished=unfinished,
         queue=queue,
         kind=kind,
         payload=req.payload,
@@ -310,3 +313,33 @@ def schedule_spec(spec: job_service_pb2.ScheduleSpec, *, max_payload: int, max_a
 
 def schedule_name(value: str, field: str = "name") -> str:
     return name(value, field)
+
+
+# === time: dedup windows ===
+DEDUP_PERIOD_MIN_MS = 1_000
+DEDUP_PERIOD_MAX_MS = 366 * 86_400_000
+
+
+def dedup_window(req: job_service_pb2.SubmitRequest, field: str, *, keyed: bool) -> tuple[int | None, bool]:
+    """(period in ms or None, while-unfinished) of a submit's idempotency key."""
+    mode = req.dedup_window
+    has_period = req.HasField("dedup_period")
+    if mode == job_service_pb2.DEDUP_WINDOW_UNSPECIFIED:
+        if has_period:
+            raise InvalidArgumentError(f"{field}dedup_period", "needs dedup_window DEDUP_WINDOW_PERIOD")
+        return None, False
+    if mode not in (job_service_pb2.DEDUP_WINDOW_PERIOD, job_service_pb2.DEDUP_WINDOW_UNFINISHED):
+        raise InvalidArgumentError(f"{field}dedup_window", f"unknown value {mode}")
+    if not keyed:
+        raise InvalidArgumentError(f"{field}dedup_window", "needs an idempotency_key: the window is the key's")
+    if mode == job_service_pb2.DEDUP_WINDOW_UNFINISHED:
+        if has_period:
+            raise InvalidArgumentError(f"{field}dedup_period", "applies to DEDUP_WINDOW_PERIOD only")
+        return None, True
+    d = req.dedup_period
+    if not has_period or d.seconds < 0 or d.nanos < 0 or d.nanos >= 1_000_000_000:
+        raise InvalidArgumentError(f"{field}dedup_period", "is required with DEDUP_WINDOW_PERIOD: 1 s to 366 days")
+    ms = d.seconds * 1000 + d.nanos // 1_000_000
+    if not DEDUP_PERIOD_MIN_MS <= ms <= DEDUP_PERIOD_MAX_MS:
+        raise InvalidArgumentError(f"{field}dedup_period", f"must be from 1 s to 366 days, got {ms} ms")
+    return ms, False

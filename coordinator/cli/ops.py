@@ -27,7 +27,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from worker_sdk import Client, Job, JobState, QueueStats, Schedule, UnavailableError, WorkerSDKError
+from worker_sdk import Client, Job, JobSpec, JobState, QueueStats, Schedule, UnavailableError, WorkerSDKError
 
 ADDR_ENV = "FAULTLINE_ADDR"
 ADDR_DEFAULT = "127.0.0.1:50051"
@@ -69,6 +69,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--priority", type=_int_in(-INT32_MAX - 1, INT32_MAX), default=0,
                    help="higher runs first within a queue")
     p.add_argument("--label", type=_label, action="append", default=[], metavar="K=V", help="a label (repeatable)")
+    window = p.add_mutually_exclusive_group()
+    window.add_argument("--dedup-period", type=_every, metavar="DURATION",
+                        help="the --key names its job only this long after its submit (1s to 366d)")
+    window.add_argument("--dedup-unfinished", action="store_true",
+                        help="the --key names its job only while that job is unfinished")
     _bind(p, _submit)
 
     jobs = sub.add_parser("jobs", help="list, show and cancel jobs").add_subparsers(dest="jobs_command", required=True,
@@ -282,14 +287,22 @@ async def _submit(client: Client, args: argparse.Namespace) -> _View:
         payload = sys.stdin.buffer.read() if str(args.payload_file) == "-" else args.payload_file.read_bytes()
     else:
         payload = args.payload.encode()
-    job, created = await client.submit_ex(
-        args.kind, payload, queue=args.queue, idempotency_key=args.idempotency_key,
-        max_attempts=args.max_attempts, priority=args.priority, labels=labels or None, full=True,
-    )
+    if (args.dedup_period or args.dedup_unfinished) and not args.idempotency_key:
+        raise _UsageError("--dedup-period and --dedup-unfinished need --key")
+    result = await client.submit_spec(JobSpec(
+        kind=args.kind, payload=payload, queue=args.queue, idempotency_key=args.idempotency_key,
+        max_attempts=args.max_attempts, priority=args.priority, labels=labels or None,
+        dedup_period=args.dedup_period, dedup_while_unfinished=args.dedup_unfinished,
+    ), full=True)
+    job, created = result.job, result.created
     where = f"queue {_safe(job.queue)}, kind {_safe(job.kind)}, state {job.state.value}"
-    text = (f"job {job.id} submitted ({where})" if created else
-            f"job {job.id} already submitted: idempotency key {_safe(job.idempotency_key or '')!r} matched ({where})")
-    return _View({"created": created, "job": job}, text)
+    if created:
+        text = f"job {job.id} submitted ({where})"
+    elif result.outcome == "duplicate_key":
+        text = f"job {job.id} already submitted: idempotency key {_safe(job.idempotency_key or '')!r} matched ({where})"
+    else:
+        text = f"job {job.id} already submitted: {_safe(result.detail)} ({where})"
+    return _View({"created": created, "outcome": result.outcome, "detail": result.detail, "job": job}, text)
 
 
 async def _list(client: Client, args: argparse.Namespace, state: JobState | None) -> _View:

@@ -35,7 +35,7 @@ INSERT INTO faultline_schema_migrations (version) VALUES ($1);
 SELECT 1;
 
 -- name: insert_jobs :many
--- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual.
+-- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). $19[i]/$20[i] are the key's dedup window (ms after submit / while unfinished; migration 0005). A row offered to worker $17[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it; otherwise it is queued as usual.
 WITH input AS MATERIALIZED (
     SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*,
         (t.holder IS NOT NULL AND NOT COALESCE(t.run_at > now(), false) AND NOT EXISTS (
@@ -45,11 +45,13 @@ WITH input AS MATERIALIZED (
     FROM unnest(
         $1::text[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
         $8::bigint[], $9::bigint[], $10::float8[], $11::float8[],
-        $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[], $17::text[]
+        $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[], $17::text[],
+        $19::bigint[], $20::bool[]
     ) WITH ORDINALITY AS t(
         queue, kind, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
-        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, holder, ord
+        execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, holder,
+        dedup_period_ms, dedup_unfinished, ord
     )
 ),
 ins AS (
@@ -57,7 +59,8 @@ ins AS (
         id, queue, kind, state, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
         execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
-        start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline
+        start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline,
+        dedup_until, dedup_unfinished
     )
     SELECT
         new_id, queue, kind,
@@ -72,18 +75,19 @@ ins AS (
         CASE WHEN leased THEN holder END,
         CASE WHEN leased THEN now() END,
         CASE WHEN leased THEN now() + COALESCE(heartbeat_timeout_ms, $18) * interval '1 millisecond' END,
-        CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END
+        CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END,
+        now() + dedup_period_ms * interval '1 millisecond', COALESCE(dedup_unfinished, false)
     FROM input
     ORDER BY ord
     ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, state, run_at, created_at, updated_at, worker_id, started_at, lease_expires_at
+    RETURNING id, state, run_at, created_at, updated_at, worker_id, started_at, lease_expires_at, dedup_until
 ),
 opened AS (
     INSERT INTO faultline_attempts (job_id, attempt, lease_token, worker_id, started_at)
     SELECT id, 1, 1, worker_id, started_at FROM ins WHERE state = 'running'
 )
 SELECT input.ord, ins.id, ins.state, ins.run_at, ins.created_at, ins.updated_at,
-    ins.worker_id, ins.started_at, ins.lease_expires_at
+    ins.worker_id, ins.started_at, ins.lease_expires_at, ins.dedup_until
 FROM input LEFT JOIN ins ON ins.id = input.new_id
 ORDER BY input.ord;
 

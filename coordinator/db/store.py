@@ -167,7 +167,8 @@ class Store:
         offered = list(holders) if holders is not None else [None] * len(specs)
         if len(offered) != len(specs):
             raise ValueError("holders must name one worker (or None) per spec")
-        rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms)
+        windows = ([s.dedup_period_ms for s in specs], [s.dedup_unfinished for s in specs])
+        rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms, *windows)
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
         missing: dict[tuple[str, str], list[int]] = {}  # (queue, idempotency key) -> indexes
         for row in rows:
@@ -178,6 +179,15 @@ class Store:
                 missing.setdefault((specs[idx].queue, key), []).append(idx)
             else:
                 out[idx] = (Job.inserted(specs[idx], row), True)
+        if missing and await self.release_dedup_keys(list(missing)):
+            # Some keys named jobs whose dedup window is over (queries.sql release_dedup_keys): those keys are
+            # free now, so the rows that hit them are inserted again (a first row of each key creates its job).
+            retry = sorted(i for idxs in missing.values() for i in idxs)
+            again = await self.insert_jobs([specs[i] for i in retry],
+                                           holders=[offered[i] for i in retry], lease_ttl_ms=lease_ttl_ms)
+            for i, result in zip(retry, again, strict=True):
+                out[i] = result
+            return [o for o in out if o is not None]
         if missing:
             # Rows that lost the race to an earlier submit (or to an earlier row of this batch).
             pairs = list(missing)
