@@ -448,6 +448,19 @@ class Store:
         except asyncpg.PostgresError as exc:
             raise StoreError(f"schedule_claim failed: {exc}") from exc
 
+    @staticmethod
+    async def advance_schedule(con: Any, due: DueSchedule, *, next_run_at: datetime | None, fired_job_id: int | None,
+                               fired_tick: datetime | None, skipped: int) -> bool:
+        """advance_schedule on the claim's own connection (inside its transaction); see ScheduleClaim.advance."""
+        try:
+            r = await run(con, QUERIES["advance_schedule"], due.row.id, due.row.next_run_at, next_run_at,
+                          fired_job_id, fired_tick, skipped)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailableError(f"advance_schedule: {type(exc).__name__}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"advance_schedule failed: {exc}") from exc
+        return r is not None
+
     async def prune_finished(self, state: JobState, *, age_ms: int, keyed_age_ms: int | None, limit: int
                              ) -> tuple[bool, int]:
         """(got the pruner's lock, jobs deleted): one bounded batch of one finished state, in one short statement."""
@@ -619,11 +632,5 @@ class ScheduleClaim:
     async def advance(self, due: DueSchedule, *, next_run_at: datetime | None, fired_job_id: int | None,
                       fired_tick: datetime | None, skipped: int) -> bool:
         """Move the schedule to its next tick; False when it changed meanwhile (paused, deleted)."""
-        try:
-            r = await run(self._con, QUERIES["advance_schedule"], due.row.id, due.row.next_run_at, next_run_at,
-                          fired_job_id, fired_tick, skipped)
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailableError(f"advance_schedule: {type(exc).__name__}: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreError(f"advance_schedule failed: {exc}") from exc
-        return r is not None
+        return await Store.advance_schedule(self._con, due, next_run_at=next_run_at, fired_job_id=fired_job_id,
+                                            fired_tick=fired_tick, skipped=skipped)
