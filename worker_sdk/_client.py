@@ -65,8 +65,10 @@ _SUBMIT_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEAD
 #: doubles each time, up to WATCH_RETRY_DELAY_MAX, and resets once a message arrives.
 WATCH_RETRY_DELAY = timedelta(milliseconds=200)
 WATCH_RETRY_DELAY_MAX = timedelta(seconds=5)
+# Codes after which a watch reconnects (a coordinator restarting or draining, its watch slots full); any other
+# code is the answer (NOT_FOUND, INVALID_ARGUMENT) or a bug that retrying would only hide.
 _WATCH_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+                              grpc.StatusCode.ABORTED})
 
 _T = TypeVar("_T")
 
