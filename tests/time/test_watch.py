@@ -121,3 +121,31 @@ async def test_watchers_past_the_limit_are_refused(coordinator_factory: Any) -> 
         assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         for call in calls:
             call.cancel()
+
+
+@pytest.mark.timeout(120)
+async def test_wait_survives_its_coordinator_being_killed_and_restarted(coordinator_proc_factory: Any, db: Any) -> None:
+    import signal as signals
+
+    from tests.helpers.procs import free_port
+
+    port = free_port()
+    first = await coordinator_proc_factory(port=port)
+    addr = str(first.extra["addr"])
+    async with Client(addr) as client:
+        job = await client.submit("parked")
+        seen: list[Any] = []
+
+        async def follow() -> Any:
+            async for j in client.watch(job.id):
+                seen.append(j)
+            return seen[-1]
+
+        follower = asyncio.create_task(follow())
+        await eventually(lambda: bool(seen), timeout=20, message="the watch's first message")
+        first.signal(signals.SIGKILL)
+        await db.execute("UPDATE faultline_jobs SET state = 'cancelled', finished_at = now(), updated_at = now() "
+                         "WHERE id = $1", int(job.id))
+        await coordinator_proc_factory(port=port)  # back on the same address: the watch reconnects by itself
+        last = await asyncio.wait_for(follower, 60)
+    assert last.state == "cancelled" and [j.state for j in seen] == ["queued", "cancelled"]
