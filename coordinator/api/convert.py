@@ -130,7 +130,8 @@ def submit_outcome(job: Job, created: bool) -> tuple[jpb.SubmitOutcome, str]:
     """Why a SubmitResponse carries this job: created, or which window of its key matched (and until when)."""
     if created:
         return jpb.SUBMIT_OUTCOME_CREATED, ""  # the outcome says it all; a batch's reply stays small
-    where = f"job {job.id} holds idempotency key {job.idempotency_key!r} in queue {job.queue!r}"
+    # The key and queue are in the job itself: the detail does not repeat them (a batch's reply stays small).
+    where = f"job {job.id} holds the idempotency key"
     if job.dedup_until is not None:
         until = job.dedup_until.astimezone(UTC).isoformat(timespec="milliseconds")
         return jpb.SUBMIT_OUTCOME_DUPLICATE_IN_PERIOD, f"{where} until {until} (its dedup period)"

@@ -50,8 +50,8 @@ RESPONSE_BUDGET_BYTES = 4_000_000
 # What a SubmitResponse adds to the fields it echoes from its SubmitRequest (id, state, attempts,
 # timestamps, created, framing), in bytes: a generous bound used to size a reply before storing.
 SUBMIT_RESPONSE_OVERHEAD_BYTES = 128
-# What a duplicate's outcome_detail adds besides the key and queue it names (the words, the id, a timestamp).
-OUTCOME_DETAIL_OVERHEAD_BYTES = 128
+# The longest outcome_detail of a duplicate (the words, a 19-digit id, a timestamp; convert.submit_outcome).
+OUTCOME_DETAIL_MAX_BYTES = 112
 
 
 def rpc(
@@ -87,8 +87,8 @@ def _check_batch_response_fits(request: jpb.SubmitBatchRequest, *, full: bool) -
     estimate = 0
     for r in request.jobs:
         estimate += r.ByteSize() + SUBMIT_RESPONSE_OVERHEAD_BYTES - (0 if full else len(r.payload))
-        if r.idempotency_key:  # a duplicate's outcome_detail names the key and queue again (convert.submit_outcome)
-            estimate += len(r.idempotency_key) + len(r.queue) + OUTCOME_DETAIL_OVERHEAD_BYTES
+        if r.idempotency_key:  # a duplicate's answer carries an outcome_detail (convert.submit_outcome)
+            estimate += OUTCOME_DETAIL_MAX_BYTES
     if estimate > RESPONSE_BUDGET_BYTES:
         raise InvalidArgumentError(
             "jobs", f"the response would take about {estimate} bytes, over the {RESPONSE_BUDGET_BYTES}-byte "

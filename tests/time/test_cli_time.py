@@ -55,7 +55,7 @@ async def test_submit_with_a_dedup_window_says_which_job_and_why(addr: str) -> N
     again = await cli("submit", "sync", "--key", "u-7", "--dedup-unfinished", *a)
     job_id = json.loads(first.out)["job"]["id"]
     assert json.loads(first.out)["outcome"] == "created"
-    assert again.code == 0 and f"job {job_id} already submitted: job {job_id} holds idempotency key" in again.out
+    assert again.code == 0 and f"job {job_id} already submitted: job {job_id} holds the idempotency key" in again.out
     assert "while it is unfinished" in again.out
 
 
