@@ -26,7 +26,9 @@ from coordinator.actors.maintenance import Maintenance, MaintenanceConfig
 from coordinator.actors.metrics_sampler import MetricsSampler
 from coordinator.actors.peers import Listener, Notifier
 from coordinator.actors.promoter import Promoter
+from coordinator.actors.pruner import Pruner, PrunerConfig
 from coordinator.actors.reaper import LeaseReaper
+from coordinator.actors.scheduler import Scheduler
 from coordinator.api import server as api_server
 from coordinator.api.admission import SubmitAdmission
 from coordinator.api.job_service import JobServicer
@@ -48,11 +50,13 @@ from coordinator.db.store import ProbeSession, Store
 from coordinator.errors import DatabaseUnavailableError, StartupError
 from coordinator.grants import Handoff
 from coordinator.policy import GrantPolicy
+from coordinator.schedules import make_submit
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.submit import Submitter
 from coordinator.supervisor import ChildSpec, Supervisor
 from coordinator.throughput import Throughput
 from coordinator.tracing import JobTracer
+from coordinator.watch import WatchHub
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +176,19 @@ class Coordinator:
         if cfg.maintenance_interval is not None:
             maintenance = MaintenanceConfig(interval=cfg.maintenance_interval)
             children.append(ChildSpec("maintenance", lambda: Maintenance(store=store, dsn=dsn, config=maintenance)))
+        # === time: watches, schedules, retention ===
+        submit_job = make_submit(submitter)  # schedules submit through the one entry point
+        # The hub's watchers outlive a restart of its poll loop: the factory hands back the same instance.
+        watch_hub = WatchHub(store=store, interval_s=cfg.watch_poll.total_seconds(), max_watchers=cfg.watchers_max)
+        children.append(ChildSpec("watch_hub", lambda: watch_hub))
+        if cfg.scheduler:
+            children.append(ChildSpec("scheduler", lambda: Scheduler(
+                store=store, submit=submit_job, grace=cfg.schedule_misfire_grace)))
+        if cfg.retention_interval is not None:
+            pruner = PrunerConfig(interval=cfg.retention_interval, succeeded=cfg.retention_succeeded,
+                                  dead_lettered=cfg.retention_dead_lettered, cancelled=cfg.retention_cancelled,
+                                  keyed=cfg.retention_keyed)
+            children.append(ChildSpec("pruner", lambda: Pruner(store=store, config=pruner)))
         self.supervisor = Supervisor(children, on_restart=lambda name: metrics.ACTOR_RESTARTS.labels(name).inc())
         for c in children:
             metrics.ACTOR_RESTARTS.labels(c.name)
@@ -186,6 +203,7 @@ class Coordinator:
         job_servicer = JobServicer(
             store=store, signal=signal_, registry=registry, throughput=throughput, submitter=submitter,
             policy=policy, max_payload=cfg.max_payload_bytes,
+            watch_hub=watch_hub, submit_job=submit_job,
             max_attempts_default=cfg.max_attempts_default,
             admission=SubmitAdmission(max_requests=cfg.submit_inflight_max, max_bytes=cfg.submit_inflight_bytes_max,
                                       retry_after=SUBMIT_RETRY_AFTER))

@@ -91,6 +91,35 @@ TLS_CLIENT_SCOPES_DEFAULT = "work"
 TLS_CLIENT_QUEUES_DEFAULT = "*"
 EMBEDDED_DATA_DIR_DEFAULT = Path.home() / ".local" / "share" / "faultline" / "pgdata"
 
+# === Time: watches, schedules, retention (coordinator/watch.py, coordinator/schedules.py, actors/scheduler.py,
+# actors/pruner.py) ===
+# WatchJob: every coordinator reads the jobs its watchers follow in one statement per poll (any coordinator's
+# change is seen within one interval); past WATCHERS_MAX open watches a new one is RESOURCE_EXHAUSTED.
+WATCH_POLL_INTERVAL = timedelta(milliseconds=100)
+WATCHERS_MAX_DEFAULT = 10_000
+# Scheduler: the longest it sleeps (a schedule created on another coordinator is seen within it), the least
+# (a due schedule another coordinator holds is looked at again after it), and schedules per transaction.
+SCHEDULER_IDLE_MAX = timedelta(seconds=1)
+SCHEDULER_BUSY_PAUSE = timedelta(milliseconds=50)
+SCHEDULER_BATCH_MAX = 100
+# A tick later than this (coordinators down, database away) is a missed tick: catch-up policy applies.
+SCHEDULE_MISFIRE_GRACE = timedelta(seconds=5)
+# Shortest interval of an --every schedule, and the most missed cron ticks counted one by one.
+SCHEDULE_EVERY_MIN = timedelta(seconds=1)
+SCHEDULE_EVERY_MAX = timedelta(days=366)
+SCHEDULE_MISSED_COUNT_MAX = 10_000
+# Retention: finished jobs older than these (since finished_at) are deleted with their attempts and steps, by
+# batches of RETENTION_BATCH_MAX rows in short statements, at most RETENTION_BATCHES_PER_PASS per pass.
+RETENTION_INTERVAL = timedelta(seconds=10)
+RETENTION_BATCH_MAX = 1_000
+RETENTION_BATCHES_PER_PASS = 100
+RETENTION_SUCCEEDED_DEFAULT = timedelta(days=7)
+RETENTION_DEAD_LETTERED_DEFAULT = timedelta(days=30)
+RETENTION_CANCELLED_DEFAULT = timedelta(days=7)
+# A finished job holding an idempotency key is kept at least this long; pruning it frees the key (a later
+# submit with it stores a new job). None (FAULTLINE_RETENTION_KEYED=forever) keeps keyed jobs for ever.
+RETENTION_KEYED_DEFAULT: timedelta | None = timedelta(0)
+
 # DATABASE_URL: the URL form that asyncpg accepts, and libpq's sslmode values.
 DSN_SCHEMES = ("postgresql", "postgres")
 DSN_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -154,6 +183,19 @@ class Config:
         """Authentication is on: asked for, or implied by requiring client certificates."""
         return self.auth == AUTH_REQUIRED or self.tls_client_ca is not None
 
+    # === Time (see the constants' block above) ===
+    watch_poll: timedelta = WATCH_POLL_INTERVAL
+    watchers_max: int = WATCHERS_MAX_DEFAULT
+    schedule_misfire_grace: timedelta = SCHEDULE_MISFIRE_GRACE
+    # False: this coordinator runs no scheduler (the others on the database do).
+    scheduler: bool = True
+    # None: the pruner is off. Per state, None keeps that state's jobs for ever.
+    retention_interval: timedelta | None = RETENTION_INTERVAL
+    retention_succeeded: timedelta | None = RETENTION_SUCCEEDED_DEFAULT
+    retention_dead_lettered: timedelta | None = RETENTION_DEAD_LETTERED_DEFAULT
+    retention_cancelled: timedelta | None = RETENTION_CANCELLED_DEFAULT
+    retention_keyed: timedelta | None = RETENTION_KEYED_DEFAULT
+
     @property
     def heartbeat_interval_ms(self) -> int:
         # A third of the TTL leaves two heartbeats of slack before a lease can expire.
@@ -212,6 +254,7 @@ class Config:
         cfg = replace(cfg, dispatch_poll=timedelta(milliseconds=poll_ms))
         cfg = replace(cfg, maintenance_interval=_interval_or_off(
             env, "FAULTLINE_MAINTENANCE_INTERVAL_MS", MAINTENANCE_INTERVAL, lo_ms=100, hi_ms=3_600_000))
+        cfg = _time_settings(env, cfg)
         if cfg.db_pool_min > cfg.db_pool_max:
             raise ConfigError("FAULTLINE_DB_POOL_MIN must be <= FAULTLINE_DB_POOL_MAX")
         return _security_from_env(cfg, env)
@@ -372,3 +415,35 @@ def _interval_or_off(
     if raw in ("off", "0"):
         return None
     return timedelta(milliseconds=_int(env, name, int(default.total_seconds() * 1000), lo=lo_ms, hi=hi_ms))
+
+
+def _time_settings(env: Mapping[str, str], cfg: Config) -> Config:
+    """The Time block: watches, schedules, retention (README "Settings")."""
+    day_ms = 86_400_000
+    return replace(
+        cfg,
+        watch_poll=timedelta(milliseconds=_int(env, "FAULTLINE_WATCH_POLL_MS",
+                                               int(WATCH_POLL_INTERVAL.total_seconds() * 1000), lo=10, hi=60_000)),
+        watchers_max=_int(env, "FAULTLINE_WATCHERS_MAX", WATCHERS_MAX_DEFAULT, lo=1, hi=1_000_000),
+        schedule_misfire_grace=timedelta(milliseconds=_int(
+            env, "FAULTLINE_SCHEDULE_MISFIRE_GRACE_MS", int(SCHEDULE_MISFIRE_GRACE.total_seconds() * 1000),
+            lo=0, hi=day_ms)),
+        scheduler=_switch(env, "FAULTLINE_SCHEDULER", default=True),
+        retention_interval=_interval_or_off(env, "FAULTLINE_RETENTION_INTERVAL_MS", RETENTION_INTERVAL,
+                                            lo_ms=100, hi_ms=3_600_000),
+        retention_succeeded=_age_or_forever(env, "FAULTLINE_RETENTION_SUCCEEDED_MS", RETENTION_SUCCEEDED_DEFAULT),
+        retention_dead_lettered=_age_or_forever(env, "FAULTLINE_RETENTION_DEAD_LETTERED_MS",
+                                                RETENTION_DEAD_LETTERED_DEFAULT),
+        retention_cancelled=_age_or_forever(env, "FAULTLINE_RETENTION_CANCELLED_MS", RETENTION_CANCELLED_DEFAULT),
+        retention_keyed=_age_or_forever(env, "FAULTLINE_RETENTION_KEYED_MS", RETENTION_KEYED_DEFAULT),
+    )
+
+
+def _age_or_forever(env: Mapping[str, str], name: str, default: timedelta | None) -> timedelta | None:
+    """An age in milliseconds (0 to 100 years); `forever` keeps the rows (None)."""
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "forever":
+        return None
+    if not raw:
+        return default
+    return timedelta(milliseconds=_int(env, name, 0, lo=0, hi=100 * 366 * 86_400_000))

@@ -62,3 +62,11 @@ class RateLimitedError(OverloadedError):
 
 class RestartIntensityExceeded(FaultlineError):
     """An actor crashed more often than the supervisor allows."""
+
+
+class ScheduleNotFoundError(FaultlineError):
+    """No such schedule."""
+
+
+class AlreadyExistsError(FaultlineError):
+    """The name is taken."""

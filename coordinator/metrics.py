@@ -229,3 +229,23 @@ for _table in MAINTENANCE_TABLES:
     for _op in MAINTENANCE_OPS:
         MAINTENANCE_RUNS.labels(_table, _op)
         MAINTENANCE_DURATION.labels(_table, _op)
+
+# === time: schedules, retention, watches ===
+SCHEDULE_TICKS = Counter(
+    "faultline_schedule_ticks", "Schedule ticks by outcome: fired (a job was created for it), skipped_missed "
+    "(late past the misfire grace, or folded into one catch-up run), skipped_overlap (its previous job was "
+    "unfinished).", ["outcome"], registry=REGISTRY,
+)
+JOBS_PRUNED = Counter(
+    "faultline_jobs_pruned", "Finished jobs the retention pruner deleted (with their attempts and steps), by state.",
+    ["state"], registry=REGISTRY,
+)
+WATCHERS = Gauge(
+    "faultline_watchers", "WatchJob streams open on this coordinator.", registry=REGISTRY,
+)
+SCHEDULE_OUTCOMES = ("fired", "skipped_missed", "skipped_overlap")
+PRUNED_STATES = ("succeeded", "dead_lettered", "cancelled")
+for _outcome in SCHEDULE_OUTCOMES:
+    SCHEDULE_TICKS.labels(_outcome)
+for _state in PRUNED_STATES:
+    JOBS_PRUNED.labels(_state)

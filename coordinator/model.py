@@ -101,6 +101,10 @@ class JobSpec:
     # Flow control (coordinator/policy.py): the key a per-key cap counts, the worker labels the job needs.
     concurrency_key: str | None = None
     required_labels: dict[str, str] | None = None
+    # Dedup window of the idempotency key: it names this job for dedup_period_ms after the submit, or while
+    # the job is unfinished (dedup_unfinished); neither means for as long as the job exists.
+    dedup_period_ms: int | None = None
+    dedup_unfinished: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +145,9 @@ class Job:
     updated_at: datetime
     concurrency_key: str | None = None
     required_labels: dict[str, str] | None = None
+    # The idempotency key's window (migration 0005): until when it names this job, or only while unfinished.
+    dedup_until: datetime | None = None
+    dedup_unfinished: bool = False
 
     @classmethod
     def inserted(cls, spec: JobSpec, r: Any) -> Job:
@@ -187,6 +194,8 @@ class Job:
             updated_at=r["updated_at"],
             concurrency_key=spec.concurrency_key,
             required_labels=spec.required_labels,
+            dedup_until=r["dedup_until"],
+            dedup_unfinished=spec.dedup_unfinished,
         )
 
     @classmethod
@@ -269,6 +278,9 @@ class Job:
             updated_at=r["updated_at"],
             concurrency_key=r.get("concurrency_key"),
             required_labels=_json_obj(r.get("required_labels")),
+            # Absent from the explicit column lists of list_jobs_basic and watch_jobs.
+            dedup_until=r.get("dedup_until"),
+            dedup_unfinished=bool(r.get("dedup_unfinished", False)),
         )
 
 
@@ -327,3 +339,69 @@ def _json_obj(value: Any) -> dict[str, str] | None:
         parsed = json.loads(value)
         return parsed if isinstance(parsed, dict) else None
     return dict(value)
+
+
+class ScheduleCatchup(StrEnum):
+    """What a schedule does with ticks it missed, spelled as in faultline_schedules.catchup."""
+
+    SKIP = "skip"
+    RUN_ONCE = "run_once"
+
+
+class ScheduleOverlap(StrEnum):
+    """Whether a tick submits while the previous tick's job is unfinished (faultline_schedules.overlap)."""
+
+    SKIP = "skip"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRow:
+    """A schedule as stored (faultline_schedules); exactly one of cron and every_ms is set."""
+
+    name: str
+    cron: str | None
+    time_zone: str
+    every_ms: int | None
+    kind: str
+    queue: str
+    payload: bytes
+    priority: int
+    max_attempts: int
+    labels: dict[str, str]
+    catchup: ScheduleCatchup
+    overlap: ScheduleOverlap
+    id: int = 0
+    paused: bool = False
+    next_run_at: datetime | None = None
+    last_run_at: datetime | None = None
+    last_job_id: int | None = None
+    fired: int = 0
+    skipped: int = 0
+    created_at: datetime | None = None
+
+    @classmethod
+    def of(cls, r: Any) -> ScheduleRow:
+        return cls(
+            id=r["id"], name=r["name"], cron=r["cron"], time_zone=r["time_zone"], every_ms=r["every_ms"],
+            kind=r["kind"], queue=r["queue"], payload=bytes(r["payload"]), priority=r["priority"],
+            max_attempts=r["max_attempts"], labels=_json_obj(r["labels"]) or {},
+            catchup=ScheduleCatchup(r["catchup"]), overlap=ScheduleOverlap(r["overlap"]), paused=r["paused"],
+            next_run_at=r["next_run_at"], last_run_at=r["last_run_at"], last_job_id=r["last_job_id"],
+            fired=r["fired"], skipped=r["skipped"], created_at=r["created_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DueSchedule:
+    """A schedule whose tick has come, as the scheduler locked it: with Postgres' clock and its last job's state."""
+
+    row: ScheduleRow
+    db_now: datetime
+    # None when it never fired, or its last job was pruned.
+    last_job_state: JobState | None
+
+    @classmethod
+    def of(cls, r: Any) -> DueSchedule:
+        state = r["last_job_state"]
+        return cls(row=ScheduleRow.of(r), db_now=r["db_now"], last_job_state=JobState(state) if state else None)

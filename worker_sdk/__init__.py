@@ -34,6 +34,7 @@ from worker_sdk._errors import (
     SubmitOutcomeUnknownError,
     UnauthenticatedError,
     UnavailableError,
+    WaitTimeoutError,
     WorkerSDKError,
 )
 from worker_sdk._stream import ConnState
@@ -45,6 +46,8 @@ from worker_sdk._types import (
     QueueSettings,
     QueueStats,
     RetryPolicy,
+    Schedule,
+    SubmitResult,
     WorkerInfo,
 )
 from worker_sdk._version import SDK_VERSION as __version__
@@ -73,9 +76,12 @@ __all__ = [
     "RateLimitedError",
     "RetryJob",
     "RetryPolicy",
+    "Schedule",
     "SubmitOutcomeUnknownError",
+    "SubmitResult",
     "UnauthenticatedError",
     "UnavailableError",
+    "WaitTimeoutError",
     "Worker",
     "WorkerInfo",
     "WorkerObserver",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from os import PathLike
 from types import TracebackType
@@ -36,6 +36,7 @@ from worker_sdk._errors import (
     SubmitOutcomeUnknownError,
     UnauthenticatedError,
     UnavailableError,
+    WaitTimeoutError,
     WorkerSDKError,
 )
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
@@ -48,6 +49,8 @@ from worker_sdk._types import (
     QueueSettings,
     QueueStats,
     RetryPolicy,
+    Schedule,
+    SubmitResult,
     WorkerInfo,
 )
 
@@ -63,6 +66,15 @@ SUBMIT_RETRY_DELAY_MAX = timedelta(seconds=2)
 _SUBMIT_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
                                grpc.StatusCode.CANCELLED})
+
+#: Delay before a watch reconnects after a transient error (coordinator restarting, connection lost); it
+#: doubles each time, up to WATCH_RETRY_DELAY_MAX, and resets once a message arrives.
+WATCH_RETRY_DELAY = timedelta(milliseconds=200)
+WATCH_RETRY_DELAY_MAX = timedelta(seconds=5)
+# Codes after which a watch reconnects (a coordinator restarting or draining, its watch slots full); any other
+# code is the answer (NOT_FOUND, INVALID_ARGUMENT) or a bug that retrying would only hide.
+_WATCH_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              grpc.StatusCode.ABORTED})
 
 _T = TypeVar("_T")
 
@@ -280,6 +292,17 @@ class Client:
             "Submit", request, keyed=bool(idempotency_key))
         return _convert.job_from_pb(response.job), response.created
 
+    async def submit_spec(self, spec: JobSpec, *, full: bool = False) -> SubmitResult:
+        """Submit one JobSpec and say which job came back and why (created, or which dedup window matched).
+
+        With spec.dedup_period or spec.dedup_while_unfinished the idempotency key names its job only for that
+        window; after it a submit with the key stores a new job."""
+        request = self._submit_request(spec)
+        request.view = job_pb2.JOB_VIEW_FULL if full else job_pb2.JOB_VIEW_BASIC
+        response: job_service_pb2.SubmitResponse = await self._submit_call(
+            "Submit", request, keyed=bool(spec.idempotency_key))
+        return _convert.submit_result_from_pb(response)
+
     async def submit_batch(self, specs: Iterable[JobSpec]) -> builtins.list[Job]:
         """Enqueue many jobs in one transaction (all or none); results in request order."""
         return [job for job, _ in await self.submit_batch_ex(specs)]
@@ -400,3 +423,122 @@ class Client:
             job_service_pb2.RequeueJobRequest(id=str(job_id), extra_attempts=extra_attempts),
         )
         return _convert.job_from_pb(response.job)
+
+    # ---- watching -----------------------------------------------------------------------
+
+    async def watch(self, job_id: str, *, full: bool = False) -> AsyncIterator[Job]:
+        """Yield the job now, then after each change (state, attempt, progress), ending with the finished job.
+
+        Changes are sampled by the coordinator (FAULTLINE_WATCH_POLL_MS): a reader slower than the changes
+        sees the latest state, not each step, and always the final one. After a transient error (the
+        coordinator restarting, the connection lost) the watch reconnects with backoff and goes on; a job
+        that does not exist, or is pruned while watched, raises JobNotFoundError. full=True carries the
+        payload, and the result in the final message.
+        """
+        request = job_service_pb2.WatchJobRequest(
+            id=str(job_id), view=job_pb2.JOB_VIEW_FULL if full else job_pb2.JOB_VIEW_BASIC)
+        delay = WATCH_RETRY_DELAY.total_seconds()
+        last: tuple[object, ...] | None = None
+        while True:
+            call = self._ensure_stub().WatchJob(request, metadata=self._metadata + outgoing_metadata())
+            try:
+                async for msg in call:
+                    delay = WATCH_RETRY_DELAY.total_seconds()
+                    job = _convert.job_from_pb(msg.job)
+                    sig = (job.state, job.attempts, job.progress_fraction, job.progress_message, job.updated_at,
+                           job.finished_at, job.cancel_requested)
+                    if sig != last:  # a reconnect starts with the job as it is: not news when unchanged
+                        last = sig
+                        yield job
+                    if job.state.terminal:
+                        return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _WATCH_TRANSIENT:
+                    raise _map_rpc_error(exc) from exc
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WATCH_RETRY_DELAY_MAX.total_seconds())
+
+    async def wait(self, job_id: str, *, timeout: timedelta | None = None) -> Job:
+        """Wait until the job is finished and return it in full (result included), whatever its end.
+
+        Raises WaitTimeoutError after `timeout` (None waits for ever); the job itself goes on.
+        """
+        if timeout is not None and timeout <= timedelta(0):
+            raise InvalidArgumentError("timeout must be positive")
+        try:
+            async with asyncio.timeout(timeout.total_seconds() if timeout is not None else None):
+                async for job in self.watch(job_id, full=True):
+                    if job.state.terminal:
+                        return job
+        except TimeoutError:
+            raise WaitTimeoutError(f"job {job_id} did not finish within {timeout}") from None
+        raise UnavailableError(f"the watch of job {job_id} ended before the job finished")
+
+    # ---- schedules ----------------------------------------------------------------------
+
+    async def create_schedule(
+        self,
+        name: str,
+        kind: str,
+        *,
+        cron: str | None = None,
+        time_zone: str | None = None,
+        every: timedelta | None = None,
+        queue: str = "default",
+        payload: bytes = b"",
+        priority: int = 0,
+        max_attempts: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        catchup: str = "skip",
+        overlap: str = "skip",
+    ) -> Schedule:
+        """Store a schedule that submits one `kind` job per tick: `cron` (5 fields, or 6 with seconds first)
+        read in `time_zone` (default UTC), or `every` interval (whole seconds, at least 1 s).
+
+        catchup: "skip" (missed ticks submit nothing) or "run_once" (one job for all of them); overlap:
+        "skip" (no job while the previous one is unfinished) or "allow". A taken name raises
+        FailedPreconditionError (ALREADY_EXISTS).
+        """
+        if catchup not in _convert.CATCHUP_TO_PB:
+            raise InvalidArgumentError(f"catchup must be one of {sorted(_convert.CATCHUP_TO_PB)}, got {catchup!r}")
+        if overlap not in _convert.OVERLAP_TO_PB:
+            raise InvalidArgumentError(f"overlap must be one of {sorted(_convert.OVERLAP_TO_PB)}, got {overlap!r}")
+        spec = job_service_pb2.ScheduleSpec(
+            name=name, kind=kind, cron=cron or "", time_zone=time_zone or "", queue=queue, payload=payload,
+            priority=priority, max_attempts=max_attempts or 0, labels=dict(labels or {}),
+            catchup=_convert.CATCHUP_TO_PB[catchup], overlap=_convert.OVERLAP_TO_PB[overlap],
+        )
+        if every is not None:
+            spec.every.CopyFrom(_convert.timedelta_to_duration(every))
+        response = await self._unary(self._ensure_stub().CreateSchedule,
+                                     job_service_pb2.CreateScheduleRequest(spec=spec))
+        return _convert.schedule_from_pb(response.schedule)
+
+    async def list_schedules(self) -> builtins.list[Schedule]:
+        response = await self._unary(self._ensure_stub().ListSchedules, job_service_pb2.ListSchedulesRequest())
+        return [_convert.schedule_from_pb(s) for s in response.schedules]
+
+    async def get_schedule(self, name: str) -> Schedule:
+        response = await self._unary(self._ensure_stub().GetSchedule, job_service_pb2.GetScheduleRequest(name=name))
+        return _convert.schedule_from_pb(response.schedule)
+
+    async def pause_schedule(self, name: str) -> Schedule:
+        response = await self._unary(self._ensure_stub().PauseSchedule,
+                                     job_service_pb2.PauseScheduleRequest(name=name))
+        return _convert.schedule_from_pb(response.schedule)
+
+    async def resume_schedule(self, name: str) -> Schedule:
+        response = await self._unary(self._ensure_stub().ResumeSchedule,
+                                     job_service_pb2.ResumeScheduleRequest(name=name))
+        return _convert.schedule_from_pb(response.schedule)
+
+    async def delete_schedule(self, name: str) -> None:
+        await self._unary(self._ensure_stub().DeleteSchedule, job_service_pb2.DeleteScheduleRequest(name=name))
+
+    async def trigger_schedule(self, name: str) -> tuple[Job, Schedule]:
+        """Submit one job of the schedule now, outside its ticks; returns it and the schedule after."""
+        response = await self._unary(self._ensure_stub().TriggerSchedule,
+                                     job_service_pb2.TriggerScheduleRequest(name=name))
+        return _convert.job_from_pb(response.job), _convert.schedule_from_pb(response.schedule)

@@ -33,7 +33,18 @@ from worker_sdk._frames import (
     Welcome,
 )
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, worker_service_pb2
-from worker_sdk._types import Job, JobSpec, JobState, JobTimeouts, QueueSettings, QueueStats, RetryPolicy, WorkerInfo
+from worker_sdk._types import (
+    Job,
+    JobSpec,
+    JobState,
+    JobTimeouts,
+    QueueSettings,
+    QueueStats,
+    RetryPolicy,
+    Schedule,
+    SubmitResult,
+    WorkerInfo,
+)
 
 _JOB_STATE_FROM_PB: dict[job_pb2.JobState, JobState] = {
     job_pb2.JOB_STATE_QUEUED: JobState.QUEUED,
@@ -228,6 +239,24 @@ def fill_submit_request(msg: job_service_pb2.SubmitRequest, spec: JobSpec) -> No
         msg.retry_policy.CopyFrom(retry_policy_to_pb(spec.retry_policy))
     if spec.timeouts is not None:
         msg.timeouts.CopyFrom(timeouts_to_pb(spec.timeouts))
+    if spec.dedup_period is not None:
+        msg.dedup_window = job_service_pb2.DEDUP_WINDOW_PERIOD
+        msg.dedup_period.CopyFrom(timedelta_to_duration(spec.dedup_period))
+    elif spec.dedup_while_unfinished:
+        msg.dedup_window = job_service_pb2.DEDUP_WINDOW_UNFINISHED
+
+
+_OUTCOME_NAMES = {
+    job_service_pb2.SUBMIT_OUTCOME_CREATED: "created",
+    job_service_pb2.SUBMIT_OUTCOME_DUPLICATE_KEY: "duplicate_key",
+    job_service_pb2.SUBMIT_OUTCOME_DUPLICATE_IN_PERIOD: "duplicate_in_period",
+    job_service_pb2.SUBMIT_OUTCOME_DUPLICATE_UNFINISHED: "duplicate_unfinished",
+}
+
+
+def submit_result_from_pb(msg: job_service_pb2.SubmitResponse) -> SubmitResult:
+    outcome = _OUTCOME_NAMES.get(msg.outcome) or ("created" if msg.created else "duplicate_key")
+    return SubmitResult(job=job_from_pb(msg.job), created=msg.created, outcome=outcome, detail=msg.outcome_detail)
 
 
 def _state_key(name: str) -> JobState | str:
@@ -451,3 +480,26 @@ def coordinator_frame_from_pb(
     if which == "lease_revoked":
         return LeaseRevoked(lease_ref_from_pb(msg.lease_revoked.lease), msg.lease_revoked.reason)
     return None
+
+
+_CATCHUP_NAMES = {job_service_pb2.SCHEDULE_CATCHUP_RUN_ONCE: "run_once"}
+_OVERLAP_NAMES = {job_service_pb2.SCHEDULE_OVERLAP_ALLOW: "allow"}
+CATCHUP_TO_PB = {"skip": job_service_pb2.SCHEDULE_CATCHUP_SKIP, "run_once": job_service_pb2.SCHEDULE_CATCHUP_RUN_ONCE}
+OVERLAP_TO_PB = {"skip": job_service_pb2.SCHEDULE_OVERLAP_SKIP, "allow": job_service_pb2.SCHEDULE_OVERLAP_ALLOW}
+
+
+def schedule_from_pb(msg: job_service_pb2.Schedule) -> Schedule:
+    spec = msg.spec
+    has = msg.HasField
+    every = duration_to_timedelta(spec.every) if spec.HasField("every") and not spec.cron else None
+    return Schedule(
+        name=spec.name, id=msg.id, kind=spec.kind, queue=spec.queue, cron=spec.cron or None,
+        time_zone=(spec.time_zone or "UTC") if spec.cron else None, every=every, payload=spec.payload,
+        priority=spec.priority, max_attempts=spec.max_attempts, labels=dict(spec.labels),
+        catchup=_CATCHUP_NAMES.get(spec.catchup, "skip"), overlap=_OVERLAP_NAMES.get(spec.overlap, "skip"),
+        paused=msg.paused,
+        next_run_at=timestamp_to_datetime(msg.next_run_at) if has("next_run_at") else None,
+        last_run_at=timestamp_to_datetime(msg.last_run_at) if has("last_run_at") else None,
+        last_job_id=msg.last_job_id or None, fired=msg.fired, skipped=msg.skipped,
+        created_at=timestamp_to_datetime(msg.created_at) if has("created_at") else None,
+    )

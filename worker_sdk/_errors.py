@@ -92,5 +92,9 @@ class RateLimitedError(UnavailableError):
         self.retry_after = retry_after
 
 
+class WaitTimeoutError(WorkerSDKError):
+    """Client.wait() gave up: the job did not finish within its timeout (it goes on running)."""
+
+
 class ProtocolError(WorkerSDKError):
     """The coordinator sent something this SDK does not understand."""

@@ -128,6 +128,10 @@ class JobSpec:
     concurrency_key: str | None = None
     #: Only a worker whose labels include all of these (same values) is granted the job.
     required_labels: Mapping[str, str] | None = None
+    #: The idempotency key names its job only this long after that job's submit (1 s to 366 days); None: for ever.
+    dedup_period: timedelta | None = None
+    #: The idempotency key names its job only while the job is unfinished.
+    dedup_while_unfinished: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +146,19 @@ class QueueSettings:
     rate_per_second: float | None = None
     #: Most grants at once after a quiet spell; None with a rate means max(1, rate / 10).
     burst: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitResult:
+    """A submit's answer: the job it returned, and why that one."""
+
+    job: Job
+    created: bool
+    #: "created", or which window of the idempotency key matched an existing job: "duplicate_key" (the
+    #: default, for as long as the job exists), "duplicate_in_period" or "duplicate_unfinished".
+    outcome: str
+    #: One line naming the job that holds the key and until when (empty when created).
+    detail: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,3 +192,37 @@ class WorkerInfo:
     draining: bool
     labels: Mapping[str, str]
     since_heartbeat: timedelta | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    """A stored schedule: what it submits, when (cron in a time zone, or every interval), and where it is."""
+
+    name: str
+    id: str
+    kind: str
+    queue: str
+    #: The cron expression (5 fields, or 6 with seconds first), or None for an interval schedule.
+    cron: str | None
+    #: IANA time zone of the cron expression ("UTC" when none was given); None for an interval schedule.
+    time_zone: str | None
+    #: Interval between ticks, or None for a cron schedule.
+    every: timedelta | None
+    payload: bytes = b""
+    priority: int = 0
+    max_attempts: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: What missed ticks do: "skip" (nothing) or "run_once" (one job for all of them).
+    catchup: str = "skip"
+    #: What a tick does while the previous job is unfinished: "skip" or "allow".
+    overlap: str = "skip"
+    paused: bool = False
+    #: The next tick; None while paused.
+    next_run_at: datetime | None = None
+    #: The tick (or trigger) that last submitted a job, and that job's id.
+    last_run_at: datetime | None = None
+    last_job_id: str | None = None
+    #: Ticks that submitted a job, and ticks skipped (missed, or overlapping an unfinished job).
+    fired: int = 0
+    skipped: int = 0
+    created_at: datetime | None = None

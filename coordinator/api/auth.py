@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -61,6 +61,9 @@ METHOD_SCOPES: dict[str, Scope] = {
     _JOBS + "ListJobs": Scope.READ,
     _JOBS + "ListQueues": Scope.READ,
     _JOBS + "ListWorkers": Scope.READ,
+    _JOBS + "WatchJob": Scope.READ,
+    _JOBS + "ListSchedules": Scope.READ,
+    _JOBS + "GetSchedule": Scope.READ,
     _JOBS + "CancelJob": Scope.ADMIN,
     _JOBS + "RequeueJob": Scope.ADMIN,
     "/faultline.v1.WorkerService/Connect": Scope.WORK,
@@ -140,7 +143,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     unbind(token)
 
             return handler._replace(stream_stream=stream)  # type: ignore[no-any-return]
-        # unary-stream and stream-unary: none of ours; refused rather than let through unchecked.
+        if handler.unary_stream is not None:
+            server_stream = handler.unary_stream
+
+            async def watch(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                principal = await self._admit(context, method, scope, 0)
+                token = bind(principal)
+                try:
+                    async for item in server_stream(request, context):
+                        yield item
+                finally:
+                    unbind(token)
+
+            return handler._replace(unary_stream=watch)  # type: ignore[no-any-return]
+        # stream-unary: none of ours; refused rather than let through unchecked.
         return grpc.unary_unary_rpc_method_handler(self._refuse_shape)
 
     @staticmethod

@@ -8,8 +8,9 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from coordinator.model import Job, JobState, QueueSettings
+from coordinator.model import Job, JobState, QueueSettings, ScheduleCatchup, ScheduleOverlap, ScheduleRow
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2
+from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 
 STATE_TO_PB: dict[JobState, int] = {
     JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,
@@ -108,3 +109,42 @@ def queue_settings_to_pb(s: QueueSettings) -> job_service_pb2.QueueSettings:
     return job_service_pb2.QueueSettings(
         name=s.queue, paused=s.paused, per_key_concurrency=s.per_key_concurrency or 0,
         max_running=s.max_running or 0, rate_per_second=s.rate_per_s or 0.0, burst=s.burst or 0)
+
+
+# === time: schedules ===
+
+def schedule_to_pb(row: ScheduleRow) -> jpb.Schedule:
+    """A stored schedule as the wire's Schedule."""
+    spec = jpb.ScheduleSpec(
+        name=row.name, cron=row.cron or "", time_zone=row.time_zone if row.cron else "", kind=row.kind,
+        queue=row.queue, payload=row.payload, priority=row.priority, max_attempts=row.max_attempts,
+        labels=row.labels, catchup=CATCHUP_TO_PB[row.catchup], overlap=OVERLAP_TO_PB[row.overlap],
+        every=duration_ms(row.every_ms),
+    )
+    return jpb.Schedule(
+        spec=spec, id=str(row.id), paused=row.paused, next_run_at=timestamp(row.next_run_at),
+        last_run_at=timestamp(row.last_run_at), last_job_id=str(row.last_job_id) if row.last_job_id else "",
+        fired=row.fired, skipped=row.skipped, created_at=timestamp(row.created_at),
+    )
+
+
+CATCHUP_TO_PB: dict[ScheduleCatchup, jpb.ScheduleCatchup] = {
+    ScheduleCatchup.SKIP: jpb.SCHEDULE_CATCHUP_SKIP, ScheduleCatchup.RUN_ONCE: jpb.SCHEDULE_CATCHUP_RUN_ONCE}
+OVERLAP_TO_PB: dict[ScheduleOverlap, jpb.ScheduleOverlap] = {
+    ScheduleOverlap.SKIP: jpb.SCHEDULE_OVERLAP_SKIP, ScheduleOverlap.ALLOW: jpb.SCHEDULE_OVERLAP_ALLOW}
+
+
+# === time: dedup windows ===
+
+def submit_outcome(job: Job, created: bool) -> tuple[jpb.SubmitOutcome, str]:
+    """Why a SubmitResponse carries this job: created, or which window of its key matched (and until when)."""
+    if created:
+        return jpb.SUBMIT_OUTCOME_CREATED, ""  # the outcome says it all; a batch's reply stays small
+    # The key and queue are in the job itself: the detail does not repeat them (a batch's reply stays small).
+    where = f"job {job.id} holds the idempotency key"
+    if job.dedup_until is not None:
+        until = job.dedup_until.astimezone(UTC).isoformat(timespec="milliseconds")
+        return jpb.SUBMIT_OUTCOME_DUPLICATE_IN_PERIOD, f"{where} until {until} (its dedup period)"
+    if job.dedup_unfinished:
+        return jpb.SUBMIT_OUTCOME_DUPLICATE_UNFINISHED, f"{where} while it is unfinished (now {job.state.value})"
+    return jpb.SUBMIT_OUTCOME_DUPLICATE_KEY, f"{where} for as long as the job exists"

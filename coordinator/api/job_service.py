@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -20,17 +21,21 @@ from coordinator.auth import keys as auth_keys
 from coordinator.auth.keys import Scope
 from coordinator.db.store import Store
 from coordinator.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     FaultlineError,
     InvalidArgumentError,
     JobNotFoundError,
     PermissionDeniedError,
+    ScheduleNotFoundError,
 )
-from coordinator.model import Job, JobSpec, JobState
+from coordinator.model import Job, JobSpec, JobState, ScheduleRow
 from coordinator.policy import GrantPolicy
+from coordinator.schedules import SubmitJob, make_submit, next_tick, tick_spec
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.submit import Submitter
 from coordinator.throughput import Throughput
+from coordinator.watch import WatchHub, signature
 from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 from worker_sdk._proto.faultline.v1 import job_service_pb2_grpc
 
@@ -47,6 +52,8 @@ RESPONSE_BUDGET_BYTES = 4_000_000
 # What a SubmitResponse adds to the fields it echoes from its SubmitRequest (id, state, attempts,
 # timestamps, created, framing), in bytes: a generous bound used to size a reply before storing.
 SUBMIT_RESPONSE_OVERHEAD_BYTES = 128
+# The longest outcome_detail of a duplicate (the words, a 19-digit id, a timestamp; convert.submit_outcome).
+OUTCOME_DETAIL_MAX_BYTES = 112
 
 
 def rpc(
@@ -88,10 +95,18 @@ def _check_batch_response_fits(request: jpb.SubmitBatchRequest, *, full: bool) -
     estimate = 0
     for r in request.jobs:
         estimate += r.ByteSize() + SUBMIT_RESPONSE_OVERHEAD_BYTES - (0 if full else len(r.payload))
+        if r.idempotency_key:  # a duplicate's answer carries an outcome_detail (convert.submit_outcome)
+            estimate += OUTCOME_DETAIL_MAX_BYTES
     if estimate > RESPONSE_BUDGET_BYTES:
         raise InvalidArgumentError(
             "jobs", f"the response would take about {estimate} bytes, over the {RESPONSE_BUDGET_BYTES}-byte "
                     "budget of a reply: split the batch" + ("" if not full else " or ask for view BASIC"))
+
+
+def _submit_response(job: Job, created: bool, *, full: bool) -> jpb.SubmitResponse:
+    outcome, detail = convert.submit_outcome(job, created)
+    return jpb.SubmitResponse(job=convert.job_to_pb(job, full=full), created=created, outcome=outcome,
+                              outcome_detail=detail)
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -109,6 +124,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         max_payload: int,
         max_attempts_default: int,
         admission: SubmitAdmission,
+        watch_hub: WatchHub | None = None,
+        submit_job: SubmitJob | None = None,
     ) -> None:
         self._store = store
         self._signal = signal
@@ -119,6 +136,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._max_payload = max_payload
         self._max_attempts_default = max_attempts_default
         self._admission = admission
+        self._watch_hub = watch_hub or WatchHub(store=store)
+        # Schedules submit through this one function, itself on the Submitter (coordinator/schedules.py).
+        self._submit_job = submit_job or make_submit(submitter)
 
     async def _submit(self, rpc_name: str, reqs: list[Any], context: grpc.aio.ServicerContext[Any, Any],
                       prefix: Callable[[int], str]) -> list[tuple[Job, bool]]:
@@ -152,7 +172,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if full:
             auth_keys.current().require(Scope.PAYLOADS, "Submit with view FULL")
         [(job, created)] = await self._submit("Submit", [request], context, lambda _: "")
-        return jpb.SubmitResponse(job=convert.job_to_pb(job, full=full), created=created)
+        return _submit_response(job, created, full=full)
 
     @rpc
     async def SubmitBatch(
@@ -168,7 +188,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         _check_batch_response_fits(request, full=full)
         results = await self._submit("SubmitBatch", list(request.jobs), context, lambda i: f"jobs[{i}].")
         return jpb.SubmitBatchResponse(
-            results=[jpb.SubmitResponse(job=convert.job_to_pb(j, full=full), created=c) for j, c in results]
+            results=[_submit_response(j, c, full=full) for j, c in results]
         )
 
     async def _get(self, job_id: int) -> Job:
@@ -361,3 +381,122 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 labels=s.labels, since_heartbeat=since,
             ))
         return jpb.ListWorkersResponse(workers=out)
+
+    # === time: schedules and WatchJob ===
+
+    async def _schedule(self, name: str) -> ScheduleRow:
+        row = await self._store.get_schedule(name)
+        if row is None:
+            raise ScheduleNotFoundError(f"schedule {name!r} not found")
+        return row
+
+    @rpc
+    async def CreateSchedule(
+        self, request: jpb.CreateScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.CreateScheduleResponse:
+        row = validate.schedule_spec(request.spec, max_payload=self._max_payload,
+                                     max_attempts_default=self._max_attempts_default)
+        now = await self._store.db_now()
+        row = replace(row, created_at=now)
+        first = next_tick(row, now)
+        stored = await self._store.insert_schedule(row, first_tick=first, created_at=now)
+        if stored is None:
+            raise AlreadyExistsError(f"a schedule named {row.name!r} exists: delete it first or pick another name")
+        logger.info("schedule created", extra={"schedule": stored.name, "next_run_at": str(stored.next_run_at)})
+        return jpb.CreateScheduleResponse(schedule=convert.schedule_to_pb(stored))
+
+    @rpc
+    async def ListSchedules(
+        self, request: jpb.ListSchedulesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.ListSchedulesResponse:
+        return jpb.ListSchedulesResponse(
+            schedules=[convert.schedule_to_pb(r) for r in await self._store.list_schedules()])
+
+    @rpc
+    async def GetSchedule(
+        self, request: jpb.GetScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.GetScheduleResponse:
+        return jpb.GetScheduleResponse(schedule=convert.schedule_to_pb(
+            await self._schedule(validate.schedule_name(request.name))))
+
+    @rpc
+    async def PauseSchedule(
+        self, request: jpb.PauseScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.PauseScheduleResponse:
+        name = validate.schedule_name(request.name)
+        row = await self._store.pause_schedule(name)
+        if row is None:
+            raise ScheduleNotFoundError(f"schedule {name!r} not found")
+        logger.info("schedule paused", extra={"schedule": name})
+        return jpb.PauseScheduleResponse(schedule=convert.schedule_to_pb(row))
+
+    @rpc
+    async def ResumeSchedule(
+        self, request: jpb.ResumeScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.ResumeScheduleResponse:
+        name = validate.schedule_name(request.name)
+        current = await self._schedule(name)
+        nxt = next_tick(current, await self._store.db_now())
+        row = await self._store.resume_schedule(name, nxt) if nxt is not None else current
+        if row is None:
+            raise ScheduleNotFoundError(f"schedule {name!r} not found")
+        logger.info("schedule resumed", extra={"schedule": name, "next_run_at": str(row.next_run_at)})
+        return jpb.ResumeScheduleResponse(schedule=convert.schedule_to_pb(row))
+
+    @rpc
+    async def DeleteSchedule(
+        self, request: jpb.DeleteScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.DeleteScheduleResponse:
+        name = validate.schedule_name(request.name)
+        if not await self._store.delete_schedule(name):
+            raise ScheduleNotFoundError(f"schedule {name!r} not found")
+        logger.info("schedule deleted", extra={"schedule": name})
+        return jpb.DeleteScheduleResponse()
+
+    @rpc
+    async def TriggerSchedule(
+        self, request: jpb.TriggerScheduleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.TriggerScheduleResponse:
+        row = await self._schedule(validate.schedule_name(request.name))
+        now = await self._store.db_now()
+        # No idempotency key: a trigger is an operator's explicit extra run, outside the ticks.
+        job, _ = await self._submit_job(tick_spec(row, now, key=None))
+        updated = await self._store.record_schedule_run(row.id, job.id, now) or row
+        logger.info("schedule triggered", extra={"schedule": row.name, "job_id": job.id})
+        return jpb.TriggerScheduleResponse(job=convert.job_to_pb(job, full=False),
+                                           schedule=convert.schedule_to_pb(updated))
+
+    async def WatchJob(
+        self, request: jpb.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[jpb.WatchJobResponse]:
+        """See job_service.proto; the hub (coordinator/watch.py) samples changes, so memory per watcher is one job."""
+        try:
+            job_id = validate.job_id(request.id)
+            full = validate.view(request.view)
+            principal = auth_keys.current()
+            if full:
+                principal.require(Scope.PAYLOADS, "WatchJob with view FULL")
+            with self._watch_hub.watch(job_id) as watcher:
+                metrics.WATCHERS.set(self._watch_hub.watching)
+                try:
+                    job: Job | None = await self._get(job_id)  # registered first: no change is missed
+                    principal.require_queue(job.queue, "WatchJob")  # a read key sees only its queues' jobs
+                    sent: tuple[object, ...] | None = None
+                    while True:
+                        if job is None:
+                            raise JobNotFoundError(f"job {job_id} no longer exists (pruned by retention)")
+                        if signature(job) != sent:
+                            sent = signature(job)
+                            if job.state.terminal and full:
+                                job = await self._get(job_id)
+                            yield jpb.WatchJobResponse(job=convert.job_to_pb(job, full=full))
+                        if job.state.terminal:
+                            return
+                        job = await watcher.next()
+                finally:
+                    metrics.WATCHERS.set(self._watch_hub.watching - 1)
+        except FaultlineError as exc:
+            code = code_for(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                logger.error("rpc failed", extra={"rpc": "WatchJob"}, exc_info=True)
+            await context.abort(code, str(exc), trailing_metadata_for(exc, code))

@@ -10,6 +10,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from coordinator.errors import (
+    AlreadyExistsError,
     DatabaseUnavailableError,
     FailedPreconditionError,
     FaultlineError,
@@ -17,6 +18,7 @@ from coordinator.errors import (
     JobNotFoundError,
     OverloadedError,
     PermissionDeniedError,
+    ScheduleNotFoundError,
     UnauthenticatedError,
 )
 
@@ -28,6 +30,8 @@ STATUS_BY_ERROR: tuple[tuple[type[FaultlineError], grpc.StatusCode], ...] = (
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (ScheduleNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
 )
 
 

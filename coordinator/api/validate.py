@@ -10,9 +10,16 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from coordinator.config import BURST_MAX, MAX_RUNNING_MAX, PER_KEY_CONCURRENCY_MAX, RATE_PER_S_MAX
+from coordinator.config import (
+    BURST_MAX,
+    MAX_RUNNING_MAX,
+    PER_KEY_CONCURRENCY_MAX,
+    RATE_PER_S_MAX,
+    SCHEDULE_EVERY_MAX,
+    SCHEDULE_EVERY_MIN,
+)
 from coordinator.errors import InvalidArgumentError
-from coordinator.model import JobSpec, SettingsChange, positive_bigint
+from coordinator.model import JobSpec, ScheduleCatchup, ScheduleOverlap, ScheduleRow, SettingsChange, positive_bigint
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2
 
 # The alphabets of names a client chooses (docs: README "Names"). Every pattern is matched with
@@ -221,7 +228,10 @@ def submit(req: job_service_pb2.SubmitRequest, *, field: str, max_payload: int, 
     job_labels = labels(req.labels, f"{field}labels")
     concurrency_key = token(req.concurrency_key, f"{field}concurrency_key")
     required = labels(req.required_labels, f"{field}required_labels") or None
+    period_ms, unfinished = dedup_window(req, field, keyed=key is not None)
     return JobSpec(
+        dedup_period_ms=period_ms,
+        dedup_unfinished=unfinished,
         queue=queue,
         kind=kind,
         payload=req.payload,
@@ -280,3 +290,112 @@ def view(value: int, field: str = "view") -> bool:
     if value == job_pb2.JOB_VIEW_FULL:
         return True
     raise InvalidArgumentError(field, f"unknown view {value}")
+
+
+# === time: schedules ===
+SCHEDULE_CRON_MAX = 256
+SCHEDULE_TIME_ZONE_MAX = 64
+# Two labels are the scheduler's own (schedules.LABEL_SCHEDULE, LABEL_TICK).
+SCHEDULE_LABELS_MAX = LABELS_MAX - 2
+
+
+def schedule_spec(spec: job_service_pb2.ScheduleSpec, *, max_payload: int, max_attempts_default: int
+                  ) -> ScheduleRow:
+    """A CreateSchedule spec -> ScheduleRow (no id or ticks yet); every field is checked and named."""
+    from coordinator.schedules import ScheduleSpecError, check_cron, zone
+
+    nm = name(spec.name, "spec.name")
+    kind = name(spec.kind, "spec.kind")
+    queue = name(spec.queue, "spec.queue", default=QUEUE_DEFAULT)
+    has_every = spec.HasField("every") and (spec.every.seconds or spec.every.nanos)
+    if bool(spec.cron) == bool(has_every):
+        raise InvalidArgumentError("spec.cron", "exactly one of cron and every must be set")
+    cron: str | None = None
+    every_ms: int | None = None
+    time_zone = spec.time_zone or "UTC"
+    if len(spec.time_zone) > SCHEDULE_TIME_ZONE_MAX or not spec.time_zone.isprintable():
+        raise InvalidArgumentError("spec.time_zone", f"must be an IANA zone name of at most {SCHEDULE_TIME_ZONE_MAX} "
+                                                     "characters")
+    if spec.cron:
+        if len(spec.cron) > SCHEDULE_CRON_MAX or not spec.cron.isprintable():
+            raise InvalidArgumentError("spec.cron", f"must be at most {SCHEDULE_CRON_MAX} printable characters")
+        try:
+            zone(time_zone)
+        except ScheduleSpecError as exc:
+            raise InvalidArgumentError("spec.time_zone", str(exc)) from None
+        try:
+            check_cron(spec.cron, time_zone)
+        except ScheduleSpecError as exc:
+            raise InvalidArgumentError("spec.cron", str(exc)) from None
+        cron = " ".join(spec.cron.split())
+    else:
+        if spec.time_zone:
+            raise InvalidArgumentError("spec.time_zone", "applies to cron schedules only")
+        d = spec.every
+        if d.seconds < 0 or d.nanos != 0:
+            raise InvalidArgumentError("spec.every", "must be a positive whole number of seconds")
+        if not SCHEDULE_EVERY_MIN.total_seconds() <= d.seconds <= SCHEDULE_EVERY_MAX.total_seconds():
+            raise InvalidArgumentError("spec.every", f"must be from {int(SCHEDULE_EVERY_MIN.total_seconds())} s to "
+                                                     f"{SCHEDULE_EVERY_MAX.days} days")
+        every_ms = d.seconds * 1000
+    if len(spec.payload) > max_payload:
+        raise InvalidArgumentError("spec.payload", f"is {len(spec.payload)} bytes; the limit is {max_payload}")
+    if not PRIORITY_MIN <= spec.priority <= PRIORITY_MAX:
+        raise InvalidArgumentError("spec.priority", f"must be in [{PRIORITY_MIN}, {PRIORITY_MAX}], got {spec.priority}")
+    if not 0 <= spec.max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidArgumentError("spec.max_attempts", f"must be in [1, {MAX_ATTEMPTS_LIMIT}] (0 for the default), "
+                                                        f"got {spec.max_attempts}")
+    if len(spec.labels) > SCHEDULE_LABELS_MAX:
+        raise InvalidArgumentError("spec.labels", f"at most {SCHEDULE_LABELS_MAX} labels, got {len(spec.labels)}")
+    job_labels = labels(spec.labels, "spec.labels")
+    for reserved in ("faultline.schedule", "faultline.tick"):
+        if reserved in job_labels:
+            raise InvalidArgumentError("spec.labels", f"{reserved} is set by the scheduler")
+    catchup = {job_service_pb2.SCHEDULE_CATCHUP_UNSPECIFIED: ScheduleCatchup.SKIP,
+               job_service_pb2.SCHEDULE_CATCHUP_SKIP: ScheduleCatchup.SKIP,
+               job_service_pb2.SCHEDULE_CATCHUP_RUN_ONCE: ScheduleCatchup.RUN_ONCE}.get(spec.catchup)
+    if catchup is None:
+        raise InvalidArgumentError("spec.catchup", f"unknown value {spec.catchup}")
+    overlap = {job_service_pb2.SCHEDULE_OVERLAP_UNSPECIFIED: ScheduleOverlap.SKIP,
+               job_service_pb2.SCHEDULE_OVERLAP_SKIP: ScheduleOverlap.SKIP,
+               job_service_pb2.SCHEDULE_OVERLAP_ALLOW: ScheduleOverlap.ALLOW}.get(spec.overlap)
+    if overlap is None:
+        raise InvalidArgumentError("spec.overlap", f"unknown value {spec.overlap}")
+    return ScheduleRow(name=nm, cron=cron, time_zone=time_zone if cron else "UTC", every_ms=every_ms, kind=kind,
+                       queue=queue, payload=spec.payload, priority=spec.priority,
+                       max_attempts=spec.max_attempts or max_attempts_default, labels=job_labels,
+                       catchup=catchup, overlap=overlap)
+
+
+def schedule_name(value: str, field: str = "name") -> str:
+    return name(value, field)
+
+
+# === time: dedup windows ===
+DEDUP_PERIOD_MIN_MS = 1_000
+DEDUP_PERIOD_MAX_MS = 366 * 86_400_000
+
+
+def dedup_window(req: job_service_pb2.SubmitRequest, field: str, *, keyed: bool) -> tuple[int | None, bool]:
+    """(period in ms or None, while-unfinished) of a submit's idempotency key."""
+    mode = req.dedup_window
+    has_period = req.HasField("dedup_period")
+    if mode == job_service_pb2.DEDUP_WINDOW_UNSPECIFIED:
+        if has_period:
+            raise InvalidArgumentError(f"{field}dedup_period", "needs dedup_window DEDUP_WINDOW_PERIOD")
+        return None, False
+    if mode not in (job_service_pb2.DEDUP_WINDOW_PERIOD, job_service_pb2.DEDUP_WINDOW_UNFINISHED):
+        raise InvalidArgumentError(f"{field}dedup_window", f"unknown value {mode}")
+    if not keyed:
+        raise InvalidArgumentError(f"{field}dedup_window", "needs an idempotency_key: the window is the key's")
+    if mode == job_service_pb2.DEDUP_WINDOW_UNFINISHED:
+        if has_period:
+            raise InvalidArgumentError(f"{field}dedup_period", "applies to DEDUP_WINDOW_PERIOD only")
+        return None, True
+    d = req.dedup_period
+    if not has_period or d.seconds < 0 or d.nanos < 0 or d.nanos >= 1_000_000_000:
+        raise InvalidArgumentError(f"{field}dedup_period", "is required with DEDUP_WINDOW_PERIOD: 1 s to 366 days")
+    ms = d.seconds * 1000 + d.nanos // 1_000_000
+    if not DEDUP_PERIOD_MIN_MS <= ms <= DEDUP_PERIOD_MAX_MS:
+        raise InvalidArgumentError(f"{field}dedup_period", f"must be from 1 s to 366 days, got {ms} ms")
+    return ms, False

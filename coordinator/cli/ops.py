@@ -1,4 +1,4 @@
-"""Operator commands of `faultline`: submit, jobs, dlq, queues, workers.
+"""Operator commands of `faultline`: submit, jobs (ls, show, cancel, watch), dlq, queues, workers, schedules.
 
 They talk to a coordinator over gRPC only, through the SDK's Client; none of them touches Postgres.
 Output is an aligned table (or a key/value block for one job) by default and JSON with --json.
@@ -27,7 +27,17 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from worker_sdk import Client, Job, JobState, QueueSettings, QueueStats, UnavailableError, WorkerSDKError
+from worker_sdk import (
+    Client,
+    Job,
+    JobSpec,
+    JobState,
+    QueueSettings,
+    QueueStats,
+    Schedule,
+    UnavailableError,
+    WorkerSDKError,
+)
 
 ADDR_ENV = "FAULTLINE_ADDR"
 ADDR_DEFAULT = "127.0.0.1:50051"
@@ -83,6 +93,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="key the queue's per-key concurrency cap counts (a customer id)")
     p.add_argument("--require", type=_label, action="append", default=[], metavar="K=V",
                    help="a label the worker must have to run the job (repeatable)")
+    window = p.add_mutually_exclusive_group()
+    window.add_argument("--dedup-period", type=_every, metavar="DURATION",
+                        help="the --key names its job only this long after its submit (1s to 366d)")
+    window.add_argument("--dedup-unfinished", action="store_true",
+                        help="the --key names its job only while that job is unfinished")
     _bind(p, _submit)
 
     jobs = sub.add_parser("jobs", help="list, show and cancel jobs").add_subparsers(dest="jobs_command", required=True,
@@ -97,6 +112,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = jobs.add_parser("cancel", parents=[common], help="cancel a job (a running job's worker is told to stop)")
     cancel.add_argument("id", type=_text)
     _bind(cancel, _jobs_cancel)
+    watch = jobs.add_parser("watch", parents=[common],
+                            help="follow a job until it finishes (a progress bar for jobs that report progress); "
+                                 "exit 0 when it succeeded, 1 otherwise")
+    watch.add_argument("id", type=_text)
+    _bind(watch, _jobs_watch)
 
     dlq = sub.add_parser("dlq", help="the dead-letter queue").add_subparsers(dest="dlq_command", required=True,
                                                                              metavar="ACTION")
@@ -132,6 +152,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _bind(qset, _queues_set)
     w = sub.add_parser("workers", parents=[common], help="connected workers and the leases they hold")
     _bind(w, _workers)
+    _register_schedules(sub, common)
+
+
+def _register_schedules(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                        common: argparse.ArgumentParser) -> None:
+    sch = sub.add_parser("schedules", help="cron and interval schedules").add_subparsers(
+        dest="schedules_command", required=True, metavar="ACTION")
+    add = sch.add_parser("add", parents=[common], help="create a schedule that submits one job per tick")
+    add.add_argument("name", type=_text)
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", type=_text, metavar="EXPR",
+                      help="5 fields (minute hour day month weekday), or 6 with seconds first")
+    when.add_argument("--every", type=_every, metavar="DURATION", help="interval: 1s, 90s, 5m, 1h30m, 1d (>= 1s)")
+    add.add_argument("--tz", type=_text, metavar="ZONE", help="IANA time zone of --cron (default UTC)")
+    add.add_argument("--kind", type=_text, required=True)
+    add.add_argument("--queue", type=_text, default="default")
+    add.add_argument("--payload", type=_text, default="", help="payload of every job, as text (UTF-8)")
+    add.add_argument("--priority", type=_int_in(-INT32_MAX - 1, INT32_MAX), default=0)
+    add.add_argument("--max-attempts", type=_int_in(1, INT32_MAX), help="attempts of each job (default: the "
+                                                                          "coordinator's)")
+    add.add_argument("--label", type=_label, action="append", default=[], metavar="K=V", help="a label (repeatable)")
+    add.add_argument("--catchup", choices=["skip", "run_once"], default="skip",
+                     help="missed ticks: submit nothing (skip) or one job for all of them (run_once)")
+    add.add_argument("--overlap", choices=["skip", "allow"], default="skip",
+                     help="a tick while the previous job is unfinished: skip it, or allow it")
+    _bind(add, _schedules_add)
+    ls = sch.add_parser("ls", parents=[common], help="every schedule with its next tick and last run")
+    _bind(ls, _schedules_ls)
+    for action, about, handler in (
+        ("show", "one schedule in full", _schedules_show),
+        ("pause", "stop a schedule's ticks", _schedules_pause),
+        ("resume", "start a paused schedule again from its next tick", _schedules_resume),
+        ("rm", "delete a schedule (its jobs stay)", _schedules_rm),
+        ("trigger", "submit one job of the schedule now", _schedules_trigger),
+    ):
+        p = sch.add_parser(action, parents=[common], help=about)
+        p.add_argument("name", type=_text)
+        _bind(p, handler)
 
 
 def _list_filters(p: argparse.ArgumentParser) -> None:
@@ -210,6 +268,23 @@ def _addr(value: str) -> str:
     return value
 
 
+_EVERY_PART = re.compile(r"(\d+)([smhd])")
+_EVERY_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+EVERY_MAX_S = 366 * 86400
+
+
+def _every(value: str) -> timedelta:
+    """1s, 90s, 5m, 1h30m, 2d: whole seconds, 1 s to 366 days."""
+    text = value.strip().lower()
+    parts = _EVERY_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration like 1s, 90s, 5m, 1h30m or 1d")
+    seconds = sum(int(n) * _EVERY_UNITS[u] for n, u in parts)
+    if not 1 <= seconds <= EVERY_MAX_S:
+        raise argparse.ArgumentTypeError(f"{value!r} must be from 1s to 366d")
+    return timedelta(seconds=seconds)
+
+
 def _bind(p: argparse.ArgumentParser, handler: Handler) -> None:
     p.set_defaults(func=lambda args: run(handler, args))
 
@@ -231,6 +306,8 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    if isinstance(out, _Printed):
+        return EXIT_OK
     if args.json:
         print(json.dumps(_jsonable(out), indent=2, sort_keys=True))
     else:
@@ -265,15 +342,23 @@ async def _submit(client: Client, args: argparse.Namespace) -> _View:
         payload = sys.stdin.buffer.read() if str(args.payload_file) == "-" else args.payload_file.read_bytes()
     else:
         payload = args.payload.encode()
-    job, created = await client.submit_ex(
-        args.kind, payload, queue=args.queue, idempotency_key=args.idempotency_key,
-        max_attempts=args.max_attempts, priority=args.priority, labels=labels or None, full=True,
+    if (args.dedup_period or args.dedup_unfinished) and not args.idempotency_key:
+        raise _UsageError("--dedup-period and --dedup-unfinished need --key")
+    result = await client.submit_spec(JobSpec(
+        kind=args.kind, payload=payload, queue=args.queue, idempotency_key=args.idempotency_key,
+        max_attempts=args.max_attempts, priority=args.priority, labels=labels or None,
+        dedup_period=args.dedup_period, dedup_while_unfinished=args.dedup_unfinished,
         concurrency_key=args.concurrency_key, required_labels=dict(args.require) or None,
-    )
+    ), full=True)
+    job, created = result.job, result.created
     where = f"queue {_safe(job.queue)}, kind {_safe(job.kind)}, state {job.state.value}"
-    text = (f"job {job.id} submitted ({where})" if created else
-            f"job {job.id} already submitted: idempotency key {_safe(job.idempotency_key or '')!r} matched ({where})")
-    return _View({"created": created, "job": job}, text)
+    if created:
+        text = f"job {job.id} submitted ({where})"
+    elif result.outcome == "duplicate_key":
+        text = f"job {job.id} already submitted: idempotency key {_safe(job.idempotency_key or '')!r} matched ({where})"
+    else:
+        text = f"job {job.id} already submitted: {_safe(result.detail)} ({where})"
+    return _View({"created": created, "outcome": result.outcome, "detail": result.detail, "job": job}, text)
 
 
 async def _list(client: Client, args: argparse.Namespace, state: JobState | None) -> _View:
@@ -374,6 +459,98 @@ async def _workers(client: Client, args: argparse.Namespace) -> _View:
              "draining" if w.draining else "ready", _one_line(" ".join(w.lease_ids)) or "-"] for w in workers]
     header = ["WORKER", "QUEUES", "KINDS", "LEASES", "CREDIT", "CONNECTED", "LAST HEARTBEAT", "STATE", "LEASE IDS"]
     return _View(workers, _table(header, rows) if workers else "no workers connected")
+
+
+class _Printed:
+    """What a command returns when it printed as it went (jobs watch)."""
+
+
+# Width of the `jobs watch` progress bar, in characters.
+PROGRESS_BAR_WIDTH = 20
+
+
+def _watch_line(job: Job) -> str:
+    now = _ts(datetime.now(UTC))
+    line = f"{now}  job {job.id}  {job.state.value:<13}  attempt {job.attempts}/{job.max_attempts}"
+    if job.progress_fraction or job.progress_message:
+        filled = round(max(0.0, min(job.progress_fraction, 1.0)) * PROGRESS_BAR_WIDTH)
+        bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
+        line += f"  [{bar}] {job.progress_fraction:>4.0%} {_safe(_one_line(job.progress_message))}"
+    if job.cancel_requested and not job.state.terminal:
+        line += "  (cancel requested)"
+    if job.state.terminal and job.last_error:
+        line += f"  error: {_safe(_cut(_one_line(job.last_error)))}"
+    return line.rstrip()
+
+
+async def _jobs_watch(client: Client, args: argparse.Namespace) -> _Printed:
+    last: Job | None = None
+    async for job in client.watch(args.id):
+        last = job
+        print(json.dumps(_jsonable(job), sort_keys=True) if args.json else _watch_line(job), flush=True)
+    if last is not None and last.state is not JobState.SUCCEEDED:
+        raise _CommandError(f"job {last.id} ended {last.state.value}"
+                            + (f": {_one_line(last.last_error)}" if last.last_error else ""))
+    return _Printed()
+
+
+def _schedule_block(s: Schedule) -> str:
+    rows: list[tuple[str, object]] = [
+        ("name", s.name), ("id", s.id),
+        ("when", f"cron {s.cron} ({s.time_zone})" if s.cron else f"every {_duration(s.every)}"),
+        ("kind", s.kind), ("queue", s.queue), ("payload", _bytes_text(s.payload)), ("priority", s.priority),
+        ("max attempts", s.max_attempts),
+        ("labels", ", ".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-"),
+        ("catch-up", s.catchup), ("overlap", s.overlap), ("paused", "yes" if s.paused else "no"),
+        ("next run", _ts(s.next_run_at)), ("last run", _ts(s.last_run_at)), ("last job", s.last_job_id or "-"),
+        ("fired", s.fired), ("skipped", s.skipped), ("created", _ts(s.created_at)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k + ':':<{width + 1}} {_safe(str(v))}" for k, v in rows)
+
+
+async def _schedules_add(client: Client, args: argparse.Namespace) -> _View:
+    if args.tz and not args.cron:
+        raise _UsageError("--tz applies to --cron only")
+    s = await client.create_schedule(
+        args.name, args.kind, cron=args.cron, time_zone=args.tz, every=args.every, queue=args.queue,
+        payload=args.payload.encode(), priority=args.priority, max_attempts=args.max_attempts,
+        labels=dict(args.label) or None, catchup=args.catchup, overlap=args.overlap)
+    return _View(s, f"schedule {_safe(s.name)} created; next run {_ts(s.next_run_at)}\n{_schedule_block(s)}")
+
+
+async def _schedules_ls(client: Client, args: argparse.Namespace) -> _View:
+    schedules = await client.list_schedules()
+    rows = [[s.name, f"cron {s.cron} {s.time_zone}" if s.cron else f"every {_duration(s.every)}", s.kind, s.queue,
+             "paused" if s.paused else _ts(s.next_run_at), _ts(s.last_run_at), s.last_job_id or "-", s.fired,
+             s.skipped] for s in schedules]
+    header = ["NAME", "WHEN", "KIND", "QUEUE", "NEXT RUN", "LAST RUN", "LAST JOB", "FIRED", "SKIPPED"]
+    return _View(schedules, _table(header, rows) if schedules else "no schedules")
+
+
+async def _schedules_show(client: Client, args: argparse.Namespace) -> _View:
+    s = await client.get_schedule(args.name)
+    return _View(s, _schedule_block(s))
+
+
+async def _schedules_pause(client: Client, args: argparse.Namespace) -> _View:
+    s = await client.pause_schedule(args.name)
+    return _View(s, f"schedule {_safe(s.name)} paused")
+
+
+async def _schedules_resume(client: Client, args: argparse.Namespace) -> _View:
+    s = await client.resume_schedule(args.name)
+    return _View(s, f"schedule {_safe(s.name)} resumed; next run {_ts(s.next_run_at)}")
+
+
+async def _schedules_rm(client: Client, args: argparse.Namespace) -> _View:
+    await client.delete_schedule(args.name)
+    return _View({"deleted": args.name}, f"schedule {_safe(args.name)} deleted")
+
+
+async def _schedules_trigger(client: Client, args: argparse.Namespace) -> _View:
+    job, s = await client.trigger_schedule(args.name)
+    return _View({"job": job, "schedule": s}, f"schedule {_safe(s.name)} triggered: job {job.id} ({job.state.value})")
 
 
 class _UsageError(WorkerSDKError):

@@ -35,7 +35,7 @@ INSERT INTO faultline_schema_migrations (version) VALUES ($1);
 SELECT 1;
 
 -- name: insert_jobs :many
--- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] with labels $21[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it and the grant policy allows it; otherwise it is queued as usual. $22 is the submitting identity (audit; NULL when anonymous).
+-- Insert a batch in one statement; returns only what the caller does not know; a row whose (queue, idempotency key) exists is skipped (id IS NULL). A row offered to worker $17[i] with labels $21[i] (direct hand-off) is inserted already leased, token 1 and attempt row opened, when nothing queued in its queue would come before it and the grant policy allows it; otherwise it is queued as usual. $23[i]/$24[i] are the key's dedup window (ms after submit / while unfinished; migration 0005). $22 is the submitting identity (audit; NULL when anonymous).
 WITH input AS MATERIALIZED (
     SELECT nextval('faultline_jobs_id_seq') AS new_id, t.*,
         (t.holder IS NOT NULL AND NOT COALESCE(t.run_at > now(), false) AND NOT EXISTS (
@@ -50,12 +50,12 @@ WITH input AS MATERIALIZED (
         $1::text[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
         $8::bigint[], $9::bigint[], $10::float8[], $11::float8[],
         $12::bigint[], $13::bigint[], $14::bigint[], $15::jsonb[], $16::jsonb[], $17::text[],
-        $19::text[], $20::jsonb[], $21::jsonb[]
+        $19::text[], $20::jsonb[], $21::jsonb[], $23::bigint[], $24::bool[]
     ) WITH ORDINALITY AS t(
         queue, kind, payload, idempotency_key, max_attempts, priority, run_at,
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
         execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context, holder,
-        concurrency_key, required_labels, holder_labels, ord
+        concurrency_key, required_labels, holder_labels, dedup_period_ms, dedup_unfinished, ord
     )
 ),
 ins AS (
@@ -64,7 +64,7 @@ ins AS (
         backoff_initial_ms, backoff_max_ms, backoff_multiplier, backoff_jitter,
         execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, labels, trace_context,
         start_deadline, attempts, lease_token, worker_id, started_at, lease_expires_at, attempt_deadline,
-        concurrency_key, required_labels, submitted_by
+        concurrency_key, required_labels, submitted_by, dedup_until, dedup_unfinished
     )
     SELECT
         new_id, queue, kind,
@@ -80,18 +80,19 @@ ins AS (
         CASE WHEN leased THEN now() END,
         CASE WHEN leased THEN now() + COALESCE(heartbeat_timeout_ms, $18) * interval '1 millisecond' END,
         CASE WHEN leased THEN now() + execution_timeout_ms * interval '1 millisecond' END,
-        concurrency_key, required_labels, $22::text
+        concurrency_key, required_labels, $22::text,
+        now() + dedup_period_ms * interval '1 millisecond', COALESCE(dedup_unfinished, false)
     FROM input
     ORDER BY ord
     ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, state, run_at, created_at, updated_at, worker_id, started_at, lease_expires_at
+    RETURNING id, state, run_at, created_at, updated_at, worker_id, started_at, lease_expires_at, dedup_until
 ),
 opened AS (
     INSERT INTO faultline_attempts (job_id, attempt, lease_token, worker_id, started_at)
     SELECT id, 1, 1, worker_id, started_at FROM ins WHERE state = 'running'
 )
 SELECT input.ord, ins.id, ins.state, ins.run_at, ins.created_at, ins.updated_at,
-    ins.worker_id, ins.started_at, ins.lease_expires_at
+    ins.worker_id, ins.started_at, ins.lease_expires_at, ins.dedup_until
 FROM input LEFT JOIN ins ON ins.id = input.new_id
 ORDER BY input.ord;
 
@@ -913,3 +914,119 @@ on_labels AS (
 )
 SELECT COALESCE(k.queue, l.queue) AS queue, COALESCE(l.n, 0) AS requiring_labels, COALESCE(k.n, 0) AS waiting_on_key
 FROM on_key k FULL JOIN on_labels l ON l.queue = k.queue;
+
+-- === time: watches, schedules, retention, dedup windows (coordinator/watch.py, coordinator/schedules.py,
+-- coordinator/actors/scheduler.py, coordinator/actors/pruner.py) ===
+
+-- name: watch_jobs :many
+-- The watched jobs $1 as they are now (view BASIC: no payload, result or progress details); one statement per poll for every watcher of this coordinator.
+SELECT id, queue, kind, state, priority, ''::bytea AS payload, NULL::bytea AS result, last_error, attempts,
+    max_attempts, idempotency_key, labels, backoff_initial_ms, backoff_max_ms, backoff_multiplier,
+    backoff_jitter, execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, trace_context,
+    lease_token, worker_id, lease_expires_at, cancel_requested, progress_fraction, progress_message,
+    NULL::bytea AS progress_details, created_at, run_at, started_at, finished_at, updated_at
+FROM faultline_jobs WHERE id = ANY($1::bigint[]);
+
+-- name: db_now :val
+-- Postgres' clock: schedules compute their ticks against it, never against a coordinator's own.
+SELECT now();
+
+-- name: insert_schedule :one
+-- Store a new schedule with its first tick $13; NULL when the name is taken.
+INSERT INTO faultline_schedules (name, cron, time_zone, every_ms, kind, queue, payload, priority, max_attempts,
+    labels, catchup, overlap, next_run_at, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (name) DO NOTHING
+RETURNING *;
+
+-- name: list_schedules :many
+-- Every schedule, by name.
+SELECT * FROM faultline_schedules ORDER BY name;
+
+-- name: get_schedule :one
+-- One schedule by name.
+SELECT * FROM faultline_schedules WHERE name = $1;
+
+-- name: pause_schedule :one
+-- Pause a schedule: no next tick until resumed.
+UPDATE faultline_schedules SET paused = true, next_run_at = NULL, updated_at = now()
+WHERE name = $1
+RETURNING *;
+
+-- name: resume_schedule :one
+-- Resume a paused schedule with next tick $2; a schedule that is not paused is returned unchanged.
+UPDATE faultline_schedules SET
+    paused = false,
+    next_run_at = CASE WHEN paused THEN $2 ELSE next_run_at END,
+    updated_at = now()
+WHERE name = $1
+RETURNING *;
+
+-- name: delete_schedule :val
+-- Remove a schedule; its id, NULL when there was none.
+DELETE FROM faultline_schedules WHERE name = $1 RETURNING id;
+
+-- name: record_schedule_run :one
+-- Note that schedule $1 submitted job $2 for tick $3 outside its ticks (TriggerSchedule); the next tick is unchanged.
+UPDATE faultline_schedules SET last_run_at = $3, last_job_id = $2, fired = fired + 1, updated_at = now()
+WHERE id = $1
+RETURNING *;
+
+-- name: claim_due_schedules :many
+-- In the scheduler's transaction: lock up to $1 due schedules that no other coordinator holds, with Postgres' clock and the state of each one's last job (NULL when none or pruned).
+SELECT s.*, now() AS db_now, j.state::text AS last_job_state
+FROM faultline_schedules s
+LEFT JOIN faultline_jobs j ON j.id = s.last_job_id
+WHERE s.next_run_at <= now()
+ORDER BY s.next_run_at
+LIMIT $1
+FOR UPDATE OF s SKIP LOCKED;
+
+-- name: advance_schedule :one
+-- In the scheduler's transaction: move schedule $1 from tick $2 to tick $3, recording the job it fired ($4 at tick $5, or NULL) and the ticks it skipped ($6); fenced on the tick it was claimed at.
+UPDATE faultline_schedules SET
+    next_run_at = $3,
+    last_run_at = COALESCE($5, last_run_at),
+    last_job_id = COALESCE($4, last_job_id),
+    fired = fired + (CASE WHEN $4::bigint IS NULL THEN 0 ELSE 1 END),
+    skipped = skipped + $6,
+    updated_at = now()
+WHERE id = $1 AND next_run_at = $2 AND NOT paused
+RETURNING id;
+
+-- name: next_schedule_due_in :val
+-- Seconds until the earliest schedule tick, by Postgres' clock (NULL when none).
+SELECT EXTRACT(EPOCH FROM min(next_run_at) - now())::float8 FROM faultline_schedules WHERE next_run_at IS NOT NULL;
+
+-- name: prune_finished :one
+-- Delete up to $3 jobs in finished state $1 older than $2 ms (keyed jobs: older than $4 ms, never when NULL), attempts and steps with them (ON DELETE CASCADE), when this transaction gets the pruner's lock (7355608003): one coordinator prunes at a time.
+WITH got AS MATERIALIZED (
+    SELECT pg_try_advisory_xact_lock(7355608003) AS locked
+),
+doomed AS (
+    SELECT j.id FROM faultline_jobs j
+    WHERE (SELECT locked FROM got)
+      AND j.state = $1::faultline_job_state
+      AND j.finished_at < now() - $2 * interval '1 millisecond'
+      AND (j.idempotency_key IS NULL
+           OR ($4::bigint IS NOT NULL AND j.finished_at < now() - $4 * interval '1 millisecond'))
+    ORDER BY j.finished_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+),
+gone AS (
+    DELETE FROM faultline_jobs j USING doomed d WHERE j.id = d.id RETURNING j.id
+)
+SELECT (SELECT locked FROM got) AS locked, (SELECT count(*) FROM gone) AS deleted;
+
+-- name: release_dedup_keys :many
+-- Before an insert: free the (queue $1[i], key $2[i]) pairs whose job's dedup window is over (past dedup_until, or finished with dedup_unfinished), so the insert stores a new job; the key moves to released_idempotency_key.
+UPDATE faultline_jobs j SET
+    released_idempotency_key = j.idempotency_key,
+    idempotency_key = NULL,
+    updated_at = now()
+FROM unnest($1::text[], $2::text[]) AS t(queue, idempotency_key)
+WHERE j.queue = t.queue AND j.idempotency_key = t.idempotency_key
+  AND ((j.dedup_until IS NOT NULL AND j.dedup_until <= now())
+       OR (j.dedup_unfinished AND j.state IN ('succeeded', 'dead_lettered', 'cancelled')))
+RETURNING j.id;

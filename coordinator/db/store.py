@@ -18,7 +18,18 @@ from coordinator.config import RetryDefaults
 from coordinator.db.pool import APPLICATION_NAME
 from coordinator.db.queries import QUERIES, run
 from coordinator.errors import DatabaseUnavailableError, FaultlineError
-from coordinator.model import UNCHANGED, Job, JobSpec, JobState, LeaseKey, Outcome, QueueSettings, SettingsChange
+from coordinator.model import (
+    UNCHANGED,
+    DueSchedule,
+    Job,
+    JobSpec,
+    JobState,
+    LeaseKey,
+    Outcome,
+    QueueSettings,
+    ScheduleRow,
+    SettingsChange,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +214,8 @@ class Store:
         offered_labels = list(holder_labels) if holder_labels is not None else [None] * len(specs)
         rows = await self._run("insert_jobs", *cols, offered, lease_ttl_ms,
                                [s.concurrency_key for s in specs], [s.required_labels for s in specs],
-                               offered_labels, submitted_by)
+                               offered_labels, submitted_by,
+                               [s.dedup_period_ms for s in specs], [s.dedup_unfinished for s in specs])
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
         missing: dict[tuple[str, str], list[int]] = {}  # (queue, idempotency key) -> indexes
         for row in rows:
@@ -214,6 +226,15 @@ class Store:
                 missing.setdefault((specs[idx].queue, key), []).append(idx)
             else:
                 out[idx] = (Job.inserted(specs[idx], row), True)
+        if missing and await self.release_dedup_keys(list(missing)):
+            # Some keys named jobs whose dedup window is over (queries.sql release_dedup_keys): those keys are
+            # free now, so the rows that hit them are inserted again (a first row of each key creates its job).
+            retry = sorted(i for idxs in missing.values() for i in idxs)
+            again = await self.insert_jobs([specs[i] for i in retry],
+                                           holders=[offered[i] for i in retry], lease_ttl_ms=lease_ttl_ms)
+            for i, result in zip(retry, again, strict=True):
+                out[i] = result
+            return [o for o in out if o is not None]
         if missing:
             # Rows that lost the race to an earlier submit (or to an earlier row of this batch).
             pairs = list(missing)
@@ -457,6 +478,92 @@ class Store:
         """Row counts of the job tables, read on a pooled connection (one short statement)."""
         return [TableStats.of(r) for r in await self._run("maintenance_table_stats")]
 
+    # -- time: watches, schedules, retention ------------------------------------------------------
+
+    async def watch_jobs(self, ids: Sequence[int]) -> list[Job]:
+        """The jobs among ids that still exist, without their bytes (view BASIC)."""
+        return [Job.from_record(r) for r in await self._run("watch_jobs", list(ids))]
+
+    async def db_now(self) -> datetime:
+        value: datetime = await self._run("db_now")
+        return value
+
+    async def insert_schedule(self, row: ScheduleRow, *, first_tick: datetime | None, created_at: datetime
+                              ) -> ScheduleRow | None:
+        """Store a new schedule; None when its name is taken."""
+        r = await self._run(
+            "insert_schedule", row.name, row.cron, row.time_zone, row.every_ms, row.kind, row.queue, row.payload,
+            row.priority, row.max_attempts, row.labels, row.catchup, row.overlap, first_tick, created_at)
+        return None if r is None else ScheduleRow.of(r)
+
+    async def list_schedules(self) -> list[ScheduleRow]:
+        return [ScheduleRow.of(r) for r in await self._run("list_schedules")]
+
+    async def get_schedule(self, name: str) -> ScheduleRow | None:
+        r = await self._run("get_schedule", name)
+        return None if r is None else ScheduleRow.of(r)
+
+    async def pause_schedule(self, name: str) -> ScheduleRow | None:
+        r = await self._run("pause_schedule", name)
+        return None if r is None else ScheduleRow.of(r)
+
+    async def resume_schedule(self, name: str, next_run_at: datetime) -> ScheduleRow | None:
+        r = await self._run("resume_schedule", name, next_run_at)
+        return None if r is None else ScheduleRow.of(r)
+
+    async def delete_schedule(self, name: str) -> bool:
+        return await self._run("delete_schedule", name) is not None
+
+    async def record_schedule_run(self, schedule_id: int, job_id: int, at: datetime) -> ScheduleRow | None:
+        r = await self._run("record_schedule_run", schedule_id, job_id, at)
+        return None if r is None else ScheduleRow.of(r)
+
+    async def next_schedule_due_in(self) -> float | None:
+        """Seconds until the earliest tick of any schedule, by Postgres' clock (None when none)."""
+        value: float | None = await self._run("next_schedule_due_in")
+        return value
+
+    @contextlib.asynccontextmanager
+    async def schedule_claim(self, limit: int) -> AsyncIterator[ScheduleClaim]:
+        """A transaction that locks up to `limit` due schedules no other coordinator holds (SKIP LOCKED).
+
+        The rows stay locked until the block ends (commit) or fails (rollback): the holder submits each tick's
+        job (on another connection) and advances the schedule. Killed mid-way, its connection ends, the locks
+        go with it, and another coordinator redoes the tick under the same idempotency key.
+        """
+        try:
+            async with self._pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as con, con.transaction():
+                rows = await run(con, QUERIES["claim_due_schedules"], limit)
+                yield ScheduleClaim(con, [DueSchedule.of(r) for r in rows])
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailableError(f"schedule_claim: {type(exc).__name__}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"schedule_claim failed: {exc}") from exc
+
+    @staticmethod
+    async def advance_schedule(con: Any, due: DueSchedule, *, next_run_at: datetime | None, fired_job_id: int | None,
+                               fired_tick: datetime | None, skipped: int) -> bool:
+        """advance_schedule on the claim's own connection (inside its transaction); see ScheduleClaim.advance."""
+        try:
+            r = await run(con, QUERIES["advance_schedule"], due.row.id, due.row.next_run_at, next_run_at,
+                          fired_job_id, fired_tick, skipped)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailableError(f"advance_schedule: {type(exc).__name__}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"advance_schedule failed: {exc}") from exc
+        return r is not None
+
+    async def prune_finished(self, state: JobState, *, age_ms: int, keyed_age_ms: int | None, limit: int
+                             ) -> tuple[bool, int]:
+        """(got the pruner's lock, jobs deleted): one bounded batch of one finished state, in one short statement."""
+        r = await self._run("prune_finished", state.value, age_ms, limit, keyed_age_ms)
+        return bool(r["locked"]), int(r["deleted"])
+
+    async def release_dedup_keys(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Free the (queue, key) pairs whose job's dedup window is over; how many were freed."""
+        rows = await self._run("release_dedup_keys", [q for q, _ in pairs], [k for _, k in pairs])
+        return len(rows)
+
 
     # -- security: API keys and audit -----------------------------------------------------------
 
@@ -672,3 +779,17 @@ class ProbeSession:
         if self._con is not None:
             self._con.terminate()
             self._con = None
+
+
+class ScheduleClaim:
+    """Due schedules locked by one scheduler transaction (Store.schedule_claim); advance() each before it ends."""
+
+    def __init__(self, con: Any, due: list[DueSchedule]) -> None:
+        self._con = con
+        self.due = due
+
+    async def advance(self, due: DueSchedule, *, next_run_at: datetime | None, fired_job_id: int | None,
+                      fired_tick: datetime | None, skipped: int) -> bool:
+        """Move the schedule to its next tick; False when it changed meanwhile (paused, deleted)."""
+        return await Store.advance_schedule(self._con, due, next_run_at=next_run_at, fired_job_id=fired_job_id,
+                                            fired_tick=fired_tick, skipped=skipped)

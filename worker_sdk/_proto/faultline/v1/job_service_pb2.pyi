@@ -4,6 +4,7 @@ from worker_sdk._proto.faultline.v1 import job_pb2 as _job_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -11,8 +12,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DedupWindow(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEDUP_WINDOW_UNSPECIFIED: _ClassVar[DedupWindow]
+    DEDUP_WINDOW_PERIOD: _ClassVar[DedupWindow]
+    DEDUP_WINDOW_UNFINISHED: _ClassVar[DedupWindow]
+
+class SubmitOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUBMIT_OUTCOME_UNSPECIFIED: _ClassVar[SubmitOutcome]
+    SUBMIT_OUTCOME_CREATED: _ClassVar[SubmitOutcome]
+    SUBMIT_OUTCOME_DUPLICATE_KEY: _ClassVar[SubmitOutcome]
+    SUBMIT_OUTCOME_DUPLICATE_IN_PERIOD: _ClassVar[SubmitOutcome]
+    SUBMIT_OUTCOME_DUPLICATE_UNFINISHED: _ClassVar[SubmitOutcome]
+
+class ScheduleCatchup(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_CATCHUP_UNSPECIFIED: _ClassVar[ScheduleCatchup]
+    SCHEDULE_CATCHUP_SKIP: _ClassVar[ScheduleCatchup]
+    SCHEDULE_CATCHUP_RUN_ONCE: _ClassVar[ScheduleCatchup]
+
+class ScheduleOverlap(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_OVERLAP_UNSPECIFIED: _ClassVar[ScheduleOverlap]
+    SCHEDULE_OVERLAP_SKIP: _ClassVar[ScheduleOverlap]
+    SCHEDULE_OVERLAP_ALLOW: _ClassVar[ScheduleOverlap]
+DEDUP_WINDOW_UNSPECIFIED: DedupWindow
+DEDUP_WINDOW_PERIOD: DedupWindow
+DEDUP_WINDOW_UNFINISHED: DedupWindow
+SUBMIT_OUTCOME_UNSPECIFIED: SubmitOutcome
+SUBMIT_OUTCOME_CREATED: SubmitOutcome
+SUBMIT_OUTCOME_DUPLICATE_KEY: SubmitOutcome
+SUBMIT_OUTCOME_DUPLICATE_IN_PERIOD: SubmitOutcome
+SUBMIT_OUTCOME_DUPLICATE_UNFINISHED: SubmitOutcome
+SCHEDULE_CATCHUP_UNSPECIFIED: ScheduleCatchup
+SCHEDULE_CATCHUP_SKIP: ScheduleCatchup
+SCHEDULE_CATCHUP_RUN_ONCE: ScheduleCatchup
+SCHEDULE_OVERLAP_UNSPECIFIED: ScheduleOverlap
+SCHEDULE_OVERLAP_SKIP: ScheduleOverlap
+SCHEDULE_OVERLAP_ALLOW: ScheduleOverlap
+
 class SubmitRequest(_message.Message):
-    __slots__ = ("kind", "queue", "payload", "idempotency_key", "max_attempts", "priority", "run_at", "retry_policy", "timeouts", "labels", "view", "concurrency_key", "required_labels")
+    __slots__ = ("kind", "queue", "payload", "idempotency_key", "max_attempts", "priority", "run_at", "retry_policy", "timeouts", "labels", "view", "concurrency_key", "required_labels", "dedup_window", "dedup_period")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +81,8 @@ class SubmitRequest(_message.Message):
     VIEW_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_PERIOD_FIELD_NUMBER: _ClassVar[int]
     kind: str
     queue: str
     payload: bytes
@@ -53,15 +96,21 @@ class SubmitRequest(_message.Message):
     view: _job_pb2.JobView
     concurrency_key: str
     required_labels: _containers.ScalarMap[str, str]
-    def __init__(self, kind: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_policy: _Optional[_Union[_job_pb2.RetryPolicy, _Mapping]] = ..., timeouts: _Optional[_Union[_job_pb2.JobTimeouts, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., view: _Optional[_Union[_job_pb2.JobView, str]] = ..., concurrency_key: _Optional[str] = ..., required_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    dedup_window: DedupWindow
+    dedup_period: _duration_pb2.Duration
+    def __init__(self, kind: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_policy: _Optional[_Union[_job_pb2.RetryPolicy, _Mapping]] = ..., timeouts: _Optional[_Union[_job_pb2.JobTimeouts, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., view: _Optional[_Union[_job_pb2.JobView, str]] = ..., concurrency_key: _Optional[str] = ..., required_labels: _Optional[_Mapping[str, str]] = ..., dedup_window: _Optional[_Union[DedupWindow, str]] = ..., dedup_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
-    __slots__ = ("job", "created")
+    __slots__ = ("job", "created", "outcome", "outcome_detail")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_DETAIL_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     created: bool
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    outcome: SubmitOutcome
+    outcome_detail: str
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., created: _Optional[bool] = ..., outcome: _Optional[_Union[SubmitOutcome, str]] = ..., outcome_detail: _Optional[str] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
     __slots__ = ("jobs", "view")
@@ -302,3 +351,156 @@ class AttemptAudit(_message.Message):
     worker_id: str
     outcome: str
     def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., outcome: _Optional[str] = ...) -> None: ...
+
+class ScheduleSpec(_message.Message):
+    __slots__ = ("name", "cron", "time_zone", "every", "kind", "queue", "payload", "priority", "max_attempts", "labels", "catchup", "overlap")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cron: str
+    time_zone: str
+    every: _duration_pb2.Duration
+    kind: str
+    queue: str
+    payload: bytes
+    priority: int
+    max_attempts: int
+    labels: _containers.ScalarMap[str, str]
+    catchup: ScheduleCatchup
+    overlap: ScheduleOverlap
+    def __init__(self, name: _Optional[str] = ..., cron: _Optional[str] = ..., time_zone: _Optional[str] = ..., every: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., kind: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., catchup: _Optional[_Union[ScheduleCatchup, str]] = ..., overlap: _Optional[_Union[ScheduleOverlap, str]] = ...) -> None: ...
+
+class Schedule(_message.Message):
+    __slots__ = ("spec", "id", "paused", "next_run_at", "last_run_at", "last_job_id", "fired", "skipped", "created_at")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    spec: ScheduleSpec
+    id: str
+    paused: bool
+    next_run_at: _timestamp_pb2.Timestamp
+    last_run_at: _timestamp_pb2.Timestamp
+    last_job_id: str
+    fired: int
+    skipped: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, spec: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., id: _Optional[str] = ..., paused: _Optional[bool] = ..., next_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_job_id: _Optional[str] = ..., fired: _Optional[int] = ..., skipped: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateScheduleRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: ScheduleSpec
+    def __init__(self, spec: _Optional[_Union[ScheduleSpec, _Mapping]] = ...) -> None: ...
+
+class CreateScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class ListSchedulesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSchedulesResponse(_message.Message):
+    __slots__ = ("schedules",)
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
+    def __init__(self, schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ...) -> None: ...
+
+class GetScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class PauseScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PauseScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class ResumeScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ResumeScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class DeleteScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteScheduleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TriggerScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class TriggerScheduleResponse(_message.Message):
+    __slots__ = ("job", "schedule")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    schedule: Schedule
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("id", "view")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    view: _job_pb2.JobView
+    def __init__(self, id: _Optional[str] = ..., view: _Optional[_Union[_job_pb2.JobView, str]] = ...) -> None: ...
+
+class WatchJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...

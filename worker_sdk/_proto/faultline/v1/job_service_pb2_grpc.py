@@ -105,6 +105,46 @@ class JobServiceStub:
                 request_serializer=faultline_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=faultline_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/faultline.v1.JobService/CreateSchedule',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.CreateScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/faultline.v1.JobService/ListSchedules',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/faultline.v1.JobService/GetSchedule',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.GetScheduleResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/faultline.v1.JobService/PauseSchedule',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/faultline.v1.JobService/ResumeSchedule',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.ResumeScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/faultline.v1.JobService/DeleteSchedule',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
+        self.TriggerSchedule = channel.unary_unary(
+                '/faultline.v1.JobService/TriggerSchedule',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.TriggerScheduleRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.TriggerScheduleResponse.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/faultline.v1.JobService/WatchJob',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -213,6 +253,65 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSchedule(self, request, context):
+        """CreateSchedule stores a cron or interval schedule that submits one job per tick. A name already in use is
+        refused with ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """ListSchedules lists every schedule by name, with its next tick and its last run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """GetSchedule reads one schedule by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """PauseSchedule stops a schedule's ticks until it is resumed; ticks that pass meanwhile are missed ticks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """ResumeSchedule starts a paused schedule again; its next tick is the first one after now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """DeleteSchedule removes a schedule; jobs it already submitted are left as they are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerSchedule(self, request, context):
+        """TriggerSchedule submits one job of the schedule now, outside its ticks; the next tick is unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """WatchJob streams a job's changes (state, attempt, progress) until it is finished: the first message is the
+        job as it is, the last one the finished job. Changes are sampled, not queued: a watcher that reads slowly
+        sees the latest state, never a backlog, and always the final one. Works whichever coordinator runs the job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +369,46 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=faultline_dot_v1_dot_job__service__pb2.ListWorkersRequest.FromString,
                     response_serializer=faultline_dot_v1_dot_job__service__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.CreateScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.GetScheduleRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.GetScheduleResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.ResumeScheduleResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'TriggerSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerSchedule,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.TriggerScheduleRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.TriggerScheduleResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.WatchJobRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.WatchJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -585,6 +724,222 @@ class JobService:
             '/faultline.v1.JobService/ListWorkers',
             faultline_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
             faultline_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/CreateSchedule',
+            faultline_dot_v1_dot_job__service__pb2.CreateScheduleRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.CreateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/ListSchedules',
+            faultline_dot_v1_dot_job__service__pb2.ListSchedulesRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/GetSchedule',
+            faultline_dot_v1_dot_job__service__pb2.GetScheduleRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.GetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/PauseSchedule',
+            faultline_dot_v1_dot_job__service__pb2.PauseScheduleRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/ResumeSchedule',
+            faultline_dot_v1_dot_job__service__pb2.ResumeScheduleRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.ResumeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/DeleteSchedule',
+            faultline_dot_v1_dot_job__service__pb2.DeleteScheduleRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/TriggerSchedule',
+            faultline_dot_v1_dot_job__service__pb2.TriggerScheduleRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.TriggerScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/faultline.v1.JobService/WatchJob',
+            faultline_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
