@@ -479,8 +479,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             with self._watch_hub.watch(job_id) as watcher:
                 metrics.WATCHERS.set(self._watch_hub.watching)
                 try:
-                    job: Job | None = await self._get(job_id)  # registered first: no change is missed
-                    principal.require_queue(job.queue, "WatchJob")  # a read key sees only its queues' jobs
+                    first = await self._get(job_id)  # registered first: no change is missed
+                    principal.require_queue(first.queue, "WatchJob")  # a read key sees only its queues' jobs
+                    job: Job | None = first
                     sent: tuple[object, ...] | None = None
                     while True:
                         if job is None:
