@@ -262,3 +262,34 @@ async def test_reading_payloads_and_results_is_a_scope_of_its_own(auth_coordinat
         assert (await client.get(job.id)).payload == b"secret payload"
         jobs, _ = await client.list(full=True)
         assert jobs[0].payload == b"secret payload"
+
+
+async def test_watch_and_schedule_rpcs_follow_scopes_and_queues(auth_coordinator: Coordinator,
+                                                                make_key: MakeKey) -> None:
+    """WatchJob is a server stream: the interceptor admits it under `read` and the key's queues, like GetJob."""
+    addr = _addr(auth_coordinator)
+    admin = await make_key("root", "admin,submit,read")
+    team = await make_key("team-a", "submit,read", queues=("team-a",))
+    async with Client(addr, api_key=admin) as root:
+        other = await root.submit("echo", b"b", queue="team-b")
+    async with grpc.aio.insecure_channel(addr) as ch:
+        stub = job_service_pb2_grpc.JobServiceStub(ch)  # type: ignore[no-untyped-call]
+
+        async def first(call: Any) -> Any:
+            async for msg in call:
+                return msg
+            return None
+
+        code, _ = await _code(first(stub.WatchJob(jpb.WatchJobRequest(id=other.id), timeout=10)))
+        assert code is grpc.StatusCode.UNAUTHENTICATED
+        code, details = await _code(first(stub.WatchJob(jpb.WatchJobRequest(id=other.id), metadata=bearer(team),
+                                                        timeout=10)))
+        assert code is grpc.StatusCode.PERMISSION_DENIED and "team-b" in details, details
+    async with Client(addr, api_key=team) as client:
+        mine = await client.submit("echo", b"a", queue="team-a")
+        seen = client.watch(mine.id)
+        assert (await anext(seen)).id == mine.id  # a read key watches its own queue's job
+        await seen.aclose()
+        assert await client.list_schedules() == []
+        with pytest.raises(PermissionDeniedError, match="admin"):
+            await client.create_schedule("nightly", "echo", every=timedelta(seconds=60), queue="team-a")
