@@ -508,6 +508,9 @@ class FaultlineHarness(Harness):
         env = {**os.environ, **extra}
         if self._code:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (self._code, env.get("PYTHONPATH", "")) if p)
+            # `python -m coordinator` puts the working directory first on sys.path, ahead of PYTHONPATH: run
+            # from a checkout, the other tree's coordinator and workers imported this tree's code instead.
+            env["PYTHONSAFEPATH"] = "1"
         return env
 
     async def start(self, dsn: str | None) -> None:
