@@ -1,7 +1,7 @@
 """The gRPC server: its options, the interceptor chain, the services, TLS, and the rule that binds safely.
 
     interceptors, outermost first:
-      AuthInterceptor (api/auth.py): authenticate, authorize, rate limit, access log; off: a pass-through
+      AuthInterceptor (api/auth.py): authenticate, authorize, rate limit, access log (only with auth on)
       DecodeGuard     (api/decode.py): a request that does not parse is INVALID_ARGUMENT
     services: JobService, WorkerService, grpc.health.v1 (never authenticated, for probes), and
               reflection when FAULTLINE_REFLECTION is on (with auth on it needs a key, any scope)
@@ -124,9 +124,12 @@ def build(
 ) -> grpc.aio.Server:
     """The server with every service added, not bound yet (see bind())."""
     check_exposure(cfg)
-    auth = AuthInterceptor(ring=ring, required=cfg.auth_required, mtls=cfg.tls_client_ca is not None,
-                           cert_scopes=parse_scopes(cfg.tls_client_scopes), cert_queues=cfg.tls_client_queues)
-    server = grpc.aio.server(interceptors=[auth, DecodeGuard()], maximum_concurrent_rpcs=GRPC_MAX_CONCURRENT_RPCS,
+    interceptors: list[grpc.aio.ServerInterceptor] = [DecodeGuard()]
+    if cfg.auth_required:  # with auth off the chain is DecodeGuard alone: auth off costs nothing
+        interceptors.insert(0, AuthInterceptor(
+            ring=ring, required=True, mtls=cfg.tls_client_ca is not None,
+            cert_scopes=parse_scopes(cfg.tls_client_scopes), cert_queues=cfg.tls_client_queues))
+    server = grpc.aio.server(interceptors=interceptors, maximum_concurrent_rpcs=GRPC_MAX_CONCURRENT_RPCS,
                              options=list(SERVER_OPTIONS))
     # The generated *_pb2_grpc modules have no annotations (gen_protos.py emits no .pyi for them).
     job_service_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)  # type: ignore[no-untyped-call]
