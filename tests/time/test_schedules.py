@@ -62,12 +62,12 @@ async def test_a_tick_redone_after_a_crash_between_submit_and_advance_makes_no_s
     coordinator_factory: Any, db: Any
 ) -> None:
     c: Coordinator = await coordinator_factory(scheduler=False)
-    assert c.store is not None
+    assert c.store is not None and c.submitter is not None
     async with Client(f"127.0.0.1:{c.port}") as client:
         await client.create_schedule("once", "noop", every=timedelta(seconds=1), overlap="allow")
     await eventually(lambda: _due(db), timeout=10, message="the first tick is due")
 
-    real = make_submit(insert=c.store.insert_jobs, wake_queue=lambda q: None, wake_promoter=lambda: None)
+    real = make_submit(c.submitter)
     submitted: list[tuple[Job, bool]] = []
 
     async def submit_then_die(spec: JobSpec) -> tuple[Job, bool]:
