@@ -179,7 +179,8 @@ class Coordinator:
         # === time: watches, schedules, retention ===
         submit_job = make_submit(submitter)  # schedules submit through the one entry point
         # The hub's watchers outlive a restart of its poll loop: the factory hands back the same instance.
-        watch_hub = WatchHub(store=store, interval_s=cfg.watch_poll.total_seconds(), max_watchers=cfg.watchers_max)
+        watch_hub = WatchHub(store=store, interval_s=cfg.watch_poll.total_seconds(), max_watchers=cfg.watchers_max,
+                             max_per_client=cfg.watchers_per_client_max)
         children.append(ChildSpec("watch_hub", lambda: watch_hub))
         if cfg.scheduler:
             children.append(ChildSpec("scheduler", lambda: Scheduler(

@@ -97,6 +97,9 @@ EMBEDDED_DATA_DIR_DEFAULT = Path.home() / ".local" / "share" / "faultline" / "pg
 # change is seen within one interval); past WATCHERS_MAX open watches a new one is RESOURCE_EXHAUSTED.
 WATCH_POLL_INTERVAL = timedelta(milliseconds=100)
 WATCHERS_MAX_DEFAULT = 10_000
+# One client's share of them (its key's identity with auth on, its address with auth off): a client that opens
+# watches without end is refused, not its neighbours.
+WATCHERS_PER_CLIENT_MAX_DEFAULT = 1_000
 # Scheduler: the longest it sleeps (a schedule created on another coordinator is seen within it), the least
 # (a due schedule another coordinator holds is looked at again after it), and schedules per transaction.
 SCHEDULER_IDLE_MAX = timedelta(seconds=1)
@@ -186,6 +189,7 @@ class Config:
     # === Time (see the constants' block above) ===
     watch_poll: timedelta = WATCH_POLL_INTERVAL
     watchers_max: int = WATCHERS_MAX_DEFAULT
+    watchers_per_client_max: int = WATCHERS_PER_CLIENT_MAX_DEFAULT
     schedule_misfire_grace: timedelta = SCHEDULE_MISFIRE_GRACE
     # False: this coordinator runs no scheduler (the others on the database do).
     scheduler: bool = True
@@ -425,6 +429,8 @@ def _time_settings(env: Mapping[str, str], cfg: Config) -> Config:
         watch_poll=timedelta(milliseconds=_int(env, "FAULTLINE_WATCH_POLL_MS",
                                                int(WATCH_POLL_INTERVAL.total_seconds() * 1000), lo=10, hi=60_000)),
         watchers_max=_int(env, "FAULTLINE_WATCHERS_MAX", WATCHERS_MAX_DEFAULT, lo=1, hi=1_000_000),
+        watchers_per_client_max=_int(env, "FAULTLINE_WATCHERS_PER_CLIENT_MAX", WATCHERS_PER_CLIENT_MAX_DEFAULT,
+                                     lo=1, hi=1_000_000),
         schedule_misfire_grace=timedelta(milliseconds=_int(
             env, "FAULTLINE_SCHEDULE_MISFIRE_GRACE_MS", int(SCHEDULE_MISFIRE_GRACE.total_seconds() * 1000),
             lo=0, hi=day_ms)),

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from coordinator.config import WATCH_POLL_INTERVAL, WATCHERS_MAX_DEFAULT
+from coordinator.config import WATCH_POLL_INTERVAL, WATCHERS_MAX_DEFAULT, WATCHERS_PER_CLIENT_MAX_DEFAULT
 from coordinator.db.store import Store
 from coordinator.errors import DatabaseUnavailableError, OverloadedError
 from coordinator.model import Job
@@ -80,12 +80,16 @@ class WatchHub:
     name = "watch_hub"
 
     def __init__(self, *, store: Store, interval_s: float = WATCH_POLL_INTERVAL.total_seconds(),
-                 max_watchers: int = WATCHERS_MAX_DEFAULT) -> None:
-        if interval_s <= 0 or max_watchers < 1:
-            raise ValueError("interval_s must be positive and max_watchers at least 1")
+                 max_watchers: int = WATCHERS_MAX_DEFAULT,
+                 max_per_client: int = WATCHERS_PER_CLIENT_MAX_DEFAULT) -> None:
+        if interval_s <= 0 or max_watchers < 1 or max_per_client < 1:
+            raise ValueError("interval_s must be positive, max_watchers and max_per_client at least 1")
         self._store = store
         self._interval_s = interval_s
         self._max = max_watchers
+        self._max_per_client = max_per_client
+        # Owned by the event loop: open watches per client (its key, or its address with auth off).
+        self._by_client: dict[str, int] = {}
         # Owned by the event loop: job id -> its watchers; the count is bounded by max_watchers.
         self._watchers: dict[int, set[Watcher]] = {}
         self._count = 0
@@ -96,11 +100,17 @@ class WatchHub:
         return self._count
 
     @contextlib.contextmanager
-    def watch(self, job_id: int) -> Iterator[Watcher]:
-        """Register a watcher for the block; OverloadedError when max_watchers are open already."""
+    def watch(self, job_id: int, client: str = "") -> Iterator[Watcher]:
+        """Register a watcher for the block; OverloadedError when max_watchers are open already, or when this
+        client (its key, or its address) holds its share of them: one client's watches cost that client."""
         if self._count >= self._max:
             raise OverloadedError(f"{self._count} watches are open on this coordinator, the most it keeps "
                                   "(FAULTLINE_WATCHERS_MAX): retry later or use GetJob")
+        mine = self._by_client.get(client, 0)
+        if mine >= self._max_per_client:
+            raise OverloadedError(f"this client has {mine} watches open on this coordinator, its share "
+                                  "(FAULTLINE_WATCHERS_PER_CLIENT_MAX): close some, or use GetJob")
+        self._by_client[client] = mine + 1
         w = Watcher(job_id)
         self._watchers.setdefault(job_id, set()).add(w)
         self._count += 1
@@ -114,6 +124,11 @@ class WatchHub:
                 if not group:
                     del self._watchers[job_id]
             self._count -= 1
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
 
     async def run(self) -> None:
         while True:

@@ -56,6 +56,11 @@ SUBMIT_RESPONSE_OVERHEAD_BYTES = 128
 OUTCOME_DETAIL_MAX_BYTES = 112
 
 
+def _peer_host(peer: str) -> str:
+    """The address part of a gRPC peer ("ipv4:127.0.0.1:5555", "ipv6:[::1]:5555"): one client, whatever its port."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
 def rpc(
     fn: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
 ) -> Callable[..., Awaitable[Resp]]:
@@ -476,7 +481,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             principal = auth_keys.current()
             if full:
                 principal.require(Scope.PAYLOADS, "WatchJob with view FULL")
-            with self._watch_hub.watch(job_id) as watcher:
+            with self._watch_hub.watch(job_id, principal.identity or _peer_host(context.peer())) as watcher:
                 metrics.WATCHERS.set(self._watch_hub.watching)
                 try:
                     first = await self._get(job_id)  # registered first: no change is missed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -293,3 +294,32 @@ async def test_watch_and_schedule_rpcs_follow_scopes_and_queues(auth_coordinator
         assert await client.list_schedules() == []
         with pytest.raises(PermissionDeniedError, match="admin"):
             await client.create_schedule("nightly", "echo", every=timedelta(seconds=60), queue="team-a")
+
+
+async def test_one_clients_watches_cost_that_client_not_its_neighbours(
+        coordinator_factory: Callable[..., Awaitable[Coordinator]], make_key: MakeKey) -> None:
+    from tests.security.conftest import TEST_KEY_REFRESH
+
+    c = await coordinator_factory(auth="required", key_refresh_interval=TEST_KEY_REFRESH, watchers_per_client_max=3)
+    addr = _addr(c)
+    greedy = await make_key("greedy", "submit,read")
+    polite = await make_key("polite", "submit,read")
+    async with Client(addr, api_key=greedy) as g, Client(addr, api_key=polite) as p:
+        job = await g.submit("nobody-runs-this", b"x")
+        held = [g.watch(job.id) for _ in range(3)]
+        for w in held:
+            await anext(w)  # each holds a watch open on the coordinator
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = job_service_pb2_grpc.JobServiceStub(ch)  # type: ignore[no-untyped-call]
+
+            async def first(token: str) -> Any:
+                async for msg in stub.WatchJob(jpb.WatchJobRequest(id=job.id), metadata=bearer(token), timeout=10):
+                    return msg
+                return None
+
+            code, details = await _code(first(greedy))
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "share" in details, (code, details)
+            assert (await first(polite)).job.id == job.id  # the neighbour still watches
+        for w in held:
+            await w.aclose()
+        assert (await anext(p.watch(job.id))).id == job.id
