@@ -150,8 +150,11 @@ note "python -m build"
 WHEEL="$(ls "$WORK"/dist/*.whl)"
 SDIST="$(ls "$WORK"/dist/*.tar.gz)"
 note "built $(basename "$WHEEL") and $(basename "$SDIST")"
+# The listing is read whole first: `zipfile -l | grep -q` let grep exit at its first match, zipfile died of
+# SIGPIPE, and under pipefail the check failed on a wheel that had the file (one CI run in two).
+listing="$("$PY" -m zipfile -l "$WHEEL")"
 for f in coordinator/migrations/0001_create_jobs.sql coordinator/db/queries.sql; do
-    "$PY" -m zipfile -l "$WHEEL" | grep -q "$f" || { note "the wheel lacks $f"; exit 1; }
+    grep -qF "$f" <<<"$listing" || { note "the wheel lacks $f"; exit 1; }
 done
 
 mkdir -p "$WORK/home"
