@@ -76,6 +76,10 @@ FRAMES_PER_MESSAGE_MAX = 1024
 # back, so a flood waits in its own stream (gRPC flow control pushes back on the sender) and takes at most
 # this share of any actor's inbox. A single frame heavier than the limit is read when nothing else is owed.
 SESSION_INFLIGHT_MAX = 256
+# ...and bytes count too: a frame weighs one unit more per INFLIGHT_UNIT_BYTES it carries (a result, progress
+# details, a step's result), so the share is 256 frames or about 16 MiB of them, whichever comes first. By
+# frames alone, 256 completions of 256 KiB were 64 MiB held here while Postgres was slow to take them.
+INFLIGHT_UNIT_BYTES = 64 << 10
 # get_step, record_step and release statements of one session that run at once; the rest wait their turn.
 SESSION_STATEMENTS_MAX = 2
 # Frames the reader handles between yields to the event loop.
@@ -89,6 +93,15 @@ OUTBOX_BYTES_MAX = 256 << 20
 OUTBOX_FRAMES_MAX = 50_000
 FRAME_OVERHEAD_BYTES = 256
 SLOW_READER_GRACE_S = 10.0
+# Grants written and not yet shown read. A write leaves the outbox once gRPC takes it, and gRPC and the kernel
+# buffer what a worker does not read (tens of MiB), so the outbox alone cannot see a worker that never reads:
+# its leases expire, their slots come back, and it is sent more. A worker names a lease (heartbeat, progress,
+# verdict, step, release, abandon) only after reading its grant, and a stream is in order, so naming one grant
+# shows every grant before it was read too (a cumulative acknowledgement). Past UNREAD_GRANT_BYTES_SOFT of
+# grants not shown read the session shows no credit; if it stays past it for UNREAD_GRACE_HEARTBEATS
+# heartbeat intervals (and at least SLOW_READER_GRACE_S), the worker is not reading: the stream ends as above.
+UNREAD_GRANT_BYTES_SOFT = 8 << 20
+UNREAD_GRACE_HEARTBEATS = 3
 # How long ending a stuck stream waits for its status to be queued before it cancels the RPC instead.
 ABORT_STATUS_TIMEOUT_S = 1.0
 # One ConnectResponse holds at most this many frames or (beyond its first frame) bytes.
@@ -259,6 +272,13 @@ class WorkerSession:
         self._sizes: deque[int] = deque()
         self._outbox_bytes = 0
         self._behind: asyncio.TimerHandle | None = None  # armed while the outbox is past its soft mark
+        # Grants not shown read (see UNREAD_GRANT_BYTES_SOFT), in the order they were queued: grant number
+        # -> (lease, cost), the lease's grant number, their total cost, and the timer armed past the mark.
+        self._unread: dict[int, tuple[LeaseKey, int]] = {}
+        self._unread_no: dict[LeaseKey, int] = {}
+        self._unread_bytes = 0
+        self._grants_queued = 0
+        self._unread_behind: asyncio.TimerHandle | None = None
         self._abort: StreamAbort | None = None  # set when the worker fell too far behind; the writer ends the stream
         self._writer: asyncio.Task[Any] | None = None
         # The event loop, looked up once: asyncio.get_running_loop() is a getpid() system call in CPython
@@ -267,7 +287,7 @@ class WorkerSession:
         self._writing = False
         self._tasks: set[asyncio.Task[None]] = set()
         # Statements waiting for one of this session's SESSION_STATEMENTS_MAX runners (see _spawn).
-        self._statements: deque[tuple[Coroutine[Any, Any, None], Callable[[], None] | None]] = deque()
+        self._statements: deque[tuple[Coroutine[Any, Any, None], Callable[[], None] | None, int]] = deque()
         self._runners = 0
         # Units of work owed to this session (see SESSION_INFLIGHT_MAX), and the reader's wake-up.
         self._load = 0
@@ -286,10 +306,16 @@ class WorkerSession:
 
         A worker that has not read what it was sent gets nothing more until it has (see OUTBOX_BYTES_SOFT).
         """
-        if self._outbox_bytes > OUTBOX_BYTES_SOFT:
+        if self._outbox_bytes > OUTBOX_BYTES_SOFT or self._unread_bytes > UNREAD_GRANT_BYTES_SOFT:
             return 0
         busy = len(self._leases) - len(self._closing)
-        return max(0, min(self._offered, self.capacity - busy))
+        credit = max(0, min(self._offered, self.capacity - busy))
+        if self._unread_bytes and credit > 1:
+            # No more grants than fit under the unread mark at this worker's grant size so far, so that one
+            # claim cannot take a non-reading worker far past it.
+            fit = (UNREAD_GRANT_BYTES_SOFT - self._unread_bytes) * len(self._unread) // self._unread_bytes + 1
+            credit = min(credit, fit)
+        return credit
 
     @property
     def accepting(self) -> bool:
@@ -331,12 +357,16 @@ class WorkerSession:
                 execution_timeout=convert.duration_ms(job.execution_timeout_ms),
                 trace_context=ctx,
             )
-            frames.append(wpb.CoordinatorFrame(lease=grant))
+            frames.append((key, wpb.CoordinatorFrame(lease=grant)))
             self._hold(key)
             if debug:
                 logger.debug("lease granted", extra={"job_id": job.id, "lease_token": job.lease_token,
                                                      "worker_id": self.worker_id})
-        return all(self._send(f) for f in frames)
+        for key, frame in frames:
+            if not self._send(frame):
+                return False
+            self._grant_queued(key, self._sizes[-1])
+        return True
 
     def revoke(self, key: LeaseKey, reason: str) -> bool:
         """Forget a lease that Postgres no longer gives this worker; tell the worker unless it already closed it.
@@ -475,6 +505,38 @@ class WorkerSession:
             self._room.set()
             self._registry.signal.credit()
 
+    def _grant_queued(self, key: LeaseKey, cost: int) -> None:
+        """A grant is on its way: count its cost as not read until the worker names it or a later grant."""
+        self._grants_queued += 1
+        old = self._unread_no.pop(key, None)
+        if old is not None:  # the same lease granted again (it cannot be, but the count must stay right)
+            self._unread_bytes -= self._unread.pop(old)[1]
+        self._unread[self._grants_queued] = (key, cost)
+        self._unread_no[key] = self._grants_queued
+        self._unread_bytes += cost
+        if self._unread_behind is None and self._unread_bytes > UNREAD_GRANT_BYTES_SOFT:
+            grace = max(SLOW_READER_GRACE_S, UNREAD_GRACE_HEARTBEATS * self._heartbeat_ms / 1000)
+            self._unread_behind = asyncio.get_running_loop().call_later(grace, self._fell_behind, "slow_reader")
+
+    def _shown_read(self, key: LeaseKey) -> None:
+        """The worker named key: its grant, and every grant queued before it, reached the worker."""
+        upto = self._unread_no.get(key)
+        if upto is None:
+            return
+        unread = self._unread
+        while unread:
+            no = next(iter(unread))
+            if no > upto:
+                break
+            lease, cost = unread.pop(no)
+            del self._unread_no[lease]
+            self._unread_bytes -= cost
+        if self._unread_behind is not None and self._unread_bytes <= UNREAD_GRANT_BYTES_SOFT:
+            self._unread_behind.cancel()
+            self._unread_behind = None
+            if self.state is SessionState.OPEN and self.credit > 0:
+                self._registry.signal.credit()
+
     def _fell_behind(self, reason: str) -> None:
         """The worker is not reading its stream: close the session now and have the writer end the stream."""
         if self._abort is not None:
@@ -482,12 +544,14 @@ class WorkerSession:
         self._behind = None
         self._abort = StreamAbort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"worker is not reading its stream: {self._outbox.qsize()} frames ({self._outbox_bytes} bytes) unsent",
+            f"worker is not reading its stream: {self._outbox.qsize()} frames ({self._outbox_bytes} bytes) unsent, "
+            f"{len(self._unread)} grants ({self._unread_bytes} bytes) sent and not acknowledged",
         )
         metrics.SESSIONS_ABORTED.labels(reason).inc()
         logger.warning("worker is not reading its stream; ending it", extra={
             "session_id": self.session_id, "worker_id": self.worker_id, "reason": reason,
-            "unsent_frames": self._outbox.qsize(), "unsent_bytes": self._outbox_bytes})
+            "unsent_frames": self._outbox.qsize(), "unsent_bytes": self._outbox_bytes,
+            "unread_grants": len(self._unread), "unread_bytes": self._unread_bytes})
         self._close()
         if self._writing and self._writer is not None:
             self._writer.cancel()  # blocked in a write the worker will not read: see _write_loop
@@ -590,6 +654,9 @@ class WorkerSession:
         if self._behind is not None:
             self._behind.cancel()
             self._behind = None
+        if self._unread_behind is not None:
+            self._unread_behind.cancel()
+            self._unread_behind = None
         while self._statements:  # never started: nobody waits for their replies any more
             self._statements.popleft()[0].close()
         if was_registered:
@@ -641,7 +708,9 @@ class WorkerSession:
                     self._reply_invalid(frame.seq, f"{which}.lease: malformed lease id or token")
                 else:
                     seq = frame.seq
-                    self._in_order((key.job_id,), lambda done: self._spawn(self._on_step(seq, which, step), done), seq)
+                    nbytes = len(step.result) if which == "record_step" else 0
+                    self._in_order((key.job_id,), lambda done: self._spawn(
+                        self._on_step(seq, which, step), done, nbytes), seq)
             case _:
                 self._reply_invalid(frame.seq, "empty frame")
 
@@ -709,7 +778,11 @@ class WorkerSession:
         self._registry.signal.credit()
 
     def _lease(self, ref: Any) -> LeaseKey | None:
-        return LeaseKey.parse(ref.lease_id, ref.fencing_token)
+        """The lease a frame names; naming it shows its grant was read (see UNREAD_GRANT_BYTES_SOFT)."""
+        key = LeaseKey.parse(ref.lease_id, ref.fencing_token)
+        if key is not None and self._unread:
+            self._shown_read(key)
+        return key
 
     def _on_heartbeat(self, seq: int, hb: Any) -> None:
         self.last_heartbeat = time.monotonic()
@@ -919,7 +992,14 @@ class WorkerSession:
             inbox.put_nowait(Request(item, fut))
         except asyncio.QueueFull:
             return False
-        weight = max(len(item.keys), 1) if isinstance(item, HeartbeatItem) else 1
+        if isinstance(item, HeartbeatItem):
+            weight = max(len(item.keys), 1)
+        elif isinstance(item, Completion):
+            weight = 1 + len(item.result) // INFLIGHT_UNIT_BYTES
+        elif isinstance(item, ProgressUpdate):
+            weight = 1 + len(item.details) // INFLIGHT_UNIT_BYTES
+        else:
+            weight = 1
         self._unanswered += 1
         self._load += weight
 
@@ -932,14 +1012,17 @@ class WorkerSession:
         fut.add_done_callback(done)
         return True
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], done: Callable[[], None] | None = None) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], done: Callable[[], None] | None = None,
+               nbytes: int = 0) -> None:
         """Run a statement for this session: at most SESSION_STATEMENTS_MAX at once, the rest in order after.
 
-        done, if given, runs once the statement has ended, however it ended (see _in_order).
+        done, if given, runs once the statement has ended, however it ended (see _in_order). nbytes: what the
+        statement holds (a step's result), weighed as in _ask.
         """
+        weight = 1 + nbytes // INFLIGHT_UNIT_BYTES
         self._unanswered += 1
-        self._load += 1
-        self._statements.append((coro, done))
+        self._load += weight
+        self._statements.append((coro, done, weight))
         if self._runners < SESSION_STATEMENTS_MAX:
             self._runners += 1
             task = asyncio.create_task(self._run_statements())
@@ -949,7 +1032,7 @@ class WorkerSession:
     async def _run_statements(self) -> None:
         try:
             while self._statements:
-                coro, done = self._statements.popleft()
+                coro, done, weight = self._statements.popleft()
                 try:
                     await coro
                 except Exception:
@@ -957,7 +1040,7 @@ class WorkerSession:
                 finally:
                     if done is not None:
                         done()
-                    self._answered(1)
+                    self._answered(weight)
         finally:
             self._runners -= 1
 
