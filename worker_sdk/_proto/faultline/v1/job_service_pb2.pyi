@@ -133,28 +133,122 @@ class GetJobRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class GetJobResponse(_message.Message):
-    __slots__ = ("job", "audit")
+    __slots__ = ("job", "audit", "trace_id")
     JOB_FIELD_NUMBER: _ClassVar[int]
     AUDIT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     audit: JobAudit
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., audit: _Optional[_Union[JobAudit, _Mapping]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., audit: _Optional[_Union[JobAudit, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("queue", "kind", "state", "page_size", "page_token", "view")
+    __slots__ = ("queue", "kind", "state", "page_size", "page_token", "view", "labels", "idempotency_key")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     queue: str
     kind: str
     state: _job_pb2.JobState
     page_size: int
     page_token: str
     view: _job_pb2.JobView
-    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., view: _Optional[_Union[_job_pb2.JobView, str]] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    idempotency_key: str
+    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., view: _Optional[_Union[_job_pb2.JobView, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class JobFilter(_message.Message):
+    __slots__ = ("queue", "kind", "state", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    kind: str
+    state: _job_pb2.JobState
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class BulkCancelJobsRequest(_message.Message):
+    __slots__ = ("ids", "filter", "resume_token")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    filter: JobFilter
+    resume_token: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[JobFilter, _Mapping]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class BulkCancelJobsResponse(_message.Message):
+    __slots__ = ("cancelled", "cancel_requested", "skipped", "resume_token")
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    cancelled: int
+    cancel_requested: int
+    skipped: int
+    resume_token: str
+    def __init__(self, cancelled: _Optional[int] = ..., cancel_requested: _Optional[int] = ..., skipped: _Optional[int] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class BulkRequeueJobsRequest(_message.Message):
+    __slots__ = ("ids", "filter", "extra_attempts", "resume_token")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    filter: JobFilter
+    extra_attempts: int
+    resume_token: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[JobFilter, _Mapping]] = ..., extra_attempts: _Optional[int] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class BulkRequeueJobsResponse(_message.Message):
+    __slots__ = ("requeued", "skipped", "resume_token")
+    REQUEUED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    requeued: int
+    skipped: int
+    resume_token: str
+    def __init__(self, requeued: _Optional[int] = ..., skipped: _Optional[int] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("identity", "name", "scopes", "queues", "auth_enabled")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    AUTH_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    name: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    auth_enabled: bool
+    def __init__(self, identity: _Optional[str] = ..., name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., queues: _Optional[_Iterable[str]] = ..., auth_enabled: _Optional[bool] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -195,7 +289,7 @@ class ListQueuesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("name", "depth", "oldest_ready_age", "finished_last_minute", "settings", "waiting_on_key", "requiring_labels")
+    __slots__ = ("name", "depth", "oldest_ready_age", "finished_last_minute", "settings", "waiting_on_key", "requiring_labels", "sampled_at", "workers_connected", "history")
     class DepthEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +304,9 @@ class QueueStats(_message.Message):
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     WAITING_ON_KEY_FIELD_NUMBER: _ClassVar[int]
     REQUIRING_LABELS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_AT_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     name: str
     depth: _containers.ScalarMap[str, int]
     oldest_ready_age: _duration_pb2.Duration
@@ -217,7 +314,28 @@ class QueueStats(_message.Message):
     settings: QueueSettings
     waiting_on_key: int
     requiring_labels: int
-    def __init__(self, name: _Optional[str] = ..., depth: _Optional[_Mapping[str, int]] = ..., oldest_ready_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., finished_last_minute: _Optional[int] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ..., waiting_on_key: _Optional[int] = ..., requiring_labels: _Optional[int] = ...) -> None: ...
+    sampled_at: _timestamp_pb2.Timestamp
+    workers_connected: int
+    history: _containers.RepeatedCompositeFieldContainer[QueueMinute]
+    def __init__(self, name: _Optional[str] = ..., depth: _Optional[_Mapping[str, int]] = ..., oldest_ready_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., finished_last_minute: _Optional[int] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ..., waiting_on_key: _Optional[int] = ..., requiring_labels: _Optional[int] = ..., sampled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., workers_connected: _Optional[int] = ..., history: _Optional[_Iterable[_Union[QueueMinute, _Mapping]]] = ...) -> None: ...
+
+class QueueMinute(_message.Message):
+    __slots__ = ("start", "succeeded", "failed", "wait_p50", "wait_p95", "run_p50", "run_p95")
+    START_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    WAIT_P50_FIELD_NUMBER: _ClassVar[int]
+    WAIT_P95_FIELD_NUMBER: _ClassVar[int]
+    RUN_P50_FIELD_NUMBER: _ClassVar[int]
+    RUN_P95_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    succeeded: int
+    failed: int
+    wait_p50: _duration_pb2.Duration
+    wait_p95: _duration_pb2.Duration
+    run_p50: _duration_pb2.Duration
+    run_p95: _duration_pb2.Duration
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., wait_p50: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait_p95: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_p50: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_p95: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class QueueSettings(_message.Message):
     __slots__ = ("name", "paused", "per_key_concurrency", "max_running", "rate_per_second", "burst")
@@ -343,14 +461,22 @@ class JobAudit(_message.Message):
     def __init__(self, submitted_by: _Optional[str] = ..., cancelled_by: _Optional[str] = ..., requeued_by: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[AttemptAudit, _Mapping]]] = ...) -> None: ...
 
 class AttemptAudit(_message.Message):
-    __slots__ = ("attempt", "worker_id", "outcome")
+    __slots__ = ("attempt", "worker_id", "outcome", "fencing_token", "started_at", "ended_at", "error")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     attempt: int
     worker_id: str
     outcome: str
-    def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., outcome: _Optional[str] = ...) -> None: ...
+    fencing_token: int
+    started_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    error: str
+    def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., outcome: _Optional[str] = ..., fencing_token: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ScheduleSpec(_message.Message):
     __slots__ = ("name", "cron", "time_zone", "every", "kind", "queue", "payload", "priority", "max_attempts", "labels", "catchup", "overlap")

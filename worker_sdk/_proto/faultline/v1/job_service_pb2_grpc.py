@@ -145,6 +145,21 @@ class JobServiceStub:
                 request_serializer=faultline_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=faultline_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
+        self.BulkCancelJobs = channel.unary_unary(
+                '/faultline.v1.JobService/BulkCancelJobs',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.BulkCancelJobsRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.BulkCancelJobsResponse.FromString,
+                _registered_method=True)
+        self.BulkRequeueJobs = channel.unary_unary(
+                '/faultline.v1.JobService/BulkRequeueJobs',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.BulkRequeueJobsRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.BulkRequeueJobsResponse.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/faultline.v1.JobService/WhoAmI',
+                request_serializer=faultline_dot_v1_dot_job__service__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=faultline_dot_v1_dot_job__service__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -312,6 +327,31 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BulkCancelJobs(self, request, context):
+        """BulkCancelJobs cancels many jobs: the ids named, or every job matching a filter. It works in bounded
+        chunks and stops after a time budget (about 3 s); a non-empty resume_token in the response means more
+        jobs may match: call again with it. Each job is cancelled as CancelJob would (running jobs are marked and
+        their workers told); finished jobs are counted as skipped. Needs admin, and every queue touched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BulkRequeueJobs(self, request, context):
+        """BulkRequeueJobs requeues many dead-lettered or cancelled jobs, like RequeueJob, chunked and resumable as
+        BulkCancelJobs is; jobs in other states are counted as skipped. Needs admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """WhoAmI reports the caller's identity, scopes and queue limits (auth off: anonymous, every scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -409,6 +449,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=faultline_dot_v1_dot_job__service__pb2.WatchJobRequest.FromString,
                     response_serializer=faultline_dot_v1_dot_job__service__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'BulkCancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BulkCancelJobs,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.BulkCancelJobsRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.BulkCancelJobsResponse.SerializeToString,
+            ),
+            'BulkRequeueJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BulkRequeueJobs,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.BulkRequeueJobsRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.BulkRequeueJobsResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=faultline_dot_v1_dot_job__service__pb2.WhoAmIRequest.FromString,
+                    response_serializer=faultline_dot_v1_dot_job__service__pb2.WhoAmIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -940,6 +995,87 @@ class JobService:
             '/faultline.v1.JobService/WatchJob',
             faultline_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
             faultline_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BulkCancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/BulkCancelJobs',
+            faultline_dot_v1_dot_job__service__pb2.BulkCancelJobsRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.BulkCancelJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BulkRequeueJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/BulkRequeueJobs',
+            faultline_dot_v1_dot_job__service__pb2.BulkRequeueJobsRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.BulkRequeueJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faultline.v1.JobService/WhoAmI',
+            faultline_dot_v1_dot_job__service__pb2.WhoAmIRequest.SerializeToString,
+            faultline_dot_v1_dot_job__service__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,
