@@ -204,7 +204,7 @@ class Coordinator:
         job_servicer = JobServicer(
             store=store, signal=signal_, registry=registry, throughput=throughput, submitter=submitter,
             policy=policy, max_payload=cfg.max_payload_bytes,
-            watch_hub=watch_hub, submit_job=submit_job,
+            watch_hub=watch_hub, submit_job=submit_job, auth_enabled=cfg.auth_required,
             max_attempts_default=cfg.max_attempts_default,
             admission=SubmitAdmission(max_requests=cfg.submit_inflight_max, max_bytes=cfg.submit_inflight_bytes_max,
                                       retry_after=SUBMIT_RETRY_AFTER))

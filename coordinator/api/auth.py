@@ -4,7 +4,8 @@
          \\-> authenticate: Bearer key (KeyRing) and/or client certificate (mTLS)
               |  none or bad: UNAUTHENTICATED
               v
-             authorize: the method's scope (METHOD_SCOPES; a method not listed needs admin)
+             authorize: the method's scope (METHOD_SCOPES; None: any authenticated caller; a method not
+              |  listed needs admin)
               |  missing: PERMISSION_DENIED naming the scope
               v
              rate limit (Submit, SubmitBatch: one token per job): RESOURCE_EXHAUSTED + RetryInfo
@@ -54,7 +55,8 @@ BEARER_PREFIX = "bearer "
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 _JOBS = "/faultline.v1.JobService/"
-METHOD_SCOPES: dict[str, Scope] = {
+# The scope each method needs; None: any authenticated caller, whatever its scopes (WhoAmI).
+METHOD_SCOPES: dict[str, Scope | None] = {
     _JOBS + "Submit": Scope.SUBMIT,
     _JOBS + "SubmitBatch": Scope.SUBMIT,
     _JOBS + "GetJob": Scope.READ,
@@ -66,6 +68,9 @@ METHOD_SCOPES: dict[str, Scope] = {
     _JOBS + "GetSchedule": Scope.READ,
     _JOBS + "CancelJob": Scope.ADMIN,
     _JOBS + "RequeueJob": Scope.ADMIN,
+    _JOBS + "BulkCancelJobs": Scope.ADMIN,
+    _JOBS + "BulkRequeueJobs": Scope.ADMIN,
+    _JOBS + "WhoAmI": None,
     "/faultline.v1.WorkerService/Connect": Scope.WORK,
 }
 # Methods whose calls create jobs and so take tokens from the key's bucket: one per job.
@@ -114,8 +119,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, found: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
-        scope = METHOD_SCOPES.get(method)
-        if scope is None and not method.startswith(REFLECTION_PREFIXES):
+        scope: Scope | None
+        if method in METHOD_SCOPES:
+            scope = METHOD_SCOPES[method]
+        elif method.startswith(REFLECTION_PREFIXES):
+            scope = None
+        else:
             scope = Scope.ADMIN  # fail closed: an RPC added later needs admin until it is given a scope
         handler: Any = found  # a grpc._utilities.RpcMethodHandler namedtuple: _replace() makes the copy
         limited = method in RATE_LIMITED

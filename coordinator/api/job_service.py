@@ -131,6 +131,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         admission: SubmitAdmission,
         watch_hub: WatchHub | None = None,
         submit_job: SubmitJob | None = None,
+        auth_enabled: bool = False,
     ) -> None:
         self._store = store
         self._signal = signal
@@ -144,6 +145,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._watch_hub = watch_hub or WatchHub(store=store)
         # Schedules submit through this one function, itself on the Submitter (coordinator/schedules.py).
         self._submit_job = submit_job or make_submit(submitter)
+        # Whether the edge authenticates calls (FAULTLINE_AUTH); WhoAmI reports it.
+        self._auth_enabled = auth_enabled
 
     async def _submit(self, rpc_name: str, reqs: list[Any], context: grpc.aio.ServicerContext[Any, Any],
                       prefix: Callable[[int], str]) -> list[tuple[Job, bool]]:
@@ -386,6 +389,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 labels=s.labels, since_heartbeat=since,
             ))
         return jpb.ListWorkersResponse(workers=out)
+
+    @rpc
+    async def WhoAmI(
+        self, request: jpb.WhoAmIRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.WhoAmIResponse:
+        principal = auth_keys.current()  # ANONYMOUS, with every scope, when auth is off
+        return jpb.WhoAmIResponse(
+            identity=principal.identity or "", name=principal.name,
+            scopes=sorted(s.value for s in principal.scopes),
+            queues=list(principal.queues) if principal.restricted else [],
+            auth_enabled=self._auth_enabled)
 
     # === time: schedules and WatchJob ===
 
