@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -62,6 +63,24 @@ def _recording() -> bool:
 def shutdown() -> None:
     for provider in _provider_shutdown:
         provider.shutdown()  # type: ignore[attr-defined]
+
+
+TRACEPARENT_KEY = "traceparent"
+# W3C Trace Context: version-trace_id-parent_id-flags; an all-zero trace id is invalid.
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?P<trace_id>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?", re.ASCII)
+
+
+def trace_id_of(carrier: Mapping[str, str] | None) -> str:
+    """The trace id (32 lowercase hex digits) of a stored W3C context; "" when it has none or a malformed one."""
+    if not carrier:
+        return ""
+    value = carrier.get(TRACEPARENT_KEY)
+    if not isinstance(value, str):
+        return ""
+    m = _TRACEPARENT.fullmatch(value.strip().lower())
+    if m is None or m["trace_id"] == "0" * 32 or value.startswith("ff"):
+        return ""
+    return m["trace_id"]
 
 
 def _ns(ts: datetime | None) -> int | None:

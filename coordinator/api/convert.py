@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from coordinator.db.store import JobAudit
 from coordinator.model import Job, JobState, QueueSettings, ScheduleCatchup, ScheduleOverlap, ScheduleRow
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2
 from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
@@ -148,3 +149,14 @@ def submit_outcome(job: Job, created: bool) -> tuple[jpb.SubmitOutcome, str]:
     if job.dedup_unfinished:
         return jpb.SUBMIT_OUTCOME_DUPLICATE_UNFINISHED, f"{where} while it is unfinished (now {job.state.value})"
     return jpb.SUBMIT_OUTCOME_DUPLICATE_KEY, f"{where} for as long as the job exists"
+
+
+def audit_to_pb(audit: JobAudit) -> jpb.JobAudit:
+    """GetJob's audit: who submitted, cancelled and requeued, and every attempt with its token, times and error."""
+    return jpb.JobAudit(
+        submitted_by=audit.submitted_by or "", cancelled_by=audit.cancelled_by or "",
+        requeued_by=audit.requeued_by or "",
+        attempts=[jpb.AttemptAudit(attempt=a.attempt, worker_id=a.worker_id, outcome=a.outcome,
+                                   fencing_token=a.fencing_token, started_at=timestamp(a.started_at),
+                                   ended_at=timestamp(a.ended_at), error=a.error)
+                  for a in audit.attempts])

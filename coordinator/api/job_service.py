@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from coordinator import logs, metrics
+from coordinator import logs, metrics, tracing
 from coordinator.api import convert, validate
 from coordinator.api.admission import SubmitAdmission
 from coordinator.api.status import code_for, trailing_metadata_for
@@ -215,11 +215,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         audit = await self._store.audit_of(job.id)
         # Without the payloads scope the job comes as in view BASIC: no payload, result or progress details.
         full = principal.has(Scope.PAYLOADS)
-        return jpb.GetJobResponse(job=convert.job_to_pb(job, full=full), audit=jpb.JobAudit(
-            submitted_by=audit.submitted_by or "", cancelled_by=audit.cancelled_by or "",
-            requeued_by=audit.requeued_by or "",
-            attempts=[jpb.AttemptAudit(attempt=n, worker_id=w, outcome=o) for n, w, o in audit.attempts],
-        ) if audit is not None else None)
+        return jpb.GetJobResponse(
+            job=convert.job_to_pb(job, full=full), trace_id=tracing.trace_id_of(job.trace_context),
+            audit=convert.audit_to_pb(audit) if audit is not None else None)
 
     @rpc
     async def ListJobs(
@@ -234,6 +232,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                     "ListJobsRequest.queue")
             principal.require_queue(queue, "ListJobs")
         kind = validate.name(request.kind, "kind") if request.kind else None
+        labels = validate.label_filter(request.labels, "labels")
+        key = validate.idempotency_key(request.idempotency_key, "idempotency_key")
         state_pb = validate.state(request.state)
         size = validate.page_size(request.page_size)
         before = validate.page_token(request.page_token, PAGE_TOKEN_PREFIX)
@@ -242,7 +242,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             principal.require(Scope.PAYLOADS, "ListJobs with view FULL")
         jobs = await self._store.list_jobs(
             queue=queue, kind=kind, state=convert.PB_TO_STATE[state_pb] if state_pb is not None else None,
-            before_id=before, limit=size + 1, full=full, budget_bytes=RESPONSE_BUDGET_BYTES,
+            before_id=before, limit=size + 1, full=full, budget_bytes=RESPONSE_BUDGET_BYTES, labels=labels,
+            idempotency_key=key,
         )
         # The store stopped a FULL page after the job that reached the budget (or gave size + 1 jobs); the
         # page itself stops before the first job that would take it past the budget, keeping at least one.

@@ -41,6 +41,7 @@ MAX_ATTEMPTS_LIMIT = 1000
 LABELS_MAX = 64
 LABEL_KEY_MAX = 64
 LABEL_VALUE_MAX = 256
+LABEL_FILTER_MAX = 8  # label pairs a ListJobs or bulk filter may require (all must match)
 DURATION_MAX_MS = 7 * 24 * 3600 * 1000
 MULTIPLIER_MIN, MULTIPLIER_MAX = 1.0, 100.0
 BATCH_MAX = 10_000
@@ -149,6 +150,13 @@ def labels(value: Mapping[str, str], field: str) -> dict[str, str]:
             raise InvalidArgumentError(
                 f"{field}[{k}]", f"values must be at most {LABEL_VALUE_MAX} printable characters")
     return out
+
+
+def label_filter(value: Mapping[str, str], field: str) -> dict[str, str] | None:
+    """A labels filter (ListJobs, JobFilter): at most LABEL_FILTER_MAX pairs, each as Submit's labels; None if empty."""
+    if len(value) > LABEL_FILTER_MAX:
+        raise InvalidArgumentError(field, f"at most {LABEL_FILTER_MAX} label pairs in a filter, got {len(value)}")
+    return labels(value, field) or None
 
 
 def _duration_ms(d: Duration, field: str, *, positive: bool = False) -> int | None:

@@ -106,8 +106,13 @@ JOIN unnest($1::text[], $2::text[]) AS t(queue, idempotency_key)
 -- One job by id.
 SELECT * FROM faultline_jobs WHERE id = $1;
 
+-- The labels filter (ListJobs, bulk actions) is jsonb containment (labels @> filter) with no GIN index on
+-- purpose: one would be written by every insert on the submit hot path, for the sake of an operator's
+-- filter. The filter walks the primary key newest first (or an index of its other filters) and checks
+-- each row's labels; a page or a bulk chunk stops at its limit, so the cost is bounded per call.
+
 -- name: list_jobs :many
--- A page of jobs (view FULL), newest first, below cursor $4, with optional queue, kind and state filters; stops after the first row that takes the page's payload+result+details bytes to $6 (octet_length reads a TOASTed value's size without reading the value).
+-- A page of jobs (view FULL), newest first, below cursor $4, with optional queue, kind, state, labels ($7, containment) and idempotency key ($8) filters; stops after the first row that takes the page's payload+result+details bytes to $6 (octet_length reads a TOASTed value's size without reading the value).
 WITH page AS (
     SELECT id, sum(octet_length(payload) + COALESCE(octet_length(result), 0)
                    + COALESCE(octet_length(progress_details), 0)) OVER (ORDER BY id DESC) AS bytes_to_here,
@@ -118,6 +123,8 @@ WITH page AS (
       AND ($2::text IS NULL OR kind = $2)
       AND ($3::faultline_job_state IS NULL OR state = $3)
       AND ($4::bigint IS NULL OR id < $4)
+      AND ($7::jsonb IS NULL OR labels @> $7)
+      AND ($8::text IS NULL OR idempotency_key = $8)
     ORDER BY id DESC
     LIMIT $5
 )
@@ -126,7 +133,7 @@ WHERE page.bytes_to_here - page.bytes < $6
 ORDER BY j.id DESC;
 
 -- name: list_jobs_basic :many
--- A page of jobs (view BASIC), newest first, below cursor $4, with optional filters: every column but payload, result and progress details, which are never read.
+-- A page of jobs (view BASIC), newest first, below cursor $4, with optional filters (labels $6 by containment, idempotency key $7): every column but payload, result and progress details, which are never read.
 SELECT id, queue, kind, state, priority, ''::bytea AS payload, NULL::bytea AS result, last_error, attempts,
     max_attempts, idempotency_key, labels, backoff_initial_ms, backoff_max_ms, backoff_multiplier,
     backoff_jitter, execution_timeout_ms, heartbeat_timeout_ms, schedule_to_start_ms, trace_context,
@@ -138,6 +145,8 @@ WHERE ($1::text IS NULL OR queue = $1)
   AND ($2::text IS NULL OR kind = $2)
   AND ($3::faultline_job_state IS NULL OR state = $3)
   AND ($4::bigint IS NULL OR id < $4)
+  AND ($6::jsonb IS NULL OR labels @> $6)
+  AND ($7::text IS NULL OR idempotency_key = $7)
 ORDER BY id DESC
 LIMIT $5;
 
@@ -683,8 +692,9 @@ UPDATE faultline_jobs SET requeued_by = $2 WHERE id = $1;
 SELECT submitted_by, cancelled_by, requeued_by FROM faultline_jobs WHERE id = $1;
 
 -- name: audit_attempts :many
--- Every attempt of job $1 and the holder that ran it, for GetJob's audit.
-SELECT attempt, COALESCE(worker_id, '') AS worker_id, COALESCE(outcome, '') AS outcome
+-- Every attempt of job $1: the holder that ran it, its fencing token, times, outcome and error (the first $2 characters), for GetJob's audit.
+SELECT attempt, COALESCE(worker_id, '') AS worker_id, COALESCE(outcome, '') AS outcome, lease_token,
+    started_at, finished_at, left(error, $2) AS error
 FROM faultline_attempts WHERE job_id = $1 ORDER BY attempt;
 
 -- === flow control ===

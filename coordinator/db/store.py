@@ -45,6 +45,9 @@ POOL_ACQUIRE_TIMEOUT_S = 5.0
 STALE_CLAIM_RETRIES = 8
 STALE_CLAIM_PAUSE = timedelta(milliseconds=5)
 
+# The most bytes of an attempt's error that GetJob's audit carries (the SQL reads at most as many characters).
+ATTEMPT_ERROR_MAX_BYTES = 4096
+
 # How often a statement that Postgres chose as a deadlock victim is run again before it is an error.
 DEADLOCK_RETRIES = 3
 
@@ -255,15 +258,18 @@ class Store:
 
     async def list_jobs(
         self, *, queue: str | None, kind: str | None, state: JobState | None, before_id: int | None, limit: int,
-        full: bool = False, budget_bytes: int = 0,
+        full: bool = False, budget_bytes: int = 0, labels: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> list[Job]:
         """A page, newest first. full=False (BASIC) never reads payload, result or progress details (they come
-        back empty). full=True stops after the first job that brings the page's bytes to budget_bytes."""
+        back empty). full=True stops after the first job that brings the page's bytes to budget_bytes.
+        labels: only jobs carrying all of them (None or empty: no filter)."""
         args = (queue, kind, state.value if state else None, before_id, limit)
+        wanted = labels or None
         if full:
-            rows = await self._run("list_jobs", *args, budget_bytes)
+            rows = await self._run("list_jobs", *args, budget_bytes, wanted, idempotency_key)
         else:
-            rows = await self._run("list_jobs_basic", *args)
+            rows = await self._run("list_jobs_basic", *args, wanted, idempotency_key)
         return [Job.from_record(r) for r in rows]
 
     async def cancel_job(self, job_id: int) -> Job | None:
@@ -594,10 +600,35 @@ class Store:
         row = await self._run("audit_of", job_id)
         if row is None:
             return None
-        rows = await self._run("audit_attempts", job_id)
-        attempts = tuple((r["attempt"], r["worker_id"], r["outcome"]) for r in rows)
+        rows = await self._run("audit_attempts", job_id, ATTEMPT_ERROR_MAX_BYTES)
+        attempts = tuple(AttemptRecord(
+            attempt=r["attempt"], worker_id=r["worker_id"], outcome=r["outcome"], fencing_token=r["lease_token"],
+            started_at=r["started_at"], ended_at=r["finished_at"], error=_truncate_utf8(r["error"] or "",
+                                                                                       ATTEMPT_ERROR_MAX_BYTES),
+        ) for r in rows)
         return JobAudit(submitted_by=row["submitted_by"], cancelled_by=row["cancelled_by"],
                         requeued_by=row["requeued_by"], attempts=attempts)
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    """text cut to at most max_bytes of UTF-8, never inside a character."""
+    raw = text.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    """One attempt of a job as faultline_attempts records it."""
+
+    attempt: int
+    worker_id: str  # "" when none held it (a schedule-to-start timeout)
+    outcome: str  # "" while it runs
+    fencing_token: int
+    started_at: datetime
+    ended_at: datetime | None
+    error: str  # "" when none; at most ATTEMPT_ERROR_MAX_BYTES of UTF-8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -607,8 +638,8 @@ class JobAudit:
     submitted_by: str | None
     cancelled_by: str | None
     requeued_by: str | None
-    # (attempt, holder worker id, outcome or "" while running), in order.
-    attempts: tuple[tuple[int, str, str], ...] = ()
+    # Every attempt, in order.
+    attempts: tuple[AttemptRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

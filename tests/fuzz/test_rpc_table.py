@@ -105,6 +105,11 @@ BAD = [
     ("token not a number", "ListJobs", jpb.ListJobsRequest(page_token="djE6eHk="), INVALID, "page_token"),
     ("token not utf-8", "ListJobs", jpb.ListJobsRequest(page_token="_w=="), INVALID, "page_token"),
     ("page_size huge", "ListJobs", jpb.ListJobsRequest(page_size=2**31 - 1), INVALID, "page_size"),
+    ("9 label pairs", "ListJobs", jpb.ListJobsRequest(labels={f"l{i}": "v" for i in range(9)}), INVALID, "labels"),
+    ("label filter key unicode", "ListJobs", jpb.ListJobsRequest(labels={"ü": "v"}), INVALID, "labels"),
+    ("label filter value too long", "ListJobs", jpb.ListJobsRequest(labels={"a": "v" * 257}), INVALID, "labels"),
+    ("key filter with space", "ListJobs", jpb.ListJobsRequest(idempotency_key="a b"), INVALID, "idempotency_key"),
+    ("key filter NUL", "ListJobs", jpb.ListJobsRequest(idempotency_key="a\x00"), INVALID, "idempotency_key"),
 ]
 
 
