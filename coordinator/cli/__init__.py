@@ -18,7 +18,7 @@ from coordinator import __version__
 DISTRIBUTION = "faultline-jobs"
 SERVER_EXTRA_INSTALL = f"pip install '{DISTRIBUTION}[coordinator]'"
 # What the server commands import that the base install lacks (the `coordinator` extra).
-SERVER_IMPORTS = ("asyncpg", "prometheus_client", "grpc_health", "grpc_reflection", "opentelemetry.sdk")
+SERVER_IMPORTS = ("asyncpg", "prometheus_client", "grpc_health", "grpc_reflection", "opentelemetry.sdk", "aiohttp")
 # Server command modules, and the commands each registers (for the stand-ins when the extra is missing).
 SERVER_MODULES = {
     "serve": {"coordinator": "run the coordinator (configuration from the environment)",
@@ -27,6 +27,7 @@ SERVER_MODULES = {
     "drill": {"drill": "run a failure drill (its own coordinator, workers, producers and database)"},
     "bench": {"bench": "measure end-to-end throughput and submit-to-start latency"},
     "keys": {"keys": "create, list and revoke API keys (uses DATABASE_URL)"},
+    "console": {"console": "serve the operator web console (http://127.0.0.1:8089 by default)"},
 }
 EXIT_MISSING_EXTRA = 1
 EXIT_USAGE = 2

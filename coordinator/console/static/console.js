@@ -1,0 +1,70 @@
+// Faultline console: live fragments over server-sent events, bulk-operation progress, row selection.
+// No inline script anywhere (the CSP forbids it); every fragment arrives escaped by the server.
+"use strict";
+
+(function () {
+  const RECONNECT_NOTE_CLASS = "stale";
+  const OP_POLL_MS = 1000;
+
+  function csrfToken() {
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.getAttribute("content") : "";
+  }
+
+  // Fragments from a live stream are shared by every browser of a key: their forms carry no token.
+  function fillCsrf(root) {
+    const token = csrfToken();
+    root.querySelectorAll('input[name="csrf"]').forEach(function (input) {
+      if (!input.value) { input.value = token; }
+    });
+  }
+
+  function live(el) {
+    const topic = el.getAttribute("data-live");
+    const source = new EventSource("/events?topic=" + encodeURIComponent(topic));
+    function show(event) {
+      el.innerHTML = event.data;
+      el.classList.remove(RECONNECT_NOTE_CLASS);
+      fillCsrf(el);
+      el.dispatchEvent(new CustomEvent("faultline:updated", { bubbles: true }));
+    }
+    source.addEventListener("update", show);
+    source.addEventListener("final", function (event) { show(event); source.close(); });
+    source.onerror = function () { el.classList.add(RECONNECT_NOTE_CLASS); };
+    window.addEventListener("pagehide", function () { source.close(); });
+  }
+
+  function poll(el) {
+    const url = el.getAttribute("data-poll");
+    function tick() {
+      fetch(url, { credentials: "same-origin", cache: "no-store" })
+        .then(function (r) { return r.ok ? r.text() : Promise.reject(new Error(String(r.status))); })
+        .then(function (html) {
+          el.innerHTML = html;
+          if (!el.querySelector("[data-final]")) { window.setTimeout(tick, OP_POLL_MS); }
+        })
+        .catch(function () { el.classList.add(RECONNECT_NOTE_CLASS); window.setTimeout(tick, OP_POLL_MS * 3); });
+    }
+    tick();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-live]").forEach(live);
+    document.querySelectorAll("[data-poll]").forEach(poll);
+    fillCsrf(document);
+  });
+
+  document.addEventListener("change", function (event) {
+    const box = event.target;
+    if (box instanceof HTMLInputElement && box.hasAttribute("data-check-all")) {
+      const form = box.closest("form");
+      if (form) {
+        form.querySelectorAll('input[type="checkbox"][name="id"]').forEach(function (b) { b.checked = box.checked; });
+      }
+    }
+  });
+
+  document.addEventListener("submit", function (event) {
+    if (event.target instanceof HTMLFormElement) { fillCsrf(event.target); }
+  }, true);
+})();
