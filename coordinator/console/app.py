@@ -129,6 +129,7 @@ def _render_live_error(exc: RpcError) -> LiveEvent:
 
 
 CONSOLE = web.AppKey("console", Console)
+SESSION = web.RequestKey("session", Session)
 
 
 def build_app(cfg: ConsoleConfig) -> web.Application:
@@ -191,7 +192,7 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except RpcError as exc:
-        session: Session | None = request.get("session")
+        session: Session | None = request.get(SESSION)
         console = request.app[CONSOLE]
         if exc.code is grpc.StatusCode.UNAUTHENTICATED and session is not None and session.key:
             console.sessions.drop_key(session.key)
@@ -228,7 +229,8 @@ async def _session_middleware(request: web.Request, handler: Handler) -> web.Str
             raise web.HTTPSeeOther("/login")
         else:
             return _plain("Not logged in (or the session expired): log in again.", 401)
-    request["session"] = session
+    if session is not None:
+        request[SESSION] = session
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -251,7 +253,7 @@ async def _csrf_middleware(request: web.Request, handler: Handler) -> web.Stream
     if origin != f"{request.scheme}://{request.host}":
         return _plain("Cross-site request refused (its Origin is not this console).", 403)
     if request.path != "/login":
-        session: Session | None = request.get("session")
+        session: Session | None = request.get(SESSION)
         form = await request.post()
         token = form.get("csrf")
         if session is None or not isinstance(token, str) or not hmac.compare_digest(token, session.csrf):
@@ -271,14 +273,14 @@ def _plain(text: str, status: int) -> web.Response:
 # --- helpers ------------------------------------------------------------------------------------------------
 
 def _session(request: web.Request) -> Session:
-    session: Session | None = request.get("session")
+    session: Session | None = request.get(SESSION)
     if session is None:
         raise web.HTTPSeeOther("/login")
     return session
 
 
 def _page(request: web.Request, title: str, body: Html, *, status: int = 200) -> web.Response:
-    session: Session | None = request.get("session")
+    session: Session | None = request.get(SESSION)
     if session is not None:
         flash = pages.flash_box(session.flash)
         session.flash = None
