@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from coordinator.app import Coordinator
 from coordinator.console.app import CONSOLE, Console, build_app
@@ -29,6 +29,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 # Playwright's own waits (expect, locators), in milliseconds.
 EXPECT_TIMEOUT_MS = 20_000
 VIEWPORT = {"width": 1280, "height": 800}
+expect.set_options(timeout=EXPECT_TIMEOUT_MS)
 
 
 @dataclass
