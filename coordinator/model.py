@@ -285,6 +285,40 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """Which jobs a bulk action takes (every field set must match; labels: all of them). Not all None."""
+
+    queue: str | None = None
+    kind: str | None = None
+    state: JobState | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+
+    @property
+    def labels_dict(self) -> dict[str, str] | None:
+        return dict(self.labels) or None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkTarget:
+    """The jobs of one bulk call: named ids (sorted, distinct) or a filter, exactly one of the two."""
+
+    ids: tuple[int, ...] | None = None
+    filter: JobFilter | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkRow:
+    """One job a bulk chunk looked at: whether it changed and, when it did, what it is now."""
+
+    id: int
+    changed: bool
+    queue: str | None = None
+    state: JobState | None = None
+    cancel_requested: bool = False
+    lease_token: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QueueSettings:
     """A queue's flow limits as stored in faultline_queues; None is "no limit"."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from coordinator import logs, metrics, tracing
+from coordinator import bulk, logs, metrics, tracing
 from coordinator.api import convert, validate
 from coordinator.api.admission import SubmitAdmission
 from coordinator.api.status import code_for, trailing_metadata_for
@@ -29,22 +30,23 @@ from coordinator.errors import (
     PermissionDeniedError,
     ScheduleNotFoundError,
 )
-from coordinator.model import Job, JobSpec, JobState, ScheduleRow
+from coordinator.model import BulkRow, BulkTarget, Job, JobSpec, JobState, ScheduleRow
 from coordinator.policy import GrantPolicy
 from coordinator.schedules import SubmitJob, make_submit, next_tick, tick_spec
 from coordinator.sessions import DispatchSignal, SessionRegistry
 from coordinator.submit import Submitter
 from coordinator.throughput import Throughput
 from coordinator.watch import WatchHub, signature
+from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2_grpc
 from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
-from worker_sdk._proto.faultline.v1 import job_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 PAGE_TOKEN_PREFIX = "v1:"
-REQUEUE_EXTRA_MAX = 1000
+# The JobFilter.state values BulkRequeueJobs accepts: the states RequeueJob brings back.
+REQUEUEABLE_STATES = frozenset({job_pb2.JOB_STATE_DEAD_LETTERED, job_pb2.JOB_STATE_CANCELLED})
 # The most bytes any JobService response carries: below grpc's default 4 MiB receive limit of every client
 # (grpcurl, generated stubs), so no reply is ever too big to deliver. A ListJobs page stops early at it; a
 # Submit or SubmitBatch whose response could not fit is refused before anything is stored.
@@ -277,25 +279,118 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if principal.audit is not None and (job.state is JobState.CANCELLED or job.cancel_requested):
             await self._store.audit_cancelled(job.id, principal.audit)
         if job.state is JobState.RUNNING and job.cancel_requested:
-            found = self._registry.find_lease(job.id)
-            if found is not None:
-                session, key = found
-                session.push_cancel(key, "cancelled by CancelJob")
-            # Otherwise the holder learns it from its next heartbeat reply (it may be on another coordinator).
+            self._tell_holder(job.id, "cancelled by CancelJob")
         logger.info("job cancel", extra=logs.job_fields(job.id, job.lease_token, job.worker_id, state=job.state.value))
         return jpb.CancelJobResponse(job=convert.job_to_pb(job))
+
+    def _tell_holder(self, job_id: int, reason: str) -> None:
+        """Tell the worker that runs job_id, when its session is on this coordinator, that it was cancelled.
+
+        Otherwise the holder learns it from its next heartbeat reply (it may be on another coordinator)."""
+        found = self._registry.find_lease(job_id)
+        if found is not None:
+            session, key = found
+            session.push_cancel(key, reason)
+
+    async def _check_bulk_queues(self, rpc_name: str, target: BulkTarget) -> None:
+        """A queue-limited key acts only on its queues: a filter must name one, named jobs must all be in one.
+
+        Checked before anything changes; a job's queue never changes, so the check stays true."""
+        principal = auth_keys.current()
+        if not principal.restricted:
+            return
+        if target.filter is not None:
+            if target.filter.queue is None:
+                raise PermissionDeniedError(
+                    f"{rpc_name}: {principal.name} acts only on queues {', '.join(principal.queues)}: set "
+                    "filter.queue")
+            principal.require_queue(target.filter.queue, f"{rpc_name} filter.queue")
+            return
+        queues = await self._store.job_queues(target.ids or ())
+        for job_id in sorted(queues):
+            if not principal.allows_queue(queues[job_id]):
+                raise PermissionDeniedError(
+                    f"{rpc_name}: ids names job {job_id} in queue {queues[job_id]!r}, which {principal.name} "
+                    f"may not use (its queues: {', '.join(principal.queues)}); nothing was changed")
+
+    @rpc
+    async def BulkCancelJobs(
+        self, request: jpb.BulkCancelJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.BulkCancelJobsResponse:
+        target = validate.bulk_target(request)
+        fp = bulk.fingerprint("cancel", target)
+        cursor = bulk.decode_token(request.resume_token, fp)
+        await self._check_bulk_queues("BulkCancelJobs", target)
+        identity = auth_keys.current().audit
+        cancelled = cancel_requested = 0
+
+        def told(rows: list[BulkRow]) -> None:
+            nonlocal cancelled, cancel_requested
+            for r in rows:
+                if not r.changed:
+                    continue
+                if r.state is JobState.RUNNING and r.cancel_requested:
+                    cancel_requested += 1
+                    self._tell_holder(r.id, "cancelled by BulkCancelJobs")  # as CancelJob does
+                else:
+                    cancelled += 1
+
+        async def chunk(before: int | None, limit: int) -> list[BulkRow]:
+            return await self._store.bulk_cancel_jobs(target, identity=identity, before_id=before, limit=limit)
+
+        started = time.monotonic()
+        walked = await bulk.walk(target, cursor, chunk, told)
+        skipped = sum(1 for r in walked.rows if not r.changed) + walked.missing
+        logger.info("jobs bulk cancel", extra={
+            "cancelled": cancelled, "cancel_requested": cancel_requested, "skipped": skipped,
+            "more": walked.next_cursor is not None, "took_s": round(time.monotonic() - started, 3)})
+        return jpb.BulkCancelJobsResponse(
+            cancelled=cancelled, cancel_requested=cancel_requested, skipped=skipped,
+            resume_token=bulk.encode_token(walked.next_cursor, fp) if walked.next_cursor is not None else "")
+
+    @rpc
+    async def BulkRequeueJobs(
+        self, request: jpb.BulkRequeueJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> jpb.BulkRequeueJobsResponse:
+        extra = validate.extra_attempts(request.extra_attempts)
+        target = validate.bulk_target(request, states=REQUEUEABLE_STATES)
+        fp = bulk.fingerprint("requeue", target)
+        cursor = bulk.decode_token(request.resume_token, fp)
+        await self._check_bulk_queues("BulkRequeueJobs", target)
+        identity = auth_keys.current().audit
+        requeued = 0
+
+        def woken(rows: list[BulkRow]) -> None:
+            nonlocal requeued
+            queues = {r.queue for r in rows if r.changed and r.queue is not None}
+            requeued += sum(1 for r in rows if r.changed)
+            for q in sorted(queues):
+                self._signal.wake(q)  # as RequeueJob does, once per queue of the chunk
+
+        async def chunk(before: int | None, limit: int) -> list[BulkRow]:
+            return await self._store.bulk_requeue_jobs(target, identity=identity, extra_attempts=extra,
+                                                       before_id=before, limit=limit)
+
+        started = time.monotonic()
+        walked = await bulk.walk(target, cursor, chunk, woken)
+        skipped = sum(1 for r in walked.rows if not r.changed) + walked.missing
+        logger.info("jobs bulk requeue", extra={
+            "requeued": requeued, "skipped": skipped, "more": walked.next_cursor is not None,
+            "took_s": round(time.monotonic() - started, 3)})
+        return jpb.BulkRequeueJobsResponse(
+            requeued=requeued, skipped=skipped,
+            resume_token=bulk.encode_token(walked.next_cursor, fp) if walked.next_cursor is not None else "")
 
     @rpc
     async def RequeueJob(
         self, request: jpb.RequeueJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jpb.RequeueJobResponse:
         job_id = validate.job_id(request.id)
-        if not 0 <= request.extra_attempts <= REQUEUE_EXTRA_MAX:
-            raise InvalidArgumentError("extra_attempts", f"must be in [1, {REQUEUE_EXTRA_MAX}] (0 for 1)")
+        extra = validate.extra_attempts(request.extra_attempts)
         principal = auth_keys.current()
         if principal.restricted:
             principal.require_queue((await self._get(job_id)).queue, "RequeueJob")
-        job = await self._store.requeue_job(job_id, request.extra_attempts or 1)
+        job = await self._store.requeue_job(job_id, extra)
         if job is None:
             current = await self._get(job_id)
             raise FailedPreconditionError(

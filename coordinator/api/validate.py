@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
+from coordinator.api.convert import PB_TO_STATE
 from coordinator.config import (
     BURST_MAX,
     MAX_RUNNING_MAX,
@@ -19,7 +20,16 @@ from coordinator.config import (
     SCHEDULE_EVERY_MIN,
 )
 from coordinator.errors import InvalidArgumentError
-from coordinator.model import JobSpec, ScheduleCatchup, ScheduleOverlap, ScheduleRow, SettingsChange, positive_bigint
+from coordinator.model import (
+    BulkTarget,
+    JobFilter,
+    JobSpec,
+    ScheduleCatchup,
+    ScheduleOverlap,
+    ScheduleRow,
+    SettingsChange,
+    positive_bigint,
+)
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2
 
 # The alphabets of names a client chooses (docs: README "Names"). Every pattern is matched with
@@ -42,6 +52,8 @@ LABELS_MAX = 64
 LABEL_KEY_MAX = 64
 LABEL_VALUE_MAX = 256
 LABEL_FILTER_MAX = 8  # label pairs a ListJobs or bulk filter may require (all must match)
+BULK_IDS_MAX = 1000  # job ids one bulk call may name
+REQUEUE_EXTRA_MAX = 1000
 DURATION_MAX_MS = 7 * 24 * 3600 * 1000
 MULTIPLIER_MIN, MULTIPLIER_MAX = 1.0, 100.0
 BATCH_MAX = 10_000
@@ -157,6 +169,45 @@ def label_filter(value: Mapping[str, str], field: str) -> dict[str, str] | None:
     if len(value) > LABEL_FILTER_MAX:
         raise InvalidArgumentError(field, f"at most {LABEL_FILTER_MAX} label pairs in a filter, got {len(value)}")
     return labels(value, field) or None
+
+
+def bulk_target(request: Any, *, states: frozenset[int] | None = None) -> BulkTarget:
+    """The ids or the filter of a BulkCancelJobs/BulkRequeueJobs request (exactly one of the two).
+
+    states: the JobFilter.state values the action accepts (None: any); another is refused naming filter.state.
+    """
+    has_filter = request.HasField("filter")
+    if request.ids and has_filter:
+        raise InvalidArgumentError("ids", "give ids or filter, not both")
+    if not request.ids and not has_filter:
+        raise InvalidArgumentError("ids", "give ids (at most 1000) or a filter")
+    if request.ids:
+        if len(request.ids) > BULK_IDS_MAX:
+            raise InvalidArgumentError("ids", f"at most {BULK_IDS_MAX} ids per call, got {len(request.ids)}")
+        ids = {job_id(v, f"ids[{i}]") for i, v in enumerate(request.ids)}
+        return BulkTarget(ids=tuple(sorted(ids, reverse=True)))
+    f = request.filter
+    queue = name(f.queue, "filter.queue") if f.queue else None
+    kind = name(f.kind, "filter.kind") if f.kind else None
+    state_pb = state(f.state, "filter.state")
+    if state_pb is not None and states is not None and state_pb not in states:
+        allowed = ", ".join(job_pb2.JobState.Name(s) for s in sorted(states))
+        raise InvalidArgumentError("filter.state", f"must be one of {allowed} (or unset), got "
+                                                   f"{job_pb2.JobState.Name(state_pb)}")
+    wanted = label_filter(f.labels, "filter.labels") or {}
+    if queue is None and kind is None and state_pb is None and not wanted:
+        raise InvalidArgumentError("filter", "set at least one of queue, kind, state, labels")
+    return BulkTarget(filter=JobFilter(
+        queue=queue, kind=kind, state=PB_TO_STATE[state_pb] if state_pb is not None else None,
+        labels=tuple(sorted(wanted.items()))))
+
+
+def extra_attempts(value: int) -> int:
+    """RequeueJob's and BulkRequeueJobs' extra attempts: 0 means 1, else 1-REQUEUE_EXTRA_MAX."""
+    if not 0 <= value <= REQUEUE_EXTRA_MAX:
+        raise InvalidArgumentError("extra_attempts", f"must be in [1, {REQUEUE_EXTRA_MAX}] (0 for 1), "
+                                                     f"got {value}")
+    return value or 1
 
 
 def _duration_ms(d: Duration, field: str, *, positive: bool = False) -> int | None:

@@ -174,6 +174,94 @@ UPDATE faultline_jobs SET
 WHERE id = $1 AND state IN ('dead_lettered', 'cancelled')
 RETURNING *;
 
+-- Bulk actions (BulkCancelJobs, BulkRequeueJobs): one short statement per chunk of at most $8 (cancel) or
+-- $9 (requeue) jobs, newest first below cursor $7 (cancel) or $8 (requeue): jobs $1 (ids) or those matching queue $2, kind $3, state $4 and labels $5
+-- (containment, see list_jobs). The chunk's rows are locked in id order, as the lease batches lock theirs
+-- (see complete_jobs), so a bulk chunk and a completer batch cannot deadlock; each job changes exactly as
+-- cancel_job / requeue_job would change it, with the caller's identity $6 recorded as audit_cancelled /
+-- audit_requeued would. One row per job the chunk looked at; a finished job (or, for requeue, one neither
+-- dead-lettered nor cancelled) comes back with changed = false.
+
+-- name: bulk_cancel_jobs :many
+-- Cancel one chunk of matching jobs (see above): waiting ones at once, running ones marked (their workers are told by the caller).
+WITH picked AS MATERIALIZED (
+    SELECT id FROM faultline_jobs
+    WHERE ($1::bigint[] IS NULL OR id = ANY($1))
+      AND ($2::text IS NULL OR queue = $2)
+      AND ($3::text IS NULL OR kind = $3)
+      AND ($4::faultline_job_state IS NULL OR state = $4)
+      AND ($5::jsonb IS NULL OR labels @> $5)
+      AND ($7::bigint IS NULL OR id < $7)
+    ORDER BY id DESC
+    LIMIT $8
+),
+locked AS MATERIALIZED (
+    SELECT j.id FROM faultline_jobs j
+    WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+      AND j.state IN ('queued', 'scheduled', 'retrying', 'running')
+      AND ($4::faultline_job_state IS NULL OR j.state = $4)
+    ORDER BY j.id
+    FOR UPDATE OF j
+),
+changed AS (
+    UPDATE faultline_jobs j SET
+        state = (CASE WHEN j.state IN ('queued', 'scheduled', 'retrying') THEN 'cancelled' ELSE j.state END)::faultline_job_state,
+        cancel_requested = j.cancel_requested OR j.state = 'running',
+        finished_at = CASE WHEN j.state IN ('queued', 'scheduled', 'retrying') THEN now() ELSE j.finished_at END,
+        start_deadline = NULL,
+        cancelled_by = COALESCE($6::text, j.cancelled_by),
+        updated_at = now()
+    FROM locked l
+    WHERE j.id = l.id
+    RETURNING j.id, j.queue, j.state::text AS state, j.cancel_requested, j.lease_token
+)
+SELECT p.id, c.queue, c.state, c.cancel_requested, c.lease_token, c.id IS NOT NULL AS changed
+FROM picked p LEFT JOIN changed c ON c.id = p.id
+ORDER BY p.id DESC;
+
+-- name: bulk_requeue_jobs :many
+-- Requeue one chunk of matching dead-lettered or cancelled jobs (see above) with $7 more attempts each.
+WITH picked AS MATERIALIZED (
+    SELECT id FROM faultline_jobs
+    WHERE ($1::bigint[] IS NULL OR id = ANY($1))
+      AND ($2::text IS NULL OR queue = $2)
+      AND ($3::text IS NULL OR kind = $3)
+      AND ($4::faultline_job_state IS NULL OR state = $4)
+      AND ($5::jsonb IS NULL OR labels @> $5)
+      AND ($8::bigint IS NULL OR id < $8)
+    ORDER BY id DESC
+    LIMIT $9
+),
+locked AS MATERIALIZED (
+    SELECT j.id FROM faultline_jobs j
+    WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+      AND j.state IN ('dead_lettered', 'cancelled')
+      AND ($4::faultline_job_state IS NULL OR j.state = $4)
+    ORDER BY j.id
+    FOR UPDATE OF j
+),
+changed AS (
+    UPDATE faultline_jobs j SET
+        state = 'queued',
+        max_attempts = j.attempts + $7,
+        cancel_requested = false,
+        run_at = now(),
+        finished_at = NULL,
+        start_deadline = now() + j.schedule_to_start_ms * interval '1 millisecond',
+        requeued_by = COALESCE($6::text, j.requeued_by),
+        updated_at = now()
+    FROM locked l
+    WHERE j.id = l.id
+    RETURNING j.id, j.queue
+)
+SELECT p.id, c.queue, c.id IS NOT NULL AS changed
+FROM picked p LEFT JOIN changed c ON c.id = p.id
+ORDER BY p.id DESC;
+
+-- name: job_queues :many
+-- The queue of each of the jobs $1 that exists (a bulk action checks a queue-limited key against them first).
+SELECT id, queue FROM faultline_jobs WHERE id = ANY($1::bigint[]);
+
 -- name: claim_jobs :many
 -- Lease up to $3 ready jobs of queue $1 with a kind in $2 whose required labels workers with labels $6 have; job n goes to worker slot n of $4; bumps the fencing token and opens the attempt row. Claims nothing from a limited queue (claim_jobs_limited's). Returns the columns a grant needs (state, cancel_requested, progress and finished_at are set here or NULL).
 WITH locked AS (

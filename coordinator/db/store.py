@@ -20,6 +20,8 @@ from coordinator.db.queries import QUERIES, run
 from coordinator.errors import DatabaseUnavailableError, FaultlineError
 from coordinator.model import (
     UNCHANGED,
+    BulkRow,
+    BulkTarget,
     DueSchedule,
     Job,
     JobSpec,
@@ -137,6 +139,14 @@ class LimitedClaim:
 
 def _unset(value: object) -> object:
     return None if value is UNCHANGED else value
+
+
+def _bulk_args(target: BulkTarget) -> tuple[Any, ...]:
+    """$1-$5 of the bulk queries: ids, or the filter's queue, kind, state and labels."""
+    f = target.filter
+    if f is None:
+        return list(target.ids or ()), None, None, None, None
+    return None, f.queue, f.kind, f.state.value if f.state else None, f.labels_dict
 
 
 def _job_of(item: LeaseKey | Completion | Failure | ProgressUpdate) -> int:
@@ -279,6 +289,26 @@ class Store:
     async def requeue_job(self, job_id: int, extra_attempts: int) -> Job | None:
         row = await self._run("requeue_job", job_id, extra_attempts)
         return None if row is None else Job.from_record(row)
+
+    async def bulk_cancel_jobs(self, target: BulkTarget, *, identity: str | None, before_id: int | None,
+                               limit: int) -> list[BulkRow]:
+        """Cancel one chunk (newest first, below before_id, at most limit jobs) in one short statement."""
+        rows = await self._run("bulk_cancel_jobs", *_bulk_args(target), identity, before_id, limit)
+        return [BulkRow(id=r["id"], changed=r["changed"], queue=r["queue"],
+                        state=JobState(r["state"]) if r["state"] is not None else None,
+                        cancel_requested=bool(r["cancel_requested"]), lease_token=r["lease_token"] or 0)
+                for r in rows]
+
+    async def bulk_requeue_jobs(self, target: BulkTarget, *, identity: str | None, extra_attempts: int,
+                                before_id: int | None, limit: int) -> list[BulkRow]:
+        """Requeue one chunk (newest first, below before_id, at most limit jobs) in one short statement."""
+        rows = await self._run("bulk_requeue_jobs", *_bulk_args(target), identity, extra_attempts, before_id, limit)
+        return [BulkRow(id=r["id"], changed=r["changed"], queue=r["queue"],
+                        state=JobState.QUEUED if r["changed"] else None) for r in rows]
+
+    async def job_queues(self, ids: Sequence[int]) -> dict[int, str]:
+        """The queue of each named job that exists."""
+        return {r["id"]: r["queue"] for r in await self._run("job_queues", list(ids))}
 
     # -- leases --------------------------------------------------------------------------------
 

@@ -196,6 +196,14 @@ async def test_full_range_unary_fields_are_answered_or_refused_as_client_errors(
             stub.RequeueJob(jpb.RequeueJobRequest(id=job_id), timeout=30),
             stub.ListJobs(jpb.ListJobsRequest(queue="ranges", state=state, page_size=page_size), timeout=30),
             stub.ListJobs(jpb.ListJobsRequest(page_size=page_size, page_token=job_id), timeout=30),
+            stub.ListJobs(jpb.ListJobsRequest(idempotency_key=job_id, labels={"a": job_id}), timeout=30),
+            stub.BulkCancelJobs(jpb.BulkCancelJobsRequest(ids=[job_id, "1"]), timeout=30),
+            stub.BulkCancelJobs(jpb.BulkCancelJobsRequest(filter=jpb.JobFilter(queue="ranges", kind=job_id,
+                                                                               state=state),
+                                                          resume_token=job_id), timeout=30),
+            stub.BulkRequeueJobs(jpb.BulkRequeueJobsRequest(ids=[job_id], extra_attempts=max_attempts), timeout=30),
+            stub.BulkRequeueJobs(jpb.BulkRequeueJobsRequest(filter=jpb.JobFilter(queue="ranges", state=state),
+                                                            extra_attempts=priority, resume_token=job_id), timeout=30),
         ]
         for call in calls:
             try:

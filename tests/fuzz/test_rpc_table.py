@@ -110,6 +110,35 @@ BAD = [
     ("label filter value too long", "ListJobs", jpb.ListJobsRequest(labels={"a": "v" * 257}), INVALID, "labels"),
     ("key filter with space", "ListJobs", jpb.ListJobsRequest(idempotency_key="a b"), INVALID, "idempotency_key"),
     ("key filter NUL", "ListJobs", jpb.ListJobsRequest(idempotency_key="a\x00"), INVALID, "idempotency_key"),
+    # BulkCancelJobs / BulkRequeueJobs.
+    ("bulk neither ids nor filter", "BulkCancelJobs", jpb.BulkCancelJobsRequest(), INVALID, "ids"),
+    ("bulk empty filter", "BulkCancelJobs", jpb.BulkCancelJobsRequest(filter=jpb.JobFilter()), INVALID, "filter"),
+    ("bulk ids and filter", "BulkRequeueJobs",
+     jpb.BulkRequeueJobsRequest(ids=["1"], filter=jpb.JobFilter(kind="k")), INVALID, "ids"),
+    ("bulk 1001 ids", "BulkRequeueJobs", jpb.BulkRequeueJobsRequest(ids=["1"] * 1001), INVALID, "ids"),
+    ("bulk id 2^63", "BulkCancelJobs", jpb.BulkCancelJobsRequest(ids=[str(2**63)]), INVALID, "ids[0]"),
+    ("bulk id fullwidth", "BulkCancelJobs", jpb.BulkCancelJobsRequest(ids=["1", "\uff11"]), INVALID, "ids[1]"),
+    ("bulk id leading zero", "BulkRequeueJobs", jpb.BulkRequeueJobsRequest(ids=["01"]), INVALID, "ids[0]"),
+    ("bulk filter queue NUL", "BulkCancelJobs", jpb.BulkCancelJobsRequest(filter=jpb.JobFilter(queue="a\x00")),
+     INVALID, "filter.queue"),
+    ("bulk filter state unknown", "BulkCancelJobs",
+     jpb.BulkCancelJobsRequest(filter=jpb.JobFilter(state=-3)), INVALID, "filter.state"),
+    ("bulk filter 9 labels", "BulkCancelJobs",
+     jpb.BulkCancelJobsRequest(filter=jpb.JobFilter(labels={f"l{i}": "" for i in range(9)})), INVALID,
+     "filter.labels"),
+    ("bulk requeue running", "BulkRequeueJobs",
+     jpb.BulkRequeueJobsRequest(filter=jpb.JobFilter(state=job_pb2.JOB_STATE_RUNNING)), INVALID, "filter.state"),
+    ("bulk requeue extra 2^31-1", "BulkRequeueJobs",
+     jpb.BulkRequeueJobsRequest(ids=["1"], extra_attempts=2**31 - 1), INVALID, "extra_attempts"),
+    ("bulk token garbage", "BulkCancelJobs",
+     jpb.BulkCancelJobsRequest(filter=jpb.JobFilter(kind="k"), resume_token="%%%"), INVALID, "resume_token"),
+    ("bulk token of another filter", "BulkCancelJobs",
+     jpb.BulkCancelJobsRequest(filter=jpb.JobFilter(kind="k"), resume_token="YjE6MTA6MDAwMDAwMDAwMDAwMDAwMA=="),
+     INVALID, "resume_token"),
+    ("bulk token cursor past bigint", "BulkRequeueJobs",
+     jpb.BulkRequeueJobsRequest(filter=jpb.JobFilter(kind="k"),
+                                resume_token="YjE6OTIyMzM3MjAzNjg1NDc3NTgwODowMDAwMDAwMDAwMDAwMDAw"),
+     INVALID, "resume_token"),
 ]
 
 
@@ -155,3 +184,8 @@ async def test_every_rpc_answers_on_an_empty_database(stub: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.RequeueJob(jpb.RequeueJobRequest(id="7"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    gone = await stub.BulkCancelJobs(jpb.BulkCancelJobsRequest(ids=["7", str(2**63 - 1)]))
+    assert (gone.cancelled, gone.skipped, gone.resume_token) == (0, 2, "")
+    none = await stub.BulkRequeueJobs(jpb.BulkRequeueJobsRequest(filter=jpb.JobFilter(queue="q")))
+    assert (none.requeued, none.skipped, none.resume_token) == (0, 0, "")
+    assert not (await stub.WhoAmI(jpb.WhoAmIRequest())).auth_enabled
