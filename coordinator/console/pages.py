@@ -357,7 +357,7 @@ def op_fragment(op: BulkOp) -> Html:
     status = {OpState.RUNNING: "running", OpState.DONE: "done", OpState.FAILED: "failed"}[op.state]
     return t('<div class="op op-{status}" id="op" {final}><p><strong>{action}</strong> {what}: '
              '<span class="op-state">{status}</span></p>'
-             '<p><span class="op-done">{done}</span> {verb}{extra}, {skipped} skipped, in {calls} call(s), '
+             '<p><span class="op-count">{done}</span> {verb}{extra}, {skipped} skipped, in {calls} call(s), '
              '{elapsed}.</p>{progress}{err}</div>',
              status=status, final=Html('data-final="1"') if op.state is not OpState.RUNNING else EMPTY,
              action=op.action.value.capitalize(), what=op.target.describe(), done=f"{op.done:,}", verb=verb,
