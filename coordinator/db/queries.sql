@@ -1128,3 +1128,33 @@ WHERE j.queue = t.queue AND j.idempotency_key = t.idempotency_key
   AND ((j.dedup_until IS NOT NULL AND j.dedup_until <= now())
        OR (j.dedup_unfinished AND j.state IN ('succeeded', 'dead_lettered', 'cancelled')))
 RETURNING j.id;
+
+-- === Bench only (scripts/console_bench.py): never called by the coordinator or the console ===
+
+-- name: bench_fill_jobs :val
+-- BENCH ONLY: insert $2 synthetic jobs numbered from $1 over $3 queues (mostly finished, some queued, dead-lettered, cancelled, scheduled, retrying; labels tenant=tN; every 1000th with an idempotency key); returns the rows inserted.
+WITH ins AS (
+    INSERT INTO faultline_jobs (queue, kind, state, payload, result, last_error, attempts, max_attempts,
+                                idempotency_key, labels, created_at, run_at, started_at, finished_at, updated_at)
+    SELECT 'bench-q' || (g % $3), 'bench.kind' || (g % 7), s.state, convert_to('{"n": ' || g || '}', 'UTF8'),
+           CASE WHEN s.state = 'succeeded' THEN '\x6f6b'::bytea END,
+           CASE WHEN s.state IN ('dead_lettered', 'retrying') THEN 'bench failure ' || g END,
+           CASE WHEN s.state IN ('queued', 'scheduled') THEN 0 WHEN s.state = 'dead_lettered' THEN 3 ELSE 1 END, 3,
+           CASE WHEN g % 1000 = 0 THEN 'bench-key-' || g END,
+           jsonb_build_object('tenant', 't' || (g % 50)),
+           now() - (($1 + $2 - g) * interval '1 millisecond'),
+           CASE WHEN s.state = 'scheduled' THEN now() + interval '1 day' ELSE now() END,
+           CASE WHEN s.state IN ('queued', 'scheduled') THEN NULL ELSE now() END,
+           CASE WHEN s.state IN ('succeeded', 'dead_lettered', 'cancelled') THEN now() END,
+           now()
+    FROM generate_series($1::bigint, $1::bigint + $2::bigint - 1) AS g,
+         LATERAL (SELECT (CASE WHEN g % 100 < 75 THEN 'succeeded' WHEN g % 100 < 88 THEN 'queued'
+                               WHEN g % 100 < 94 THEN 'dead_lettered' WHEN g % 100 < 97 THEN 'cancelled'
+                               WHEN g % 100 < 99 THEN 'scheduled' ELSE 'retrying' END)::faultline_job_state AS state) s
+    RETURNING 1
+)
+SELECT count(*) FROM ins;
+
+-- name: bench_analyze_jobs :exec
+-- BENCH ONLY: refresh the planner's statistics after the fill, as autovacuum would a while later.
+ANALYZE faultline_jobs;

@@ -508,6 +508,16 @@ class Store:
     async def oldest_ready(self) -> list[Any]:
         return list(await self._run("oldest_ready"))
 
+    # -- bench only (scripts/console_bench.py) -----------------------------------------------
+
+    async def bench_fill_jobs(self, first: int, count: int, queues: int) -> int:
+        """BENCH ONLY: insert `count` synthetic jobs (see queries.sql); never called by the coordinator."""
+        return int(await self._run("bench_fill_jobs", first, count, queues))
+
+    async def bench_analyze_jobs(self) -> None:
+        """BENCH ONLY: ANALYZE the jobs table after a fill."""
+        await self._run("bench_analyze_jobs")
+
     # -- maintenance ---------------------------------------------------------------------------
 
     async def table_stats(self) -> list[TableStats]:
