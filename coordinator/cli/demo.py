@@ -18,6 +18,8 @@ LOG_DIR = ROOT / ".faultline"
 # The embedded Postgres runs initdb on first use, which takes a while on a small machine.
 STARTUP_TIMEOUT_S = 180.0
 HEALTH_POLL_S = 0.25
+# Runs the `faultline` command in a child without relying on the console script being on PATH.
+CLI_MAIN = "import sys; from coordinator.cli import main; sys.exit(main())"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,8 +124,16 @@ def run(args: argparse.Namespace) -> int:
             return code
         if args.once:
             return 0
-        print("faultline demo: all jobs done. Faultline keeps running; try `faultline jobs ls`, `faultline queues`,\n"
-              f"  or `grpcurl -plaintext {addr} list`. Ctrl-C stops everything.")
+        from coordinator.console.config import ADDR_DEFAULT as CONSOLE_ADDR_DEFAULT
+        from coordinator.console.config import ADDR_ENV as CONSOLE_ADDR_ENV
+
+        console_addr = env.get(CONSOLE_ADDR_ENV) or CONSOLE_ADDR_DEFAULT
+        if console_addr.strip().lower() != "off":
+            # The web console beside the demo (FAULTLINE_CONSOLE_ADDR=off leaves it out); it prints its address.
+            children.append(_spawn("console", [sys.executable, "-c", CLI_MAIN, "console", "--addr", console_addr,
+                                               "--coordinator", addr], env))
+        print("faultline demo: all jobs done. Faultline keeps running; open the console, try `faultline jobs ls`,\n"
+              f"  `faultline queues`, or `grpcurl -plaintext {addr} list`. Ctrl-C stops everything.")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
