@@ -25,6 +25,9 @@ from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 
 # Depth columns of the overview, in lifecycle order.
 OVERVIEW_STATES = ("queued", "scheduled", "running", "retrying", "dead_lettered")
+# Their column headings (narrow: the overview must fit 1280 px with every column).
+STATE_HEADINGS = {"queued": "Queued", "scheduled": "Sched.", "running": "Running", "retrying": "Retrying",
+                  "dead_lettered": "Dead"}
 TERMINAL_STATES = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_DEAD_LETTERED,
                              job_pb2.JOB_STATE_CANCELLED})
 REQUEUEABLE_STATES = frozenset({job_pb2.JOB_STATE_DEAD_LETTERED, job_pb2.JOB_STATE_CANCELLED})
@@ -173,10 +176,11 @@ def overview_fragment(resp: jpb.ListQueuesResponse, who: Identity, csrf: str, *,
     if not resp.queues:
         return Html(head + '<p>No queues yet.</p>')
     rows = join(_queue_row(q, who, csrf) for q in resp.queues)
-    cols = join(t('<th scope="col" class="num">{s}</th>', s=s.replace("_", " ")) for s in OVERVIEW_STATES)
+    cols = join(t('<th scope="col" class="num" title="{s}">{h}</th>', s=s.replace("_", " "), h=STATE_HEADINGS[s])
+                for s in OVERVIEW_STATES)
     return t('{head}<div class="scroll"><table class="queues"><thead><tr><th scope="col">Queue</th>{cols}'
              '<th scope="col" class="num">Oldest ready</th>'
-             '<th scope="col">Last {m} min (ok / failed)</th><th scope="col">Wait p50 / p95</th>'
+             '<th scope="col">Last {m} min ok / failed</th><th scope="col">Wait p50 / p95</th>'
              '<th scope="col">Run p50 / p95</th><th scope="col" class="num">Workers</th><th scope="col">Flow</th>'
              '{act}</tr></thead><tbody>{rows}</tbody></table></div>',
              head=head, cols=cols, m=str(THROUGHPUT_MINUTES), rows=rows,
@@ -202,7 +206,7 @@ def _queue_row(q: jpb.QueueStats, who: Identity, csrf: str) -> Html:
         wait = f"{dur(last.wait_p50)} / {dur(last.wait_p95)}" if last is not None else "—"
         run = f"{dur(last.run_p50)} / {dur(last.run_p95)}" if last is not None else "—"
     else:
-        thr = t('{n} finished in the last minute', n=f"{q.finished_last_minute:,}")
+        thr = t('{n} done in the last min', n=f"{q.finished_last_minute:,}")
         wait = run = "—"
     s = q.settings
     flow: list[Html] = []
