@@ -197,7 +197,7 @@ def _queue_row(q: jpb.QueueStats, who: Identity, csrf: str) -> Html:
     ok = sum(m.succeeded for m in hist)
     failed = sum(m.failed for m in hist)
     if hist:
-        peak = max((m.succeeded + m.failed for m in hist), default=0) or 1
+        peak = max((m.succeeded + m.failed for m in q.history), default=0) or 1
         spark = "".join(SPARK[min(len(SPARK) - 1, (m.succeeded + m.failed) * (len(SPARK) - 1) // peak)]
                         for m in list(q.history))
         thr = t('<span class="spark" title="jobs per minute, last {n} minutes">{spark}</span> {ok} / {failed}',
