@@ -158,7 +158,7 @@ def login_page(error: str | None) -> Html:
 # --- overview -----------------------------------------------------------------------------------------------
 
 def overview_page(fragment: Html) -> Html:
-    return t('<div data-live="overview" aria-live="polite">{f}</div>'
+    return t('<div data-live="overview">{f}</div>'
              '<noscript><p>Live updates need JavaScript; reload the page to refresh.</p></noscript>', f=fragment)
 
 
@@ -375,7 +375,7 @@ def op_fragment(op: BulkOp) -> Html:
 def job_page(job_id: str, fragment: Html, *, live: bool) -> Html:
     if not live:
         return fragment
-    return t('<div data-live="job:{id}" aria-live="polite">{f}</div>', id=job_id, f=fragment)
+    return t('<div data-live="job:{id}">{f}</div>', id=job_id, f=fragment)
 
 
 def job_fragment(resp: jpb.GetJobResponse, who: Identity, csrf: str, *, jaeger_url: str | None) -> Html:

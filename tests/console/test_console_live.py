@@ -143,7 +143,11 @@ async def test_queue_pause_and_resume_show_in_the_overview(coordinator_factory: 
         await expect(page.locator(".flash")).to_contain_text("emails paused")
         await expect(row.locator(".flow")).to_contain_text("paused")
         assert await paused(client, "emails")
-        await row.get_by_role("button", name="Resume").click()
+        # By keyboard this time: live swaps of the table keep the focus on the same button.
+        await row.get_by_role("button", name="Resume").focus()
+        await expect(row.get_by_role("button", name="Resume")).to_be_focused()
+        await page.keyboard.press("Enter")
+        await expect(page.locator(".flash")).to_contain_text("emails resumed")
         await expect(row.locator(".flow")).not_to_contain_text("paused")
         assert not await paused(client, "emails")
         # Limits through the queue page.

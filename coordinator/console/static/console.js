@@ -19,11 +19,43 @@
     });
   }
 
+  // A live swap must not take the keyboard focus away (a Pause button in the overview, say): remember which
+  // control had it by its form's action and label, and focus the same control in the new fragment.
+  function focusKey(root) {
+    const active = document.activeElement;
+    if (!active || !root.contains(active)) { return null; }
+    const form = active.closest("form");
+    const link = active.closest("a");
+    if (form) { return { kind: "form", action: form.getAttribute("action"), label: active.textContent }; }
+    if (link) { return { kind: "link", href: link.getAttribute("href") }; }
+    return null;
+  }
+
+  function restoreFocus(root, key) {
+    if (!key) { return; }
+    let target = null;
+    if (key.kind === "form") {
+      root.querySelectorAll("form").forEach(function (f) {
+        if (!target && f.getAttribute("action") === key.action) {
+          f.querySelectorAll("button").forEach(function (b) { if (!target && b.textContent === key.label) { target = b; } });
+        }
+      });
+    } else {
+      root.querySelectorAll("a").forEach(function (a) { if (!target && a.getAttribute("href") === key.href) { target = a; } });
+    }
+    if (target) { target.focus(); }
+  }
+
   function live(el) {
     const topic = el.getAttribute("data-live");
     const source = new EventSource("/events?topic=" + encodeURIComponent(topic));
+    let last = null;
     function show(event) {
+      if (event.data === last) { return; }
+      last = event.data;
+      const refocus = focusKey(el);
       el.innerHTML = event.data;
+      restoreFocus(el, refocus);
       el.classList.remove(RECONNECT_NOTE_CLASS);
       fillCsrf(el);
       el.dispatchEvent(new CustomEvent("faultline:updated", { bubbles: true }));
