@@ -138,14 +138,17 @@ class Coordinator:
         await policy.reload()
         self.submitter = submitter = Submitter(
             handoff=Handoff(store=store, registry=registry, signal=signal_, lease_ttl_ms=cfg.lease_ttl_ms,
-                            enabled=cfg.handoff, policy=policy, on_released=tracer.attempt_closed),
+                            enabled=cfg.handoff, policy=policy, on_released=tracer.attempt_closed,
+                            throughput=throughput),
             signal=signal_, tracer=tracer, promoter_wake=promoter_wake.set)
+        sampler = MetricsSampler(store=store, registry=registry, pool_max=cfg.db_pool_max,
+                                 interval_s=cfg.metrics_sample_interval.total_seconds())
         children = [
             ChildSpec("dispatcher", lambda: Dispatcher(
                 config=DispatcherConfig(lease_ttl_ms=cfg.lease_ttl_ms, claim_batch_max=cfg.claim_batch_max,
                                         fallback_poll_s=cfg.dispatch_poll.total_seconds()),
                 store=store, registry=registry, signal=signal_, policy=policy,
-                on_released=tracer.attempt_closed)),
+                on_released=tracer.attempt_closed, throughput=throughput)),
             ChildSpec("completer", lambda: Completer(
                 inbox=completer_inbox, store=store, retry=cfg.retry, max_items=FLUSH_MAX_ITEMS_DEFAULT,
                 on_retry_scheduled=promoter_wake.set, on_closed=tracer.attempt_closed, throughput=throughput)),
@@ -166,9 +169,8 @@ class Coordinator:
             ChildSpec("health", lambda: HealthMonitor(
                 store=store, interval_s=HEALTH_PROBE_INTERVAL.total_seconds(), on_change=on_db_change,
                 initially_up=True, probe=probe.ping)),
-            ChildSpec("metrics_sampler", lambda: MetricsSampler(
-                store=store, registry=registry, pool_max=cfg.db_pool_max,
-                interval_s=cfg.metrics_sample_interval.total_seconds())),
+            # ListQueues serves the sampler's last sample: the factory hands back the same instance.
+            ChildSpec("metrics_sampler", lambda: sampler),
         ]
         if cfg.auth_required:
             children.append(ChildSpec("key_refresher", lambda: KeyRefresher(
@@ -204,7 +206,7 @@ class Coordinator:
         job_servicer = JobServicer(
             store=store, signal=signal_, registry=registry, throughput=throughput, submitter=submitter,
             policy=policy, max_payload=cfg.max_payload_bytes,
-            watch_hub=watch_hub, submit_job=submit_job, auth_enabled=cfg.auth_required,
+            watch_hub=watch_hub, submit_job=submit_job, auth_enabled=cfg.auth_required, sampler=sampler,
             max_attempts_default=cfg.max_attempts_default,
             admission=SubmitAdmission(max_requests=cfg.submit_inflight_max, max_bytes=cfg.submit_inflight_bytes_max,
                                       retry_after=SUBMIT_RETRY_AFTER))

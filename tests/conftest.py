@@ -17,7 +17,7 @@ from coordinator.app import Coordinator
 from coordinator.config import Config, RetryDefaults
 from coordinator.db.migrate import migrate
 from tests.helpers.db import admin_dsn, create_database, drop_database, with_database
-from tests.helpers.procs import Proc, coordinator_proc, free_port
+from tests.helpers.procs import TEST_METRICS_SAMPLE_MS, Proc, coordinator_proc, free_port
 from tests.helpers.wait import eventually
 
 # Test defaults: short leases and backoffs so that failure paths finish in seconds.
@@ -84,6 +84,8 @@ def test_config(dsn: str, **overrides: Any) -> Config:
         lease_ttl_ms=TEST_LEASE_TTL_MS,
         drain_grace=__import__("datetime").timedelta(seconds=2),
         reaper_interval=__import__("datetime").timedelta(milliseconds=100),
+        # ListQueues serves the sampler's last sample: tests wait for a fresh one (tests.helpers.wait).
+        metrics_sample_interval=__import__("datetime").timedelta(milliseconds=TEST_METRICS_SAMPLE_MS),
     )
     return replace(base, **overrides)
 

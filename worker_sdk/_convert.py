@@ -34,10 +34,12 @@ from worker_sdk._frames import (
 )
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, worker_service_pb2
 from worker_sdk._types import (
+    AttemptAudit,
     Job,
     JobSpec,
     JobState,
     JobTimeouts,
+    QueueMinute,
     QueueSettings,
     QueueStats,
     RetryPolicy,
@@ -275,7 +277,28 @@ def queue_stats_from_pb(msg: job_service_pb2.QueueStats) -> QueueStats:
         settings=queue_settings_from_pb(msg.settings) if msg.HasField("settings") else None,
         waiting_on_key=msg.waiting_on_key,
         requiring_labels=msg.requiring_labels,
+        sampled_at=timestamp_to_datetime(msg.sampled_at) if msg.HasField("sampled_at") else None,
+        workers_connected=msg.workers_connected,
+        history=tuple(queue_minute_from_pb(m) for m in msg.history),
     )
+
+
+def _optional_duration(msg: job_service_pb2.QueueMinute, name: str) -> timedelta | None:
+    return duration_to_timedelta(getattr(msg, name)) if msg.HasField(name) else None
+
+
+def queue_minute_from_pb(msg: job_service_pb2.QueueMinute) -> QueueMinute:
+    return QueueMinute(
+        start=timestamp_to_datetime(msg.start), succeeded=msg.succeeded, failed=msg.failed,
+        wait_p50=_optional_duration(msg, "wait_p50"), wait_p95=_optional_duration(msg, "wait_p95"),
+        run_p50=_optional_duration(msg, "run_p50"), run_p95=_optional_duration(msg, "run_p95"))
+
+
+def attempt_audit_from_pb(msg: job_service_pb2.AttemptAudit) -> AttemptAudit:
+    return AttemptAudit(
+        attempt=msg.attempt, worker_id=msg.worker_id, outcome=msg.outcome, fencing_token=msg.fencing_token,
+        started_at=timestamp_to_datetime(msg.started_at) if msg.HasField("started_at") else None,
+        ended_at=timestamp_to_datetime(msg.ended_at) if msg.HasField("ended_at") else None, error=msg.error)
 
 
 def queue_settings_from_pb(msg: job_service_pb2.QueueSettings) -> QueueSettings:

@@ -101,6 +101,10 @@ class Job:
     requeued_by: str | None = None
     #: (attempt, holder, outcome) of every attempt, the holder qualified with its identity; by Client.get().
     attempt_holders: tuple[tuple[int, str, str], ...] = ()
+    #: Every attempt in full (fencing token, times, error), oldest first; filled by Client.get().
+    attempt_audit: tuple[AttemptAudit, ...] = ()
+    #: The job's trace id (32 hex digits) from the trace context it was submitted in; by Client.get().
+    trace_id: str | None = None
     #: Key the queue's per-key concurrency cap counts this job under; None when none.
     concurrency_key: str | None = None
     #: Labels a worker must have (hello labels) to be granted this job; empty when any worker may.
@@ -162,8 +166,41 @@ class SubmitResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptAudit:
+    """One attempt of a job, as GetJob reports it."""
+
+    attempt: int
+    #: The holder, qualified with its identity (key:NAME/worker); "" when none held it.
+    worker_id: str
+    #: How it ended (succeeded, failed, lease_expired, cancelled, ...); "" while it runs.
+    outcome: str
+    fencing_token: int
+    started_at: datetime | None
+    #: None while it runs.
+    ended_at: datetime | None
+    #: The error it ended with (at most 4096 bytes); "" when none.
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueMinute:
+    """One minute of a queue's activity as one coordinator saw it; a percentile is None with nothing measured."""
+
+    start: datetime
+    succeeded: int
+    #: Attempts that failed (to be retried or dead-lettered).
+    failed: int
+    #: Time from ready to start of the jobs granted in the minute.
+    wait_p50: timedelta | None
+    wait_p95: timedelta | None
+    #: Run time (start to end) of the attempts that ended in the minute.
+    run_p50: timedelta | None
+    run_p95: timedelta | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QueueStats:
-    """One queue's depth by state and the age of its oldest ready job."""
+    """One queue's depth by state and the age of its oldest ready job, as of sampled_at."""
 
     name: str
     depth: Mapping[JobState | str, int]
@@ -174,6 +211,42 @@ class QueueStats:
     waiting_on_key: int = 0
     #: Ready jobs that wait for a worker with their required labels.
     requiring_labels: int = 0
+    #: When the coordinator's metrics sampler counted depth, oldest_ready_age and the flow figures.
+    sampled_at: datetime | None = None
+    #: Workers connected to the answering coordinator that take work from this queue.
+    workers_connected: int = 0
+    #: The last minutes (up to 15), oldest first, as the answering coordinator saw them.
+    history: tuple[QueueMinute, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Identity:
+    """Who the coordinator takes the caller for (Client.whoami())."""
+
+    #: The audit identity (key:NAME, cn:SUBJECT); None when auth is off.
+    identity: str | None
+    name: str
+    #: Scopes held: submit, read, payloads, work, admin.
+    scopes: frozenset[str]
+    #: Queue names or prefixes (ending in *) the caller is limited to; empty: every queue.
+    queues: tuple[str, ...]
+    auth_enabled: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkResult:
+    """What Client.bulk_cancel() or bulk_requeue() did, summed over every call it took."""
+
+    #: Waiting jobs cancelled at once (bulk_cancel).
+    cancelled: int = 0
+    #: Running jobs marked cancel_requested, their workers told (bulk_cancel).
+    cancel_requested: int = 0
+    #: Jobs brought back to queued (bulk_requeue).
+    requeued: int = 0
+    #: Jobs that matched but were in no state to change, and named ids that name no job.
+    skipped: int = 0
+    #: How many calls it took (each within the coordinator's time budget).
+    calls: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -94,8 +94,11 @@ class Completer(BatchingActor[CloseItem, Verdict]):
                     counts[group] = [children[0], 1]
                 else:
                     counted[1] += 1
-                if r["started_at"] is not None:
-                    children[1].observe((r["finished_at"] - r["started_at"]).total_seconds())
+                run_s = (r["finished_at"] - r["started_at"]).total_seconds() if r["started_at"] is not None else None
+                if run_s is not None:
+                    children[1].observe(run_s)
+                if self._throughput:
+                    self._throughput.ended(r["queue"], succeeded=True, failed=False, run_s=run_s)
                 if self._on_closed:
                     self._on_closed(key, "succeeded", None)
             for (queue, _kind), (counter, n) in counts.items():
@@ -112,12 +115,13 @@ class Completer(BatchingActor[CloseItem, Verdict]):
             for r in rows:
                 state = r["state"]
                 metrics.JOBS_COMPLETED.labels(r["queue"], r["kind"], "failed" if state == "retrying" else state).inc()
-                if r["started_at"] is not None:  # failed attempts ran too: keep the duration histogram unbiased
-                    metrics.JOB_DURATION.labels(r["queue"], r["kind"]).observe(
-                        (r["closed_at"] - r["started_at"]).total_seconds()
-                    )
-                if self._throughput and state != "retrying":
-                    self._throughput.add(r["queue"])
+                run_s = (r["closed_at"] - r["started_at"]).total_seconds() if r["started_at"] is not None else None
+                if run_s is not None:  # failed attempts ran too: keep the duration histogram unbiased
+                    metrics.JOB_DURATION.labels(r["queue"], r["kind"]).observe(run_s)
+                if self._throughput:
+                    if state != "retrying":
+                        self._throughput.add(r["queue"])
+                    self._throughput.ended(r["queue"], succeeded=False, failed=state != "cancelled", run_s=run_s)
                 if state == "retrying":
                     metrics.RETRIES.labels(r["queue"], r["kind"]).inc()
                     retrying = True

@@ -28,6 +28,7 @@ from coordinator.errors import DatabaseUnavailableError
 from coordinator.model import Job
 from coordinator.policy import GrantPolicy
 from coordinator.sessions import DispatchSignal, Session, SessionRegistry
+from coordinator.throughput import Throughput
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,10 @@ class Dispatcher:
 
     def __init__(
         self, *, config: DispatcherConfig, store: Store, registry: SessionRegistry, signal: DispatchSignal,
-        policy: GrantPolicy, on_released: grants.OnReleased | None = None,
+        policy: GrantPolicy, on_released: grants.OnReleased | None = None, throughput: Throughput | None = None,
     ) -> None:
         self._config = config
+        self._throughput = throughput
         self._store = store
         self._registry = registry
         self._signal = signal
@@ -205,4 +207,5 @@ class Dispatcher:
 
     async def _deliver(self, jobs: list[tuple[Job, int]], slots: list[Session]) -> int:
         return await grants.deliver(self._store, self._signal, [(job, slots[slot]) for job, slot in jobs],
-                                    path=grants.PATH_CLAIM, on_released=self._on_released)
+                                    path=grants.PATH_CLAIM, on_released=self._on_released,
+                                    throughput=self._throughput)

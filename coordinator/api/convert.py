@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator.db.store import JobAudit
 from coordinator.model import Job, JobState, QueueSettings, ScheduleCatchup, ScheduleOverlap, ScheduleRow
+from coordinator.throughput import MinuteStats
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2
 from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
 
@@ -160,3 +161,13 @@ def audit_to_pb(audit: JobAudit) -> jpb.JobAudit:
                                    fencing_token=a.fencing_token, started_at=timestamp(a.started_at),
                                    ended_at=timestamp(a.ended_at), error=a.error)
                   for a in audit.attempts])
+
+
+def queue_minute_to_pb(m: MinuteStats) -> jpb.QueueMinute:
+    """One minute of a queue's history; a percentile with no sample in the minute stays unset."""
+    out = jpb.QueueMinute(start=timestamp(m.start), succeeded=m.succeeded, failed=m.failed)
+    for field, value in (("wait_p50", m.wait_p50), ("wait_p95", m.wait_p95), ("run_p50", m.run_p50),
+                         ("run_p95", m.run_p95)):
+        if value is not None:
+            getattr(out, field).FromTimedelta(value)
+    return out

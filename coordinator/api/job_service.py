@@ -6,6 +6,7 @@ import base64
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -15,6 +16,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from coordinator import bulk, logs, metrics, tracing
+from coordinator.actors.metrics_sampler import MetricsSampler
 from coordinator.api import convert, validate
 from coordinator.api.admission import SubmitAdmission
 from coordinator.api.status import code_for, trailing_metadata_for
@@ -134,6 +136,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         watch_hub: WatchHub | None = None,
         submit_job: SubmitJob | None = None,
         auth_enabled: bool = False,
+        sampler: MetricsSampler,
     ) -> None:
         self._store = store
         self._signal = signal
@@ -149,6 +152,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._submit_job = submit_job or make_submit(submitter)
         # Whether the edge authenticates calls (FAULTLINE_AUTH); WhoAmI reports it.
         self._auth_enabled = auth_enabled
+        self._sampler = sampler
 
     async def _submit(self, rpc_name: str, reqs: list[Any], context: grpc.aio.ServicerContext[Any, Any],
                       prefix: Callable[[int], str]) -> list[tuple[Job, bool]]:
@@ -406,30 +410,32 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListQueues(
         self, request: jpb.ListQueuesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> jpb.ListQueuesResponse:
-        depths = await self._store.queue_depths()
-        oldest = {r["queue"]: r for r in await self._store.oldest_ready()}
-        waiting = {r["queue"]: r for r in await self._store.queue_flow_waiting()}
+        # The metrics sampler's last sample (actors/metrics_sampler.py), never a count per call.
+        snapshot = await self._sampler.latest()
         await self._policy.reload()  # the settings other coordinators made count too
-        by_queue: dict[str, dict[str, int]] = {}
-        for r in depths:
-            by_queue.setdefault(r["queue"], {})[r["state"]] = r["depth"]
-        for q in self._throughput.queues():
-            by_queue.setdefault(q, {})
-        for settings in self._policy.all_settings():
-            by_queue.setdefault(settings.queue, {})
+        names = set(snapshot.queues) | set(self._throughput.queues())
+        names.update(s.queue for s in self._policy.all_settings())
+        workers: Counter[str] = Counter()
+        for session in self._registry:
+            workers.update(set(session.queues))
+        sampled_at = convert.timestamp(snapshot.sampled_at)
         out = []
         principal = auth_keys.current()
-        for q in sorted(by_queue):
+        for q in sorted(names):
             if not principal.allows_queue(q):
                 continue
+            sample = snapshot.queues.get(q)
             age = Duration()
-            if q in oldest:
-                age.FromTimedelta(max(oldest[q]["now"] - oldest[q]["oldest_run_at"], timedelta(0)))
-            w = waiting.get(q)
+            if sample is not None:
+                age.FromTimedelta(sample.oldest_ready_age)
             out.append(jpb.QueueStats(
-                name=q, depth=by_queue[q], oldest_ready_age=age, finished_last_minute=self._throughput.last_minute(q),
+                name=q, depth=dict(sample.depth) if sample else {}, oldest_ready_age=age,
+                finished_last_minute=self._throughput.last_minute(q),
                 settings=convert.queue_settings_to_pb(self._policy.settings(q)),
-                waiting_on_key=w["waiting_on_key"] if w else 0, requiring_labels=w["requiring_labels"] if w else 0))
+                waiting_on_key=sample.waiting_on_key if sample else 0,
+                requiring_labels=sample.requiring_labels if sample else 0,
+                sampled_at=sampled_at, workers_connected=workers[q],
+                history=[convert.queue_minute_to_pb(m) for m in self._throughput.history(q)]))
         return jpb.ListQueuesResponse(queues=out)
 
     def _settings_changed(self, queue: str) -> None:

@@ -11,6 +11,8 @@ With --until FILE the producer keeps submitting (--count is then only a cap) unt
 a drill has work in flight for as long as it injects faults; it then finishes the batch it is on.
 With --max-backlog N it submits a batch only while the queue holds fewer than N queued jobs (ListQueues),
 so that a long-running producer keeps the workers busy without building a backlog the drill must drain.
+ListQueues answers from the coordinator's last metrics sample, so after a batch the producer waits for a
+sample taken after it (FAULTLINE_METRICS_SAMPLE_MS; the drill stack samples every 200 ms).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import argparse
 import asyncio
 import json
 import random
+import sys
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +45,11 @@ async def main(args: argparse.Namespace) -> int:
     with open(args.acks, "a", buffering=1) as acks:  # noqa: ASYNC230 - line writes to a local file, once per batch
         async with Client(args.target, timeout=CALL_TIMEOUT) as client:
             until = Path(args.until) if args.until else None
+            sent_at: datetime | None = None  # when the last batch was acknowledged
             for start in range(0, args.count, args.batch):
                 if until is not None and until.exists():
                     break
-                while args.max_backlog and await _queued(client) >= args.max_backlog:
+                while args.max_backlog and await _queued(client, sent_at) >= args.max_backlog:
                     if until is not None and until.exists():
                         break
                     await asyncio.sleep(BACKLOG_POLL_S)
@@ -69,19 +73,24 @@ async def main(args: argparse.Namespace) -> int:
                 for spec, (job, created) in zip(specs, results, strict=True):
                     stats["created" if created else "found_existing"] += 1
                     acks.write(json.dumps({"key": spec.idempotency_key, "id": job.id, "created": created}) + "\n")
+                sent_at = datetime.now(UTC)
                 if args.pace_ms:
                     await asyncio.sleep(args.pace_ms / 1000)
             acks.write(json.dumps({"stats": dict(stats), "t": time.time()}) + "\n")
     return 0
 
 
-async def _queued(client: Client) -> int:
-    """Jobs queued in the default queue; 0 when the coordinator cannot say (the batch then goes and retries)."""
+async def _queued(client: Client, after: datetime | None) -> int:
+    """Jobs queued in the default queue as sampled after `after`; 0 when the coordinator cannot say (the batch
+    then goes and retries). A sample older than `after` may not count the last batch: the caller polls again."""
     try:
         queues = await client.list_queues()
     except WorkerSDKError:
         return 0
-    return sum(int(n) for q in queues if q.name == "default" for st, n in q.depth.items() if st == "queued")
+    default = [q for q in queues if q.name == "default"]
+    if after is not None and default and (default[0].sampled_at is None or default[0].sampled_at < after):
+        return sys.maxsize  # stale: look again after BACKLOG_POLL_S
+    return sum(int(n) for q in default for st, n in q.depth.items() if st == "queued")
 
 
 def cli() -> None:

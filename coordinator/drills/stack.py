@@ -55,6 +55,8 @@ DRILL_COORDINATOR_ENV = {
     "FAULTLINE_BACKOFF_MAX_MS": "500",
     "FAULTLINE_REAPER_INTERVAL_MS": "100",
     "FAULTLINE_DRAIN_GRACE_MS": "1000",
+    # ListQueues serves the last metrics sample; producers with --max-backlog wait for a fresh one.
+    "FAULTLINE_METRICS_SAMPLE_MS": "200",
     "FAULTLINE_LOG_LEVEL": "INFO",
 }
 

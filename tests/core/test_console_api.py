@@ -89,3 +89,55 @@ async def test_get_job_carries_its_trace_id_and_each_attempts_token_times_and_er
     assert a2.started_at.ToDatetime() >= a1.ended_at.ToDatetime()
     untraced = await stub.GetJob(jpb.GetJobRequest(id=plain.id))
     assert untraced.trace_id == "" and list(untraced.audit.attempts) == []
+
+
+async def test_list_queues_serves_the_sampler_with_workers_and_a_history_of_runs_and_waits(stub: Any,
+                                                                                          addr: str) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    from tests.helpers.wait import eventually
+    from worker_sdk import JobContext, NonRetryableError, Worker
+
+    work = timedelta(milliseconds=30)
+    w = Worker(addr, queues=["hist"], concurrency=4, handle_signals=False)
+
+    @w.handler("ok")
+    async def ok(ctx: JobContext) -> bytes:
+        await asyncio.sleep(work.total_seconds())  # the job's work: its run time is at least this
+        return b""
+
+    @w.handler("bad")
+    async def bad(ctx: JobContext) -> bytes:
+        raise NonRetryableError("no")
+
+    task = asyncio.create_task(w.run())
+    try:
+        await stub.SubmitBatch(jpb.SubmitBatchRequest(
+            jobs=[jpb.SubmitRequest(kind="ok", queue="hist")] * 12 + [jpb.SubmitRequest(kind="bad", queue="hist")] * 3))
+
+        async def hist() -> Any:
+            q = {q.name: q for q in (await stub.ListQueues(jpb.ListQueuesRequest())).queues}.get("hist")
+            if q is None or sum(m.succeeded for m in q.history) < 12 or sum(m.failed for m in q.history) < 3:
+                return None
+            return q
+
+        q = await eventually(hist, timeout=30, message="12 succeeded and 3 failed in the history")
+        assert sum(m.succeeded for m in q.history) == 12 and sum(m.failed for m in q.history) == 3
+        assert 1 <= len(q.history) <= 15 and q.workers_connected == 1
+        starts = [m.start.seconds for m in q.history]
+        assert starts == sorted(starts) and all(s % 60 == 0 for s in starts)
+        busy = [m for m in q.history if m.succeeded]
+        assert all(m.run_p50.ToTimedelta() >= work * 0.9 and m.run_p95.ToTimedelta() >= m.run_p50.ToTimedelta()
+               for m in busy)
+        assert all(m.HasField("wait_p50") and m.wait_p95.ToTimedelta() >= m.wait_p50.ToTimedelta() for m in busy)
+        first = q.sampled_at.ToDatetime()
+
+        async def advanced() -> bool:
+            again = {q.name: q for q in (await stub.ListQueues(jpb.ListQueuesRequest())).queues}["hist"]
+            return again.sampled_at.ToDatetime() > first
+
+        await eventually(advanced, timeout=10, message="sampled_at advances with the next sample")
+    finally:
+        await asyncio.wait_for(w.stop(), 30)
+        await asyncio.wait_for(task, 30)

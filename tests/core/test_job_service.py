@@ -195,7 +195,13 @@ async def test_pagination_over_1000_jobs_sees_each_once(stub: Any) -> None:
 
 
 async def test_list_queues_reports_depth(stub: Any) -> None:
+    from tests.helpers.wait import eventually
+
     await stub.SubmitBatch(jpb.SubmitBatchRequest(jobs=[jpb.SubmitRequest(kind="k", queue="qa") for _ in range(7)]))
-    resp = await stub.ListQueues(jpb.ListQueuesRequest())
-    qa = {q.name: q for q in resp.queues}["qa"]
-    assert qa.depth["queued"] == 7
+
+    async def sampled() -> Any:  # ListQueues serves the metrics sampler's last sample: wait for one with them
+        qa = {q.name: q for q in (await stub.ListQueues(jpb.ListQueuesRequest())).queues}.get("qa")
+        return qa if qa is not None and qa.depth["queued"] == 7 else None
+
+    qa = await eventually(sampled, timeout=10, message="a sample counting the 7 jobs")
+    assert qa.sampled_at.seconds > 0

@@ -227,8 +227,12 @@ async def test_job_with_required_labels_waits_for_a_matching_worker_and_runs_on_
         assert gpu_job.state is JobState.QUEUED, "not handed off to a worker without the label"
         plain = await ca.submit("work", queue="ml")  # behind the gpu job, but the cpu worker can take it
         await eventually(lambda: plain.id in runs.end, timeout=30, message="the plain job ran past the waiting gpu job")
-        [stats] = [q for q in await ca.list_queues() if q.name == "ml"]
-        assert stats.requiring_labels == 1 and stats.depth.get(JobState.QUEUED) == 1
+
+        async def sampled() -> bool:  # ListQueues serves the last metrics sample: wait for one after the run
+            [stats] = [q for q in await ca.list_queues() if q.name == "ml"]
+            return stats.requiring_labels == 1 and stats.depth.get(JobState.QUEUED) == 1
+
+        await eventually(sampled, timeout=10, message="a sample with the gpu job waiting on labels")
         assert gpu_job.id not in runs.start
         stored = await ca.get(gpu_job.id)
         assert stored.required_labels == {"gpu": "a100"}

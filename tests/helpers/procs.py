@@ -13,6 +13,10 @@ from coordinator.drills.stack import ROOT, Proc
 __all__ = ["ROOT", "Proc", "coordinator_proc", "free_port", "python_proc"]
 
 
+# The metrics sampler's interval in tests (ListQueues' figures are at most this old).
+TEST_METRICS_SAMPLE_MS = 200
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -26,6 +30,8 @@ def coordinator_proc(*, dsn: str, port: int, tmp: Path, env: dict[str, str] | No
         "FAULTLINE_GRPC_ADDR": f"127.0.0.1:{port}",
         "FAULTLINE_METRICS_ADDR": "off",
         "FAULTLINE_LOG_LEVEL": "INFO",
+        # ListQueues serves the sampler's last sample: tests wait for a fresh one, so sample often.
+        "FAULTLINE_METRICS_SAMPLE_MS": str(TEST_METRICS_SAMPLE_MS),
     })
     e.update(env or {})
     log = tmp / f"coordinator-{port}-{time.time_ns()}.log"

@@ -122,6 +122,13 @@ async def test_dlq_queues_and_workers_show_what_the_coordinator_holds(coordinato
 
             await eventually(settled, message="one job dead-lettered, one running")
 
+            async def sampled() -> bool:  # `faultline queues` shows the last metrics sample: wait for one after
+                stats = [q for q in await client.list_queues() if q.name == queue]
+                return bool(stats) and {str(k): v for k, v in stats[0].depth.items()} == {
+                    "queued": 1, "running": 1, "dead_lettered": 1}
+
+            await eventually(sampled, message="a sample of the settled queue")
+
         dlq, queues, queues_json, workers, workers_json = await asyncio.gather(
             cli("dlq", "ls", *a, "--queue", queue), cli("queues", *a), cli("queues", *a, "--json"),
             cli("workers", *a), cli("workers", *a, "--json"))

@@ -100,7 +100,11 @@ async def test_queue_patterns_limit_submit_read_and_work(auth_coordinator: Coord
         assert [j.id for j in jobs] == [mine.id]
     async with Client(addr, api_key=admin) as client:
         other = await client.submit("echo", b"b", queue="team-b")
-        assert {q.name for q in await client.list_queues()} >= {"team-a.images", "shared", "team-b"}
+
+        async def sampled() -> bool:  # ListQueues serves the last metrics sample: wait for one with the jobs
+            return {q.name for q in await client.list_queues()} >= {"team-a.images", "shared", "team-b"}
+
+        await eventually(sampled, timeout=10, message="a sample with every queue")
     async with Client(addr, api_key=team) as client:
         with pytest.raises(PermissionDeniedError):
             await client.get(other.id)
