@@ -202,9 +202,11 @@ def _queue_row(q: jpb.QueueStats, who: Identity, csrf: str) -> Html:
                         for m in list(q.history))
         thr = t('<span class="spark" title="jobs per minute, last {n} minutes">{spark}</span> {ok} / {failed}',
                 n=str(len(q.history)), spark=spark, ok=f"{ok:,}", failed=f"{failed:,}")
-        last = next((m for m in reversed(q.history) if m.HasField("wait_p50") or m.HasField("run_p50")), None)
-        wait = f"{dur(last.wait_p50)} / {dur(last.wait_p95)}" if last is not None else "—"
-        run = f"{dur(last.run_p50)} / {dur(last.run_p95)}" if last is not None else "—"
+        # The latest minute that saw a start (wait) or an end (run); a quiet minute's zeros mean "no sample".
+        waited = next((m for m in reversed(q.history) if m.wait_p95.ToTimedelta()), None)
+        ran = next((m for m in reversed(q.history) if m.run_p95.ToTimedelta()), None)
+        wait = f"{dur(waited.wait_p50)} / {dur(waited.wait_p95)}" if waited is not None else "—"
+        run = f"{dur(ran.run_p50)} / {dur(ran.run_p95)}" if ran is not None else "—"
     else:
         thr = t('{n} done in the last min', n=f"{q.finished_last_minute:,}")
         wait = run = "—"
@@ -227,7 +229,8 @@ def _queue_row(q: jpb.QueueStats, who: Identity, csrf: str) -> Html:
     if who_admin(who):
         toggle = (button_form(f"/queues/{path_part(q.name)}/resume", "Resume", csrf) if s.paused
                   else button_form(f"/queues/{path_part(q.name)}/pause", "Pause", csrf))
-        actions = t('<td>{toggle} <a href="/queues/{name}">Limits</a></td>', toggle=toggle, name=path_part(q.name))
+        actions = t('<td>{toggle}</td>', toggle=toggle)
+        flow.append(t('<a href="/queues/{name}" class="small">limits</a>', name=path_part(q.name)))
     return t('<tr data-queue="{name}"><th scope="row"><a href="/jobs?{qs}">{name}</a></th>{depth}'
              '<td class="num">{age}</td><td>{thr}</td><td>{wait}</td><td>{run}</td>'
              '<td class="num workers">{workers}</td><td class="flow">{flow}</td>{actions}</tr>',
