@@ -185,5 +185,8 @@ class BulkRunner:
         except asyncio.CancelledError:
             op.state, op.error = OpState.FAILED, "the console stopped before the operation finished"
             raise
+        except Exception:  # the operation's boundary: it must end FAILED, never stay RUNNING
+            logger.exception("console bulk operation crashed", extra={"op": op.id})
+            op.state, op.error = OpState.FAILED, "the console failed while running it; the details are in its log"
         finally:
             op.finished = time.monotonic()
