@@ -38,6 +38,7 @@ from coordinator.console.config import (
     REQUEUE_EXTRA_ATTEMPTS,
     SSE_KEEPALIVE,
     SSE_PER_SESSION_MAX,
+    SSE_TOTAL_MAX,
     ConsoleConfig,
 )
 from coordinator.console.html import Html, esc, layout, path_part, t
@@ -81,6 +82,8 @@ class Console:
         self.bulk = BulkRunner(self.coordinators)
         # What the last probe said about the coordinator's auth; owned by _auth_enabled().
         self._probe = _AuthProbe()
+        #: SSE streams open now, every session together; owned by the events handler.
+        self.streams = 0
 
     async def start(self) -> None:
         await self.coordinators.start()
@@ -362,9 +365,12 @@ async def events(request: web.Request) -> web.StreamResponse:
     if session.streams >= SSE_PER_SESSION_MAX:
         return _plain(f"Too many live views open in this session (at most {SSE_PER_SESSION_MAX}); close some tabs.",
                       429)
+    if console.streams >= SSE_TOTAL_MAX:
+        return _plain("The console has as many live views open as it serves; reload later.", 503)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
     await response.prepare(request)
     session.streams += 1
+    console.streams += 1
     listener: Listener = console.hub.subscribe(key_id=session.key_id, key=session.key, who=session.who, topic=topic)
     try:
         while console.sessions.alive(session):
@@ -384,6 +390,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     finally:
         console.hub.unsubscribe(listener)
         session.streams -= 1
+        console.streams -= 1
     return response
 
 

@@ -21,6 +21,8 @@ SESSION_IDLE_DEFAULT = timedelta(minutes=30)
 SESSIONS_MAX_DEFAULT = 1_000
 #: Most server-sent-event streams one session may hold open (tabs of one browser).
 SSE_PER_SESSION_MAX = 8
+#: Most server-sent-event streams open at once in the whole console (every session together).
+SSE_TOTAL_MAX = 1_000
 #: Most bulk operations one session may have running at once.
 BULK_OPS_RUNNING_PER_SESSION_MAX = 2
 #: Finished bulk operations a session keeps to show (the oldest finished one goes first).
