@@ -154,3 +154,25 @@ async def test_payloads_are_hidden_without_the_payloads_scope(auth_coordinator: 
     await page.goto(f"{c.url}/jobs/{binary.id}")
     await expect(page.locator("#payload pre.hex")).to_contain_text("00000000  00 01 02 03")
     await expect(page.locator("#payload")).to_contain_text("10,240 bytes, first 4,096 shown")
+
+
+async def test_a_key_limited_to_some_queues_gets_a_clear_permission_page(
+        auth_coordinator: Coordinator, make_key: MakeKey, console_factory: Any, page: Page) -> None:
+    team = await make_key("team-a", "read,admin", queues=("team-a.*",))
+    submit = await make_key("producer", "submit")
+    async with Client(f"127.0.0.1:{auth_coordinator.port}", api_key=submit) as client:
+        other = await client.submit("echo", queue="billing")
+        await client.submit("echo", queue="team-a.mail")
+    c = await console_factory(auth_coordinator)
+    await login(page, c.url, team)
+    await expect(page.locator('tr[data-queue="team-a.mail"]')).to_be_visible()
+    await expect(page.locator('tr[data-queue="billing"]')).to_have_count(0)
+    resp = await page.goto(f"{c.url}/jobs/{other.id}")
+    assert resp is not None and resp.status == 403
+    await expect(page.locator(".error")).to_contain_text("Permission denied")
+    assert "Traceback" not in await page.content()
+    # An out-of-range limit: the coordinator's INVALID_ARGUMENT, named, as a 400 page.
+    csrf = await page.locator('meta[name="csrf-token"]').get_attribute("content")
+    r = await page.request.post(f"{c.url}/queues/team-a.mail/settings",
+                                form={"csrf": csrf or "", "max_running": "99999999"}, headers={"Origin": c.url})
+    assert r.status == 400 and "max_running" in await r.text()
