@@ -8,7 +8,7 @@ empty one, which console.js fills from the page's meta tag before a form is sent
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
@@ -340,15 +340,19 @@ def _job_row(j: job_pb2.Job, admin: bool) -> Html:
              err=cut(j.last_error))
 
 
-def bulk_confirm_page(*, action: str, describe: str, fields: Iterable[tuple[str, str]], csrf: str,
+def bulk_confirm_page(*, action: str, describe: str, fields: Sequence[tuple[str, str]], csrf: str,
                       estimate: int | None) -> Html:
     hidden = join(t('<input type="hidden" name="{k}" value="{v}">', k=k, v=v) for k, v in fields)
+    def values(name: str) -> list[str]:
+        return [v for k, v in fields if k == f"f_{name}" and v]
+
+    back = "/jobs?" + query(queue=values("queue"), kind=values("kind"), state=values("state"), label=values("label"))
     return t('<p>{verb} {what}?</p>{est}<form method="post" action="/jobs/bulk">{csrf}{hidden}'
              '<input type="hidden" name="confirm" value="1">'
              '<button type="submit" name="action" value="{action}">Yes, {verb_l} them</button> '
-             '<a href="javascript:history.back()">No, go back</a></form>',
+             '<a href="{back}">No, go back</a></form>',
              verb=action.split("-")[0].capitalize(), what=describe, csrf=csrf_field(csrf), hidden=hidden,
-             action=action, verb_l=action.split("-")[0],
+             action=action, verb_l=action.split("-")[0], back=back,
              est=t('<p class="muted">About {n} job(s), by the last sample. It runs in the background; '
                    'a progress page follows.</p>', n=f"{estimate:,}") if estimate is not None else EMPTY)
 

@@ -49,6 +49,9 @@ async def test_requeue_every_matching_dead_lettered_job_runs_in_the_background(
         await page.get_by_role("button", name="Requeue every matching job").click()
         await expect(page.locator("h1")).to_have_text("Confirm bulk action")
         await expect(page.locator("main")).to_contain_text("queue=imports, state=dead_lettered")
+        await expect(page.locator("main")).to_contain_text(f"About {DEAD_JOBS:,} job(s)")  # the sampler's estimate
+        await expect(page.get_by_role("link", name="No, go back")).to_have_attribute(
+            "href", "/jobs?queue=imports&state=dead_lettered")
         await page.get_by_role("button", name="Yes, requeue them").click()
         await expect(page).to_have_url(re.compile(r".*/ops/.+"))
         await expect(page.locator(".op-state")).to_have_text("done", timeout=120_000)
