@@ -62,8 +62,19 @@ async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
 
 
 @pytest.fixture
-async def page(context: BrowserContext) -> Page:
-    return await context.new_page()
+async def page(context: BrowserContext) -> AsyncIterator[Page]:
+    """A page whose console errors (a CSP violation, a script error) fail the test."""
+    p = await context.new_page()
+    errors: list[str] = []
+    p.on("console", lambda m: errors.append(m.text) if m.type == "error" and not _expected(m.text) else None)
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    yield p
+    assert errors == [], f"browser console errors: {errors}"
+
+
+def _expected(text: str) -> bool:
+    # Pages a test asks for on purpose with an error status, and streams cut by a navigation.
+    return "Failed to load resource" in text
 
 
 @pytest.fixture
