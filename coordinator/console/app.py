@@ -43,7 +43,7 @@ from coordinator.console.config import (
 )
 from coordinator.console.html import Html, esc, layout, path_part, t
 from coordinator.console.live import Listener, LiveEvent, LiveHub
-from coordinator.console.rpc import JOB_STATES, Coordinators, RpcError
+from coordinator.console.rpc import JOB_STATES, Coordinators, RpcError, state_name
 from coordinator.console.sessions import SCOPE_READ, Identity, Session, SessionStore
 from worker_sdk._proto.faultline.v1 import job_pb2
 from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
@@ -200,7 +200,7 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.code is grpc.StatusCode.UNAUTHENTICATED and session is not None and session.key:
             console.sessions.drop_key(session.key)
             raise web.HTTPSeeOther("/login?expired=1") from None
-        return _page(request, exc.title, pages.error_page(exc), status=exc.http_status)
+        return _page(request, exc.title, pages.error_box(exc), status=exc.http_status)
     except web.HTTPException:
         raise
     except asyncio.CancelledError:
@@ -526,8 +526,6 @@ async def _estimate(console: Console, session: Session, target: Target) -> int |
     if target.kind or target.labels or not target.state:
         return None
     resp = await console.coordinators.call("ListQueues", jpb.ListQueuesRequest(), session.key)
-    from coordinator.console.rpc import state_name
-
     name = state_name(target.state)
     return int(sum(q.depth.get(name, 0) for q in resp.queues if not target.queue or q.name == target.queue))
 

@@ -28,7 +28,7 @@ from coordinator.console.config import (
     BULK_RPC_TIMEOUT,
     REQUEUE_EXTRA_ATTEMPTS,
 )
-from coordinator.console.rpc import Coordinators, RpcError
+from coordinator.console.rpc import Coordinators, RpcError, state_name
 from coordinator.console.sessions import Session
 from coordinator.errors import FaultlineError
 from worker_sdk._proto.faultline.v1 import job_service_pb2 as jpb
@@ -68,8 +68,6 @@ class Target:
             return f"{len(self.ids)} selected job(s)"
         parts = [f"{k}={v}" for k, v in (("queue", self.queue), ("kind", self.kind)) if v]
         if self.state:
-            from coordinator.console.rpc import state_name
-
             parts.append(f"state={state_name(self.state)}")
         parts += [f"label {k}={v}" for k, v in self.labels]
         return "every job matching " + ", ".join(parts)

@@ -7,7 +7,6 @@ empty one, which console.js fills from the page's meta tag before a form is sent
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +35,8 @@ THROUGHPUT_MINUTES = 5
 SPARK = "▁▂▃▄▅▆▇█"
 # Bytes per line of a hex preview.
 HEX_LINE_BYTES = 16
+# An oldest ready job older than this marks its queue as backing up.
+BACKLOG_AGE_WARN = timedelta(minutes=1)
 # Lease ids listed per worker before "and N more".
 LEASES_SHOWN_MAX = 5
 
@@ -232,10 +233,11 @@ def _queue_row(q: jpb.QueueStats, who: Identity, csrf: str) -> Html:
         actions = t('<td>{toggle}</td>', toggle=toggle)
         flow.append(t('<a href="/queues/{name}" class="small">limits</a>', name=path_part(q.name)))
     return t('<tr data-queue="{name}"><th scope="row"><a href="/jobs?{qs}">{name}</a></th>{depth}'
-             '<td class="num">{age}</td><td>{thr}</td><td>{wait}</td><td>{run}</td>'
+             '<td class="num{age_cls}">{age}</td><td>{thr}</td><td>{wait}</td><td>{run}</td>'
              '<td class="num workers">{workers}</td><td class="flow">{flow}</td>{actions}</tr>',
              name=q.name, qs=query(queue=q.name), depth=depth,
              age=dur(q.oldest_ready_age) if q.oldest_ready_age.ToTimedelta() else "—",
+             age_cls=Html(" backlog") if q.oldest_ready_age.ToTimedelta() > BACKLOG_AGE_WARN else EMPTY,
              thr=thr, wait=wait, run=run, workers=str(q.workers_connected), flow=join(flow, " ") or DASH,
              actions=actions)
 
@@ -528,9 +530,3 @@ def schedules_page(resp: jpb.ListSchedulesResponse, who: Identity, csrf: str) ->
              act=Html('<th scope="col">Actions</th>') if admin else EMPTY, body=body)
 
 
-def error_page(exc: RpcError) -> Html:
-    return error_box(exc)
-
-
-def monotonic_age(since: float) -> float:
-    return time.monotonic() - since

@@ -55,6 +55,8 @@ def test_the_overview_shows_sampled_history_flow_state_and_actions_for_admins_on
     assert "12 ms / 1.5 s" in out and "2.0 s / 9.0 s" in out
     assert "paused" in out and "rate 5/s, burst 10" in out and "max running 3" in out and "7 waiting on key" in out
     assert 'class="num workers">3<' in out
-    assert "Pause" not in out and "Resume" not in out
+    assert "Pause" not in out and "Resume" not in out and "backlog" not in out
+    q.oldest_ready_age.FromTimedelta(timedelta(minutes=5))
+    assert 'class="num backlog">5 m 0 s<' in overview_fragment(jpb.ListQueuesResponse(queues=[q]), READER, "", now=now)
     admin = overview_fragment(jpb.ListQueuesResponse(queues=[q]), ADMIN, "tok", now=now)
     assert "/queues/emails/resume" in admin and 'value="tok"' in admin
