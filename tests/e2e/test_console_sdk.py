@@ -29,7 +29,7 @@ async def test_sdk_whoami_list_filters_and_bulk_actions_followed_to_the_end(
         assert (back.requeued, back.skipped) == (10, 0)
         back = await client.bulk_requeue(queue="sdk", state="cancelled")
         assert back.requeued == 220
-        with pytest.raises(InvalidArgumentError, match="filter.state"):
+        with pytest.raises(InvalidArgumentError, match=r"filter\.state"):
             await client.bulk_requeue(queue="sdk", state=JobState.QUEUED)
         with pytest.raises(InvalidArgumentError):
             await client.bulk_cancel()
