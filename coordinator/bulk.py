@@ -11,10 +11,13 @@ of wall time it stops between chunks and answers with a resume token:
 The token carries the cursor and a fingerprint of the action and its target (ids or filter), so it
 cannot be replayed against another filter. Jobs that start to match after the walk passed them (newer
 ids, or jobs that changed state) are not revisited: a call acts on what it sees, as CancelJob does.
+A client that gives up mid-call (deadline, disconnect) leaves the chunks done so far done; it may call
+again without the token (the finished jobs are then counted as skipped).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -75,6 +78,15 @@ def decode_token(token: str, fp: str, field: str = "resume_token") -> int | None
     return cursor
 
 
+async def _step(chunk: Chunk, cursor: int | None, limit: int, on_chunk: Callable[[list[BulkRow]], None]
+                ) -> list[BulkRow]:
+    """One chunk and its follow-up together: shielded by the caller, so a call cancelled by its client
+    mid-chunk still tells the workers of the jobs that chunk committed (as grants.Handoff shields its insert)."""
+    rows = await chunk(cursor, limit)
+    on_chunk(rows)
+    return rows
+
+
 @dataclass(frozen=True, slots=True)
 class Walk:
     """What one call's walk saw: the rows of every chunk, ids named that name no job, and where to resume."""
@@ -96,8 +108,7 @@ async def walk(target: BulkTarget, cursor: int | None, chunk: Chunk,
     seen: list[BulkRow] = []
     missing = 0
     while True:
-        rows = await chunk(cursor, limit)
-        on_chunk(rows)
+        rows = await asyncio.shield(_step(chunk, cursor, limit, on_chunk))
         seen.extend(rows)
         final = len(rows) < limit
         low = rows[-1].id if rows else None

@@ -39,6 +39,9 @@ from worker_sdk._errors import (
 )
 from worker_sdk._stream import ConnState
 from worker_sdk._types import (
+    AttemptAudit,
+    BulkResult,
+    Identity,
     Job,
     JobSpec,
     JobState,
@@ -55,11 +58,14 @@ from worker_sdk._version import SDK_VERSION as __version__
 from worker_sdk._worker import Worker, WorkerObserver, WorkerState
 
 __all__ = [
+    "AttemptAudit",
     "AuthError",
+    "BulkResult",
     "CancelReason",
     "Client",
     "ConnState",
     "FailedPreconditionError",
+    "Identity",
     "InvalidArgumentError",
     "Job",
     "JobCancelledError",

@@ -42,6 +42,8 @@ from worker_sdk._errors import (
 from worker_sdk._proto.faultline.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from worker_sdk._tracing import outgoing_metadata
 from worker_sdk._types import (
+    BulkResult,
+    Identity,
     Job,
     JobSpec,
     JobState,
@@ -335,12 +337,14 @@ class Client:
         """One job by id; raises JobNotFoundError."""
         response = await self._unary(self._ensure_stub().GetJob, job_service_pb2.GetJobRequest(id=str(job_id)))
         job = _convert.job_from_pb(response.job)
+        job = dataclasses.replace(job, trace_id=response.trace_id or None)
         if response.HasField("audit"):
             a = response.audit
             job = dataclasses.replace(
                 job, submitted_by=a.submitted_by or None, cancelled_by=a.cancelled_by or None,
                 requeued_by=a.requeued_by or None,
-                attempt_holders=tuple((r.attempt, r.worker_id, r.outcome) for r in a.attempts))
+                attempt_holders=tuple((r.attempt, r.worker_id, r.outcome) for r in a.attempts),
+                attempt_audit=tuple(_convert.attempt_audit_from_pb(r) for r in a.attempts))
         return job
 
     async def list(
@@ -352,11 +356,15 @@ class Client:
         page_size: int = 0,
         page_token: str | None = None,
         full: bool = False,
+        labels: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> tuple[builtins.list[Job], str | None]:
         """One page of jobs, newest first: (jobs, next_page_token or None on the last page).
 
-        Without full=True the jobs come without payload, result and progress details (JOB_VIEW_BASIC). A page
-        may hold fewer than page_size jobs when it reaches the coordinator's response budget; the token goes on.
+        labels: only jobs carrying every one of these (at most 8 pairs); idempotency_key: only the job with
+        that key (within queue when given). Without full=True the jobs come without payload, result and
+        progress details (JOB_VIEW_BASIC). A page may hold fewer than page_size jobs when it reaches the
+        coordinator's response budget; the token goes on.
         """
         request = job_service_pb2.ListJobsRequest(
             queue=queue or "",
@@ -365,6 +373,8 @@ class Client:
             page_size=page_size,
             page_token=page_token or "",
             view=job_pb2.JOB_VIEW_FULL if full else job_pb2.JOB_VIEW_BASIC,
+            labels=dict(labels or {}),
+            idempotency_key=idempotency_key or "",
         )
         response = await self._unary(self._ensure_stub().ListJobs, request)
         return [_convert.job_from_pb(j) for j in response.jobs], response.next_page_token or None
@@ -383,6 +393,81 @@ class Client:
         """Cancel a job: at once if not running; a running job's worker is told to stop."""
         response = await self._unary(self._ensure_stub().CancelJob, job_service_pb2.CancelJobRequest(id=str(job_id)))
         return _convert.job_from_pb(response.job)
+
+    @staticmethod
+    def _bulk_target(request: job_service_pb2.BulkCancelJobsRequest | job_service_pb2.BulkRequeueJobsRequest,
+                     ids: Iterable[str] | None, queue: str | None, kind: str | None, state: JobState | str | None,
+                     labels: Mapping[str, str] | None) -> None:
+        if ids is not None:
+            request.ids.extend(str(i) for i in ids)
+            if queue or kind or state or labels:
+                raise InvalidArgumentError("give ids or a filter (queue, kind, state, labels), not both")
+            return
+        if not (queue or kind or state or labels):
+            raise InvalidArgumentError("give ids or at least one of queue, kind, state, labels")
+        f = request.filter
+        f.queue, f.kind = queue or "", kind or ""
+        f.state = _convert.job_state_to_pb(JobState(state) if state is not None else None)
+        f.labels.update(labels or {})
+
+    async def bulk_cancel(
+        self,
+        ids: Iterable[str] | None = None,
+        *,
+        queue: str | None = None,
+        kind: str | None = None,
+        state: JobState | str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> BulkResult:
+        """Cancel the jobs named (at most 1000 ids) or every job matching the filter, as cancel() would.
+
+        Follows the coordinator's resume tokens to the end (each call works for about 3 s) and returns the
+        totals. Needs admin; a queue-limited key must name one of its queues.
+        """
+        request = job_service_pb2.BulkCancelJobsRequest()
+        self._bulk_target(request, ids, queue, kind, state, labels)
+        totals = BulkResult()
+        while True:
+            response = await self._unary(self._ensure_stub().BulkCancelJobs, request)
+            totals = dataclasses.replace(
+                totals, cancelled=totals.cancelled + response.cancelled,
+                cancel_requested=totals.cancel_requested + response.cancel_requested,
+                skipped=totals.skipped + response.skipped, calls=totals.calls + 1)
+            if not response.resume_token:
+                return totals
+            request.resume_token = response.resume_token
+
+    async def bulk_requeue(
+        self,
+        ids: Iterable[str] | None = None,
+        *,
+        queue: str | None = None,
+        kind: str | None = None,
+        state: JobState | str | None = None,
+        labels: Mapping[str, str] | None = None,
+        extra_attempts: int = 0,
+    ) -> BulkResult:
+        """Requeue the dead-lettered or cancelled jobs named or matching the filter (state, if given, must be
+        dead_lettered or cancelled), each with extra_attempts more (0 means 1), as requeue() would.
+
+        Follows the resume tokens to the end and returns the totals. Needs admin.
+        """
+        request = job_service_pb2.BulkRequeueJobsRequest(extra_attempts=extra_attempts)
+        self._bulk_target(request, ids, queue, kind, state, labels)
+        totals = BulkResult()
+        while True:
+            response = await self._unary(self._ensure_stub().BulkRequeueJobs, request)
+            totals = dataclasses.replace(totals, requeued=totals.requeued + response.requeued,
+                                         skipped=totals.skipped + response.skipped, calls=totals.calls + 1)
+            if not response.resume_token:
+                return totals
+            request.resume_token = response.resume_token
+
+    async def whoami(self) -> Identity:
+        """Who the coordinator takes this client for: identity, scopes, queue limits, and whether auth is on."""
+        r = await self._unary(self._ensure_stub().WhoAmI, job_service_pb2.WhoAmIRequest())
+        return Identity(identity=r.identity or None, name=r.name, scopes=frozenset(r.scopes),
+                        queues=tuple(r.queues), auth_enabled=r.auth_enabled)
 
     async def pause_queue(self, queue: str) -> QueueSettings:
         """Stop granting the queue's jobs on every coordinator (Submits still queue up; running jobs finish)."""

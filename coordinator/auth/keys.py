@@ -13,7 +13,8 @@ for precomputation; compare_digest keeps the check constant-time.
 Scopes (``Scope``): submit (Submit, SubmitBatch), read (GetJob, ListJobs, ListQueues, ListWorkers),
 payloads (see payloads and results in what read and submit return; without it GetJob leaves them out
 and a FULL view is refused), work (WorkerService.Connect, whose grants carry payloads), admin
-(CancelJob, RequeueJob and every RPC without a scope of its own; admin implies every other scope).
+(CancelJob, RequeueJob, BulkCancelJobs, BulkRequeueJobs and every RPC without a scope of its own; admin
+implies every other scope). WhoAmI needs only an authenticated caller.
 A key may be limited to queues: a pattern is a queue name, or a prefix ending in ``*`` (``team-a.*``);
 ``*`` (or no pattern) is every queue.
 

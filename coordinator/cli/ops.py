@@ -1,4 +1,5 @@
-"""Operator commands of `faultline`: submit, jobs (ls, show, cancel, watch), dlq, queues, workers, schedules.
+"""Operator commands of `faultline`: submit, jobs (ls, show, cancel, cancel-matching, requeue-matching, watch), dlq,
+queues, workers, schedules, whoami.
 
 They talk to a coordinator over gRPC only, through the SDK's Client; none of them touches Postgres.
 Output is an aligned table (or a key/value block for one job) by default and JSON with --json.
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from worker_sdk import (
+    AttemptAudit,
     Client,
     Job,
     JobSpec,
@@ -112,6 +114,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = jobs.add_parser("cancel", parents=[common], help="cancel a job (a running job's worker is told to stop)")
     cancel.add_argument("id", type=_text)
     _bind(cancel, _jobs_cancel)
+    for action, about, handler in (
+        ("cancel-matching", "cancel every job matching the filter (running jobs' workers are told to stop)",
+         _jobs_cancel_matching),
+        ("requeue-matching", "send every dead-lettered or cancelled job matching the filter back to its queue",
+         _jobs_requeue_matching),
+    ):
+        bulk = jobs.add_parser(action, parents=[common], help=about)
+        bulk.add_argument("--queue", type=_text)
+        bulk.add_argument("--kind", type=_text)
+        bulk.add_argument("--state", choices=[s.value for s in (
+            (JobState.DEAD_LETTERED, JobState.CANCELLED) if handler is _jobs_requeue_matching else JobState)])
+        bulk.add_argument("--label", type=_label, action="append", default=[], metavar="K=V",
+                          help="only jobs with this label (repeatable: all must match)")
+        if handler is _jobs_requeue_matching:
+            bulk.add_argument("--extra-attempts", type=_int_in(0, INT32_MAX), default=0,
+                              help="attempts granted to each on top of those already spent (default: 1)")
+        _bind(bulk, handler)
     watch = jobs.add_parser("watch", parents=[common],
                             help="follow a job until it finishes (a progress bar for jobs that report progress); "
                                  "exit 0 when it succeeded, 1 otherwise")
@@ -152,6 +171,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _bind(qset, _queues_set)
     w = sub.add_parser("workers", parents=[common], help="connected workers and the leases they hold")
     _bind(w, _workers)
+    me = sub.add_parser("whoami", parents=[common], help="who the coordinator takes you for: identity, scopes, queues")
+    _bind(me, _whoami)
     _register_schedules(sub, common)
 
 
@@ -195,6 +216,9 @@ def _register_schedules(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def _list_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", type=_text)
     p.add_argument("--kind", type=_text)
+    p.add_argument("--label", type=_label, action="append", default=[], metavar="K=V",
+                   help="only jobs with this label (repeatable: all must match)")
+    p.add_argument("--idempotency-key", type=_text, help="only the job with this idempotency key")
     p.add_argument("--limit", type=_int_in(1, LIST_LIMIT_MAX), default=LIST_LIMIT_DEFAULT,
                    help="most jobs shown (default: %(default)s)")
 
@@ -368,7 +392,8 @@ async def _list(client: Client, args: argparse.Namespace, state: JobState | None
     token: str | None = None
     while len(jobs) < args.limit:
         page, token = await client.list(queue=args.queue, kind=args.kind, state=state,
-                                        page_size=min(args.limit - len(jobs), PAGE_SIZE_MAX), page_token=token)
+                                        page_size=min(args.limit - len(jobs), PAGE_SIZE_MAX), page_token=token,
+                                        labels=dict(args.label) or None, idempotency_key=args.idempotency_key)
         jobs.extend(page)
         if token is None:
             break
@@ -404,6 +429,37 @@ async def _jobs_cancel(client: Client, args: argparse.Namespace) -> _View:
     return _View(job, f"job {job.id}: {note}\n{_job_block(job)}")
 
 
+def _bulk_filter(args: argparse.Namespace) -> dict[str, Any]:
+    f = {"queue": args.queue, "kind": args.kind, "state": args.state, "labels": dict(args.label) or None}
+    if not any(f.values()):
+        raise _UsageError("give at least one of --queue, --kind, --state, --label")
+    return f
+
+
+async def _jobs_cancel_matching(client: Client, args: argparse.Namespace) -> _View:
+    done = await client.bulk_cancel(**_bulk_filter(args))
+    text = (f"{done.cancelled} jobs cancelled, {done.cancel_requested} running jobs told to stop, "
+            f"{done.skipped} already finished ({done.calls} calls)")
+    return _View(done, text)
+
+
+async def _jobs_requeue_matching(client: Client, args: argparse.Namespace) -> _View:
+    done = await client.bulk_requeue(**_bulk_filter(args), extra_attempts=args.extra_attempts)
+    text = f"{done.requeued} jobs requeued, {done.skipped} skipped (neither dead-lettered nor cancelled) " \
+           f"({done.calls} calls)"
+    return _View(done, text)
+
+
+async def _whoami(client: Client, args: argparse.Namespace) -> _View:
+    me = await client.whoami()
+    rows: list[tuple[str, object]] = [
+        ("name", me.name), ("identity", me.identity or "-"), ("scopes", ", ".join(sorted(me.scopes)) or "-"),
+        ("queues", ", ".join(me.queues) or "every queue"), ("auth", "on" if me.auth_enabled else "off"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return _View(me, "\n".join(f"{k + ':':<{width + 1}} {_safe(str(v))}" for k, v in rows))
+
+
 async def _dlq_requeue(client: Client, args: argparse.Namespace) -> _View:
     job = await client.requeue(args.id, extra_attempts=args.extra_attempts)
     return _View(job, f"job {_safe(job.id)} requeued\n{_job_block(job)}")
@@ -412,10 +468,10 @@ async def _dlq_requeue(client: Client, args: argparse.Namespace) -> _View:
 async def _queues(client: Client, args: argparse.Namespace) -> _View:
     queues = sorted(await client.list_queues(), key=lambda q: q.name)
     rows = [[q.name, *(_depth(q, s) for s in QUEUE_STATES), _duration(q.oldest_ready_age), q.finished_last_minute,
-             _limits(q.settings), q.waiting_on_key or "-", q.requiring_labels or "-"]
+             _limits(q.settings), q.waiting_on_key or "-", q.requiring_labels or "-", q.workers_connected]
             for q in queues]
     header = ["QUEUE", *(s.value.upper() for s in QUEUE_STATES), "OLDEST READY", "FINISHED/1M", "FLOW",
-              "WAITING ON KEY", "NEEDING LABELS"]
+              "WAITING ON KEY", "NEEDING LABELS", "WORKERS"]
     return _View(queues, _table(header, rows) if queues else "no queues")
 
 
@@ -609,11 +665,19 @@ def _job_block(job: Job) -> str:
         ("created", _ts(job.created_at)), ("run at", _ts(job.run_at)), ("started", _ts(job.started_at)),
         ("finished", _ts(job.finished_at)),
         ("submitted by", job.submitted_by or "-"), ("cancelled by", job.cancelled_by or "-"),
-        ("requeued by", job.requeued_by or "-"),
-        *((f"attempt {n}", f"{holder or '-'} ({outcome or 'running'})") for n, holder, outcome in job.attempt_holders),
+        ("requeued by", job.requeued_by or "-"), ("trace id", job.trace_id or "-"),
+        *((f"attempt {a.attempt}", _attempt_line(a)) for a in job.attempt_audit),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k + ':':<{width + 1}} {_safe(str(v))}" for k, v in rows)
+
+
+def _attempt_line(a: AttemptAudit) -> str:
+    """holder (outcome), its fencing token and times, and the first line of its error."""
+    line = f"{a.worker_id or '-'} ({a.outcome or 'running'}) token {a.fencing_token}, {_ts(a.started_at)}"
+    if a.ended_at is not None:
+        line += f" to {_ts(a.ended_at)}"
+    return line + (f": {_one_line(a.error)}" if a.error else "")
 
 
 def _bytes_text(data: bytes) -> str:
@@ -665,4 +729,6 @@ def _jsonable(value: object) -> object:
         return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v) for v in value)  # type: ignore[type-var]
     return value

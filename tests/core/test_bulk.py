@@ -244,3 +244,15 @@ async def test_bulk_cancel_of_20000_jobs_with_the_default_budget(stub: Any, db: 
     print(f"bulk cancel of 20000 jobs: {took:.2f}s over {calls} calls")
     assert cancelled == 20_000
     assert await db.fetchval("SELECT count(*) FROM faultline_jobs WHERE state = 'cancelled'") == 20_000
+
+
+async def test_bulk_boundaries_are_accepted(stub: Any, db: Any) -> None:
+    ids = await _submit(stub, 3, kind="k", queue="edge", labels={f"l{i}": "v" for i in range(8)})
+    named = [*ids, *(str(2**63 - 1 - i) for i in range(997))]  # 1000 ids, the highest a bigint holds
+    resp = await stub.BulkCancelJobs(jpb.BulkCancelJobsRequest(ids=named))
+    assert (resp.cancelled, resp.skipped, resp.resume_token) == (3, 997, "")
+    back = await stub.BulkRequeueJobs(jpb.BulkRequeueJobsRequest(
+        filter=jpb.JobFilter(labels={f"l{i}": "v" for i in range(8)}, state=job_pb2.JOB_STATE_CANCELLED),
+        extra_attempts=1000))
+    assert back.requeued == 3
+    assert await db.fetchval("SELECT min(max_attempts - attempts) FROM faultline_jobs") == 1000

@@ -1,4 +1,5 @@
-"""Hypothesis fuzzing of Submit, ListJobs and the worker stream, against a real coordinator and Postgres.
+"""Hypothesis fuzzing of Submit, ListJobs, the bulk calls and the worker stream, against a real coordinator and
+Postgres.
 
 Properties: a request is either accepted or refused with a client error (never INTERNAL or UNKNOWN);
 an accepted Submit stores exactly what it returns; a refused one stores nothing; a worker stream fed
@@ -112,6 +113,49 @@ async def test_fuzzed_list_jobs_answers_or_refuses_cleanly(stub: Any, queue: str
         assert exc.details()
         return
     assert len(resp.jobs) <= (page_size or 100)
+
+
+ids_text = st.one_of(st.sampled_from(["1", "0", "-1", "01", " 1", "9223372036854775807", "9223372036854775808",
+                                      "\uff11", "1e3", ""]), st.integers(0, 2**64).map(str), st.text(max_size=22))
+label_filters = st.dictionaries(st.one_of(st.sampled_from(["team", "", "a/b", "-x"]), st.text(max_size=70)),
+                                st.text(max_size=260), max_size=10)
+
+
+@FUZZ
+@given(queue=names, kind=names, labels=label_filters, key=st.one_of(st.just(""), st.text(max_size=300)))
+async def test_fuzzed_list_jobs_filters_answer_or_refuse_cleanly(stub: Any, queue: str, kind: str,
+                                                                 labels: dict[str, str], key: str) -> None:
+    try:
+        await stub.ListJobs(jpb.ListJobsRequest(queue=queue, kind=kind, labels=labels, idempotency_key=key),
+                            timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
+        assert exc.details()
+
+
+@FUZZ
+@given(ids=st.lists(ids_text, max_size=12), use_filter=st.booleans(), queue=names, kind=names, state=INT32,
+       labels=label_filters, token=st.one_of(st.just(""), st.text(max_size=60),
+                                             st.sampled_from(["YjE6MTA6MDAwMDAwMDAwMDAwMDAwMA==", "YjE6MA=="])),
+       extra=INT32, requeue=st.booleans())
+async def test_fuzzed_bulk_calls_answer_or_refuse_changing_nothing(
+        stub: Any, db: Any, ids: list[str], use_filter: bool, queue: str, kind: str, state: int,
+        labels: dict[str, str], token: str, extra: int, requeue: bool) -> None:
+    await stub.SubmitBatch(jpb.SubmitBatchRequest(jobs=[jpb.SubmitRequest(kind="k", queue="fz")] * 3), timeout=30)
+    before = await db.fetch("SELECT id, state::text, updated_at FROM faultline_jobs ORDER BY id")
+    target: dict[str, Any] = {"filter": jpb.JobFilter(queue=queue, kind=kind, state=state, labels=labels)} \
+        if use_filter else {"ids": ids}
+    try:
+        if requeue:
+            await stub.BulkRequeueJobs(jpb.BulkRequeueJobsRequest(**target, extra_attempts=extra,
+                                                                  resume_token=token), timeout=30)
+        else:
+            await stub.BulkCancelJobs(jpb.BulkCancelJobsRequest(**target, resume_token=token), timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
+        assert exc.details()
+        assert await db.fetch("SELECT id, state::text, updated_at FROM faultline_jobs ORDER BY id") == before
+    await assert_no_bad_rows(db)
 
 
 # -- the worker stream -----------------------------------------------------------------------------

@@ -138,7 +138,7 @@ async def test_dlq_queues_and_workers_show_what_the_coordinator_holds(coordinato
 
         header, rows = table(ok(queues))
         assert header == ["QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "RETRYING", "DEAD_LETTERED", "OLDEST READY",
-                          "FINISHED/1M", "FLOW", "WAITING ON KEY", "NEEDING LABELS"]
+                          "FINISHED/1M", "FLOW", "WAITING ON KEY", "NEEDING LABELS", "WORKERS"]
         row = next(r for r in rows if r[0] == queue)
         assert row[1:6] == ["1", "0", "1", "0", "1"] and row[7] == "1", row
         stats: dict[str, Any] = next(q for q in json.loads(ok(queues_json)) if q["name"] == queue)
