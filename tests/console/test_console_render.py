@@ -60,3 +60,18 @@ def test_the_overview_shows_sampled_history_flow_state_and_actions_for_admins_on
     assert 'class="num backlog">5 m 0 s<' in overview_fragment(jpb.ListQueuesResponse(queues=[q]), READER, "", now=now)
     admin = overview_fragment(jpb.ListQueuesResponse(queues=[q]), ADMIN, "tok", now=now)
     assert "/queues/emails/resume" in admin and 'value="tok"' in admin
+
+
+def test_the_console_never_reaches_postgres_itself() -> None:
+    """Data only through the gRPC API: no module of the console imports the Store, the pool or asyncpg."""
+    import ast
+    from pathlib import Path
+
+    import coordinator.console
+
+    root = Path(coordinator.console.__file__).parent
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in names if m.startswith(("asyncpg", "coordinator.db"))], path.name
