@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -66,8 +67,9 @@ class Session:
 class SessionStore:
     """Owns every session, by id; the only place keys are kept."""
 
-    def __init__(self, *, idle: timedelta, max_sessions: int) -> None:
+    def __init__(self, *, idle: timedelta, max_sessions: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._idle_s = idle.total_seconds()
+        self._clock = clock
         self._max = max_sessions
         # Least recently used first. Owned by this object.
         self._sessions: OrderedDict[str, Session] = OrderedDict()
@@ -80,7 +82,7 @@ class SessionStore:
         while len(self._sessions) >= self._max:
             self._sessions.popitem(last=False)
         s = Session(id=secrets.token_urlsafe(TOKEN_BYTES), key=key, who=who,
-                    csrf=secrets.token_urlsafe(TOKEN_BYTES), last_used=time.monotonic())
+                    csrf=secrets.token_urlsafe(TOKEN_BYTES), last_used=self._clock())
         self._sessions[s.id] = s
         return s
 
@@ -91,7 +93,7 @@ class SessionStore:
         s = self._sessions.get(session_id)
         if s is None:
             return None
-        now = time.monotonic()
+        now = self._clock()
         if now - s.last_used > self._idle_s and s.streams == 0:
             del self._sessions[session_id]
             return None
@@ -112,6 +114,6 @@ class SessionStore:
             del self._sessions[sid]
 
     def _expire(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         for sid in [sid for sid, s in self._sessions.items() if now - s.last_used > self._idle_s and not s.streams]:
             del self._sessions[sid]

@@ -75,3 +75,20 @@ def test_the_console_never_reaches_postgres_itself() -> None:
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in names if m.startswith(("asyncpg", "coordinator.db"))], path.name
+
+
+def test_sessions_expire_when_idle_and_open_streams_keep_them() -> None:
+    from coordinator.console.sessions import SessionStore
+
+    now = [0.0]
+    store = SessionStore(idle=timedelta(minutes=30), max_sessions=10, clock=lambda: now[0])
+    a, b = store.create("key-a", READER), store.create("key-b", READER)
+    assert a.id != b.id and a.csrf != b.csrf and len(a.id) >= 40
+    now[0] += 29 * 60
+    assert store.get(a.id) is a  # used: its idle time starts again
+    b.streams = 1  # a page with a live stream is open
+    now[0] += 31 * 60
+    assert store.get(a.id) is None
+    assert store.get(b.id) is b
+    store.drop_key("key-b")
+    assert store.get(b.id) is None and len(store) == 0
