@@ -1,4 +1,4 @@
-"""Rendering without a browser: escaping, payload previews, and what the overview makes of a queue's sample."""
+"""The console without a browser: escaping, previews, the overview's sample, sessions' expiry, no Postgres access."""
 
 from __future__ import annotations
 
