@@ -192,8 +192,18 @@ def who_admin(who: Identity) -> bool:
     return "admin" in who.scopes
 
 
+def _depth_link(queue: str, state: str, n: int) -> Html:
+    """A depth figure, linked to the list of those jobs when there are any."""
+    if not n:
+        return esc("0")
+    base = "/dlq" if state == "dead_lettered" else "/jobs"
+    qs = query(queue=queue) if state == "dead_lettered" else query(queue=queue, state=state)
+    return t('<a href="{base}?{qs}">{n}</a>', base=base, qs=qs, n=f"{n:,}")
+
+
 def _queue_row(q: jpb.QueueStats, who: Identity, csrf: str) -> Html:
-    depth = join(t('<td class="num depth-{s}">{n}</td>', s=s, n=f"{q.depth.get(s, 0):,}") for s in OVERVIEW_STATES)
+    depth = join(t('<td class="num depth-{s}">{n}</td>', s=s, n=_depth_link(q.name, s, q.depth.get(s, 0)))
+                 for s in OVERVIEW_STATES)
     hist = list(q.history)[-THROUGHPUT_MINUTES:]
     ok = sum(m.succeeded for m in hist)
     failed = sum(m.failed for m in hist)
