@@ -93,6 +93,9 @@ class Console:
         await self.bulk.close()
         await self.coordinators.close()
 
+    def forget_auth_probe(self) -> None:
+        self._probe = _AuthProbe()
+
     async def auth_enabled(self) -> bool:
         """Whether the coordinator wants keys: WhoAmI without one (ListQueues for a coordinator without WhoAmI)."""
         now = time.monotonic()
@@ -197,8 +200,13 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     except RpcError as exc:
         session: Session | None = request.get(SESSION)
         console = request.app[CONSOLE]
-        if exc.code is grpc.StatusCode.UNAUTHENTICATED and session is not None and session.key:
-            console.sessions.drop_key(session.key)
+        if exc.code is grpc.StatusCode.UNAUTHENTICATED and session is not None:
+            # The key was revoked, or the coordinator turned auth on under an anonymous session: log in again.
+            if session.key:
+                console.sessions.drop_key(session.key)
+            else:
+                console.sessions.drop(session.id)
+            console.forget_auth_probe()
             raise web.HTTPSeeOther("/login?expired=1") from None
         return _page(request, exc.title, pages.error_box(exc), status=exc.http_status)
     except web.HTTPException:
@@ -253,7 +261,10 @@ async def _csrf_middleware(request: web.Request, handler: Handler) -> web.Stream
     if origin is None:
         referer = request.headers.get("Referer")
         origin = f"{urlsplit(referer).scheme}://{urlsplit(referer).netloc}" if referer else None
-    if origin != f"{request.scheme}://{request.host}":
+    own = {f"{request.scheme}://{request.host}"}
+    if request.app[CONSOLE].cfg.secure_cookie:
+        own.add(f"https://{request.host}")  # behind a TLS-terminating proxy the browser's origin is https
+    if origin not in own:
         return _plain("Cross-site request refused (its Origin is not this console).", 403)
     if request.path != "/login":
         session: Session | None = request.get(SESSION)

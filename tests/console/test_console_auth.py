@@ -10,7 +10,8 @@ from playwright.async_api import Page, expect
 
 from coordinator.app import Coordinator
 from tests.console.conftest import login, paused
-from tests.security.conftest import MakeKey
+from tests.helpers.wait import eventually
+from tests.security.conftest import MakeKey, revoke
 from worker_sdk import Client
 
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
@@ -176,3 +177,19 @@ async def test_a_key_limited_to_some_queues_gets_a_clear_permission_page(
     r = await page.request.post(f"{c.url}/queues/team-a.mail/settings",
                                 form={"csrf": csrf or "", "max_running": "99999999"}, headers={"Origin": c.url})
     assert r.status == 400 and "max_running" in await r.text()
+
+
+async def test_a_revoked_key_ends_its_sessions(auth_coordinator: Coordinator, make_key: MakeKey,
+                                               console_factory: Any, page: Page, dsn: str) -> None:
+    read = await make_key("viewer", "read")
+    c = await console_factory(auth_coordinator)
+    await login(page, c.url, read)
+    await revoke(dsn, "viewer")
+
+    async def sent_to_login() -> bool:
+        await page.goto(c.url + "/jobs")
+        return "/login" in page.url
+
+    await eventually(sent_to_login, timeout=20, message="revoked key's session sent to the login page")
+    await expect(page.locator(".error")).to_contain_text("no longer accepted")
+    assert len(c.console.sessions) == 0
