@@ -55,7 +55,7 @@ AUTH_PROBE_TTL_S = 10.0
 # A job id is a decimal string.
 JOB_ID_RE = re.compile(r"^[0-9]{1,20}$")
 LIVE_TOPIC_RE = re.compile(r"^(overview|job:[0-9]{1,20})$")
-PUBLIC_PREFIXES = ("/login", "/static/")
+PUBLIC_PREFIXES = ("/login", "/static/", "/healthz")
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -172,6 +172,7 @@ def build_app(cfg: ConsoleConfig) -> web.Application:
     r.add_get("/workers", workers)
     r.add_get("/schedules", schedules)
     r.add_post("/schedules/{name}/{action:pause|resume|trigger}", schedule_action)
+    r.add_get("/healthz", healthz)
     r.add_get("/login", login_form)
     r.add_post("/login", login)
     r.add_post("/logout", logout)
@@ -631,6 +632,11 @@ async def schedule_action(request: web.Request) -> web.StreamResponse:
         resp = await console.coordinators.call("TriggerSchedule", jpb.TriggerScheduleRequest(name=name), session.key)
         text = f"Schedule {name} triggered: job {resp.job.id} submitted."
     raise _done(request, session, text, "/schedules")
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """The console itself answers (for a load balancer or a process supervisor); it asks no coordinator."""
+    return _plain("ok", 200)
 
 
 # --- login --------------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ async def test_the_console_prints_its_address_serves_and_stops_on_sigterm(coordi
         assert f"serving on http://127.0.0.1:{port}".encode() in line, line
         # A browser with a live stream open must not hold the stop up.
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                assert r.status == 200 and await r.text() == "ok\n"
             async with http.get(f"http://127.0.0.1:{port}/") as r:
                 assert r.status == 200 and "Queues" in await r.text()
             async with http.get(f"http://127.0.0.1:{port}/events?topic=overview") as stream:
