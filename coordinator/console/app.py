@@ -55,6 +55,7 @@ AUTH_PROBE_TTL_S = 10.0
 # A job id is a decimal string.
 JOB_ID_RE = re.compile(r"^[0-9]{1,20}$")
 LIVE_TOPIC_RE = re.compile(r"^(overview|job:[0-9]{1,20})$")
+SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 PUBLIC_PREFIXES = ("/login", "/static/", "/healthz")
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -393,8 +394,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if event.final and not event.html:
                 break  # the console is stopping
-            data = "".join(f"data: {line}\n" for line in event.html.split("\n"))
-            await response.write(f"event: {'final' if event.final else 'update'}\n{data}\n".encode())
+            await response.write(sse_frame("final" if event.final else "update", event.html))
             if event.final:
                 break
     except (ConnectionResetError, ConnectionError):
@@ -404,6 +404,13 @@ async def events(request: web.Request) -> web.StreamResponse:
         session.streams -= 1
         console.streams -= 1
     return response
+
+
+def sse_frame(name: str, data: str) -> bytes:
+    """One server-sent event. Every line break SSE knows (CR, LF, CRLF) starts a new data line, so that text
+    from a job (an error with a bare CR) can never begin a field of its own."""
+    lines = SSE_LINE_BREAK.split(data)
+    return (f"event: {name}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
 
 
 async def _list_jobs(request: web.Request, *, title: str, base: str, fixed_state: str = "") -> web.StreamResponse:

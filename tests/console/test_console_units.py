@@ -92,3 +92,10 @@ def test_sessions_expire_when_idle_and_open_streams_keep_them() -> None:
     assert store.get(b.id) is b
     store.drop_key("key-b")
     assert store.get(b.id) is None and len(store) == 0
+
+
+def test_a_bare_carriage_return_in_job_text_cannot_start_an_sse_field() -> None:
+    from coordinator.console.app import sse_frame
+
+    frame = sse_frame("update", "<pre>boom\revent: final\r\nid: 9\nretry: 1</pre>").decode()
+    assert frame == ("event: update\ndata: <pre>boom\ndata: event: final\ndata: id: 9\ndata: retry: 1</pre>\n\n")
