@@ -280,7 +280,7 @@ def queue_page(q: jpb.QueueStats | None, name: str, who: Identity, csrf: str) ->
 
 def jobs_page(*, jobs: Sequence[job_pb2.Job], next_token: str, params: Mapping[str, str],
               labels: Sequence[tuple[str, str]], who: Identity, csrf: str, base: str, fixed_state: str = "",
-              found_note: Html = EMPTY, error: Html = EMPTY, depth_hint: int | None = None) -> Html:
+              found_note: Html = EMPTY, error: Html = EMPTY) -> Html:
     state_opts = join(t('<option value="{v}"{sel}>{label}</option>', v=name,
                         sel=Html(" selected") if params.get("state") == name else EMPTY,
                         label=name.replace("_", " "))
@@ -309,9 +309,7 @@ def jobs_page(*, jobs: Sequence[job_pb2.Job], next_token: str, params: Mapping[s
     if admin:
         matching = (t('<button type="submit" name="action" value="cancel-matching">Cancel every matching job</button>'
                       '<button type="submit" name="action" value="requeue-matching">Requeue every matching job'
-                      '</button>{hint}',
-                      hint=t(' <span class="muted">about {n} job(s) by the last sample</span>', n=f"{depth_hint:,}")
-                      if depth_hint is not None else EMPTY)
+                      '</button>')
                     if has_filter else
                     Html('<span class="muted">Filter by queue, kind, state or label to act on every match.</span>'))
         actions = t('<div class="actions" role="group" aria-label="Bulk actions">'
