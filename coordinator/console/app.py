@@ -124,7 +124,7 @@ class Console:
     async def _render_live(self, topic: str, key: str | None, who: Identity) -> LiveEvent:
         if topic == "overview":
             resp = await self.coordinators.call("ListQueues", jpb.ListQueuesRequest(), key)
-            return LiveEvent(pages.overview_fragment(resp, who, ""))
+            return LiveEvent(pages.overview_fragment(resp, who, "", coordinators=len(self.cfg.coordinators)))
         job_id = topic.removeprefix("job:")
         got = await self.coordinators.call("GetJob", jpb.GetJobRequest(id=job_id), key)
         return LiveEvent(pages.job_fragment(got, who, "", jaeger_url=self.cfg.jaeger_url),
@@ -366,7 +366,8 @@ def _labels(values: list[str]) -> list[tuple[str, str]] | str:
 async def overview(request: web.Request) -> web.StreamResponse:
     console, session = request.app[CONSOLE], _session(request)
     resp = await console.coordinators.call("ListQueues", jpb.ListQueuesRequest(), session.key)
-    return _page(request, "Queues", pages.overview_page(pages.overview_fragment(resp, session.who, session.csrf)))
+    fragment = pages.overview_fragment(resp, session.who, session.csrf, coordinators=len(console.cfg.coordinators))
+    return _page(request, "Queues", pages.overview_page(fragment))
 
 
 async def events(request: web.Request) -> web.StreamResponse:

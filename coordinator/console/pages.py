@@ -163,8 +163,13 @@ def overview_page(fragment: Html) -> Html:
              '<noscript><p>Live updates need JavaScript; reload the page to refresh.</p></noscript>', f=fragment)
 
 
-def overview_fragment(resp: jpb.ListQueuesResponse, who: Identity, csrf: str, *, now: datetime | None = None) -> Html:
+def overview_fragment(resp: jpb.ListQueuesResponse, who: Identity, csrf: str, *, now: datetime | None = None,
+                      coordinators: int = 1) -> Html:
     now = now or datetime.now(UTC)
+    # Depths and settings are the database's; throughput, latency and workers are one coordinator's view.
+    scope = (Html('<p class="meta">Several coordinators are configured: throughput, latency and worker counts '
+                  'below are those of the first that answered; the Workers page lists every one.</p>')
+             if coordinators > 1 else EMPTY)
     sampled = [q.sampled_at.ToDatetime(tzinfo=UTC) for q in resp.queues if q.HasField("sampled_at")]
     if sampled:
         newest = max(sampled)
@@ -174,6 +179,7 @@ def overview_fragment(resp: jpb.ListQueuesResponse, who: Identity, csrf: str, *,
     else:
         head = Html('<p class="meta" id="sampled">This coordinator does not report when its figures were sampled '
                     '(sampled_at missing).</p>')
+    head = Html(head + scope)
     if not resp.queues:
         return Html(head + '<p>No queues yet.</p>')
     rows = join(_queue_row(q, who, csrf) for q in resp.queues)

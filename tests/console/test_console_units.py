@@ -60,6 +60,9 @@ def test_the_overview_shows_sampled_history_flow_state_and_actions_for_admins_on
     assert 'class="num backlog">5 m 0 s<' in overview_fragment(jpb.ListQueuesResponse(queues=[q]), READER, "", now=now)
     admin = overview_fragment(jpb.ListQueuesResponse(queues=[q]), ADMIN, "tok", now=now)
     assert "/queues/emails/resume" in admin and 'value="tok"' in admin
+    assert "Several coordinators" not in admin
+    several = overview_fragment(jpb.ListQueuesResponse(queues=[q]), READER, "", now=now, coordinators=2)
+    assert "those of the first that answered" in several
 
 
 def test_the_console_never_reaches_postgres_itself() -> None:
