@@ -132,7 +132,8 @@ class Console:
 
 
 def _render_live_error(exc: RpcError) -> LiveEvent:
-    return LiveEvent(pages.error_box(exc))
+    # A key the coordinator no longer accepts will not recover: end the stream (the next page asks for a login).
+    return LiveEvent(pages.error_box(exc), final=exc.code is grpc.StatusCode.UNAUTHENTICATED)
 
 
 CONSOLE = web.AppKey("console", Console)
