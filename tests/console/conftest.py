@@ -73,7 +73,7 @@ async def page(context: BrowserContext) -> AsyncIterator[Page]:
 
 
 def _expected(text: str) -> bool:
-    # Pages a test asks for on purpose with an error status, and streams cut by a navigation.
+    # Pages a test asks for on purpose with an error status (403, 404, 503...).
     return "Failed to load resource" in text
 
 
