@@ -91,3 +91,19 @@ async def test_an_unreachable_coordinator_is_a_clear_page_and_the_next_one_answe
     await expect(page.locator(".error")).to_contain_text("Not found")
     resp = await page.goto(both.url + "/jobs?state=bogus")
     assert resp is not None and resp.status == 400
+
+
+async def test_a_coordinator_without_the_rpcs_is_named_not_a_crash(console_factory: Any, page: Page) -> None:
+    import grpc
+
+    server = grpc.aio.server()  # serves no JobService at all: every call is UNIMPLEMENTED
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        c = await console_factory(f"127.0.0.1:{port}")
+        resp = await page.goto(c.url + "/")
+        assert resp is not None and resp.status == 501
+        await expect(page.locator(".error")).to_contain_text("does not implement")
+        assert "Traceback" not in await page.content()
+    finally:
+        await server.stop(None)
