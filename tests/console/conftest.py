@@ -20,7 +20,7 @@ from coordinator.app import Coordinator
 from coordinator.console.app import CONSOLE, Console, build_app
 from coordinator.console.config import ConsoleConfig, loopback_hosts
 from tests.helpers.procs import free_port
-from tests.security.conftest import TEST_KEY_REFRESH, make_key  # noqa: F401  (fixture re-export)
+from tests.security.conftest import TEST_KEY_REFRESH, make_key, pki  # noqa: F401  (fixture re-exports)
 from worker_sdk import Client
 
 CHROMIUM = os.environ.get("FAULTLINE_TEST_CHROMIUM", "/usr/bin/chromium")

@@ -11,7 +11,7 @@ from playwright.async_api import Page, expect
 from coordinator.app import Coordinator
 from tests.console.conftest import login, paused
 from tests.helpers.wait import eventually
-from tests.security.conftest import MakeKey, revoke
+from tests.security.conftest import TEST_KEY_REFRESH, MakeKey, Pki, revoke
 from worker_sdk import Client
 
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
@@ -193,3 +193,15 @@ async def test_a_revoked_key_ends_its_sessions(auth_coordinator: Coordinator, ma
     await eventually(sent_to_login, timeout=20, message="revoked key's session sent to the login page")
     await expect(page.locator(".error")).to_contain_text("no longer accepted")
     assert len(c.console.sessions) == 0
+
+
+async def test_the_console_reaches_a_tls_coordinator_with_the_cas_certificate(
+        coordinator_factory: Any, make_key: MakeKey, console_factory: Any, page: Page, pki: Pki) -> None:
+    from worker_sdk._channel import tls_credentials
+
+    tls = await coordinator_factory(auth="required", key_refresh_interval=TEST_KEY_REFRESH,
+                                    tls_cert=pki.server_cert, tls_key=pki.server_key)
+    read = await make_key("viewer", "read")
+    c = await console_factory(tls, credentials=tls_credentials(ca_cert=pki.ca))
+    await login(page, c.url, read)
+    await expect(page.locator("h1")).to_have_text("Queues")
