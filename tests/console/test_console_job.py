@@ -1,4 +1,4 @@
-"""One job's page in a real browser: attempts with worker, fencing token, times, outcome and error; trace link."""
+"""Job pages in a real browser: attempts, trace link, find by id or key, label filter, paging by token."""
 
 from __future__ import annotations
 
@@ -56,3 +56,43 @@ async def test_the_job_page_shows_each_attempt_and_links_the_trace(coordinator: 
         "href", f"{JAEGER}/trace/{TRACE_ID}")
     await expect(page.locator("#result pre")).to_have_text("fine")
     await expect(page.locator(".job")).to_have_attribute("data-state", "succeeded")
+
+
+async def test_find_by_id_opens_the_job_and_by_idempotency_key_lists_it(coordinator: Coordinator,
+                                                                        console_factory: Any, page: Page) -> None:
+    async with Client(f"127.0.0.1:{coordinator.port}") as client:
+        keyed = await client.submit("mail", queue="emails", idempotency_key="order-42")
+        await client.submit("mail", queue="emails", labels={"tenant": "acme"})
+        tagged = await client.submit("mail", queue="emails", labels={"tenant": "globex"})
+    c = await console_factory(coordinator)
+    await page.goto(c.url + "/jobs")
+    await page.fill('input[name="find"]', keyed.id)
+    await page.keyboard.press("Enter")
+    await expect(page).to_have_url(f"{c.url}/jobs/{keyed.id}")
+    await page.goto(c.url + "/jobs")
+    await page.fill('input[name="find"]', "order-42")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("tr[data-job]")).to_have_count(1)
+    await expect(page.locator(f'tr[data-job="{keyed.id}"]')).to_be_visible()
+    await page.goto(c.url + "/jobs")
+    await page.fill('input[name="label"]', "tenant=globex")
+    await page.get_by_role("button", name="Apply").click()
+    await expect(page.locator("tr[data-job]")).to_have_count(1)
+    await expect(page.locator(f'tr[data-job="{tagged.id}"]')).to_be_visible()
+
+
+async def test_the_jobs_list_pages_with_the_apis_tokens(coordinator: Coordinator, console_factory: Any,
+                                                        page: Page) -> None:
+    from worker_sdk import JobSpec
+
+    async with Client(f"127.0.0.1:{coordinator.port}") as client:
+        await client.submit_batch([JobSpec(kind="mail", queue="emails") for _ in range(60)])
+    c = await console_factory(coordinator)
+    await page.goto(c.url + "/jobs?queue=emails")
+    await expect(page.locator("tr[data-job]")).to_have_count(50)
+    await page.get_by_role("link", name="Next page").click()
+    await expect(page.locator("tr[data-job]")).to_have_count(10)
+    await expect(page.get_by_role("link", name="Next page")).to_have_count(0)
+    assert "queue=emails" in page.url
+    await page.get_by_role("link", name="First page").click()
+    await expect(page.locator("tr[data-job]")).to_have_count(50)
