@@ -1,7 +1,9 @@
 """The console's channels to its coordinators: one per target, every call with the caller's key as metadata.
 
-This is the console's one importer of the generated gRPC stubs for calls (pages.py reads the response
-messages it returns). A call goes to the first coordinator that answers: UNAVAILABLE and DEADLINE_EXCEEDED
+This is the only module that opens channels and calls the generated stubs. The console works on the wire
+messages themselves (app.py and bulk.py build requests, pages.py reads responses) rather than converting them:
+it is an API client whose whole job is to show those messages, and the pb2 types stay inside
+coordinator/console. A call goes to the first coordinator that answers: UNAVAILABLE and DEADLINE_EXCEEDED
 move on to the next target, any other status is the answer. ListWorkers is asked of every coordinator,
 since each one knows only the workers connected to it.
 """
