@@ -135,6 +135,42 @@ PY
     (cd "$WORK" && clean_env "$1/bin/python" -I one_job.py "127.0.0.1:$2" "$1" "$SERVE_TIMEOUT_S")
 }
 
+# Serves `faultline console` from venv $1 against the coordinator on 127.0.0.1:$2 (auth off: no login), reads its
+# overview (which must list the queue `dist`) and its script and style sheet, then stops it with SIGTERM.
+console_from_wheel() {
+    local cport cpid
+    cport="$(free_port)"
+    (cd "$WORK" && exec env -i PATH="/usr/bin:/bin" HOME="$WORK/home" \
+        "$1/bin/faultline" console --addr "127.0.0.1:$cport" --coordinator "127.0.0.1:$2" \
+        >"$WORK/console.log" 2>&1) &
+    cpid=$!
+    cat >"$WORK/console_get.py" <<'PY'
+import sys, time, urllib.request
+base, timeout = sys.argv[1], float(sys.argv[2])
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+assert ">dist<" in page, "the overview does not list the queue dist:\n" + page[:2000]
+for asset in ("/static/console.js", "/static/console.css"):
+    body = urllib.request.urlopen(base + asset, timeout=5).read()
+    assert body, f"{asset} is empty"
+print(f"    console at {base}: overview lists queue dist; console.js and console.css served from the wheel")
+PY
+    if ! (cd "$WORK" && clean_env "$1/bin/python" -I console_get.py "http://127.0.0.1:$cport" "$SERVE_TIMEOUT_S"); then
+        kill -TERM "$cpid" 2>/dev/null || true
+        tail -n 20 "$WORK/console.log" >&2
+        return 1
+    fi
+    kill -TERM "$cpid"
+    wait "$cpid" || { note "the console exited non-zero after SIGTERM"; tail -n 20 "$WORK/console.log" >&2; return 1; }
+}
+
 # Coordinator from venv $1 on a fresh database named $2, one job; leaves it running (port in PORT).
 serve_and_run_one_job() {
     local dsn
@@ -182,6 +218,9 @@ if [ "$rc" = 0 ] || [ "$(printf '%s\n' "$hint" | wc -l)" != 1 ] || ! grep -q "fa
     note "expected one line naming the coordinator extra and a non-zero exit"
     exit 1
 fi
+
+note "wheel: the web console against it (templates and static files come from the package)"
+console_from_wheel "$V_WHEEL" "$PORT"
 stop_coordinator
 
 note "sdist: coordinator on a fresh database, one job"
