@@ -42,7 +42,8 @@ Chunk = Callable[[int | None, int], Awaitable[list[BulkRow]]]
 
 
 def fingerprint(action: str, target: BulkTarget) -> str:
-    """A short digest of what a token may resume: the action, and the ids or every field of the filter."""
+    """A short digest of what a token may resume: the action (with its parameters, such as a requeue's extra
+    attempts), and the ids or every field of the filter."""
     f = target.filter
     canonical = {
         "action": action,

@@ -358,7 +358,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> jpb.BulkRequeueJobsResponse:
         extra = validate.extra_attempts(request.extra_attempts)
         target = validate.bulk_target(request, states=REQUEUEABLE_STATES)
-        fp = bulk.fingerprint("requeue", target)
+        fp = bulk.fingerprint(f"requeue+{extra}", target)  # a token resumes the same extra_attempts only
         cursor = bulk.decode_token(request.resume_token, fp)
         await self._check_bulk_queues("BulkRequeueJobs", target)
         identity = auth_keys.current().audit

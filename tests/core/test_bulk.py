@@ -186,6 +186,16 @@ async def test_a_resume_token_is_refused_with_another_filter_or_when_malformed(
                                                               resume_token=first.resume_token))
     assert err.value.code() == INVALID and "resume_token" in (err.value.details() or "")
     assert await db.fetchval("SELECT count(*) FROM faultline_jobs WHERE state = 'cancelled'") == 2
+    # A requeue's token resumes that requeue only: the same filter with other extra_attempts is refused.
+    again = await stub.BulkRequeueJobs(jpb.BulkRequeueJobsRequest(filter=jpb.JobFilter(queue="tok"),
+                                                                  extra_attempts=2))
+    assert again.requeued == 2 and again.resume_token
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.BulkRequeueJobs(jpb.BulkRequeueJobsRequest(filter=jpb.JobFilter(queue="tok"), extra_attempts=3,
+                                                              resume_token=again.resume_token))
+    assert err.value.code() == INVALID and "resume_token" in (err.value.details() or "")
+    await stub.BulkCancelJobs(jpb.BulkCancelJobsRequest(filter=jpb.JobFilter(queue="tok")))  # cancel them again
+    assert await db.fetchval("SELECT count(*) FROM faultline_jobs WHERE state = 'cancelled'") == 2
     rest = await stub.BulkCancelJobs(jpb.BulkCancelJobsRequest(filter=jpb.JobFilter(queue="tok"),
                                                                resume_token=first.resume_token))
     assert rest.cancelled == 2
