@@ -63,6 +63,33 @@ def _bounded_labels(self: Any, parent: Any, values: tuple[Any, ...], kw: dict[st
     return parent.labels(self, *values, **kw)
 
 
+# Cached children per raw label values start over past this many entries (clients name queues and kinds).
+CHILDREN_MAX = 10_000
+
+
+class Children:
+    """A family's labelled children, looked up once per raw label values instead of on every update.
+
+    labels() takes a lock, runs the label budget and builds a tuple on every call; the hot paths (submit,
+    grant, completion) update a handful of series thousands of times a second. The budget still decides each
+    value's series on its first look-up. Owned by the one actor or component that made it (not thread-safe).
+    """
+
+    __slots__ = ("_cache", "_family")
+
+    def __init__(self, family: Any) -> None:
+        self._family = family
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._cache.get(values)
+        if child is None:
+            if len(self._cache) >= CHILDREN_MAX:
+                self._cache.clear()
+            child = self._cache[values] = self._family.labels(*values)
+        return child
+
+
 class BoundedCounter(Counter):
     """A Counter whose queue and kind label values pass through BUDGETS."""
 

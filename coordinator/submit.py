@@ -34,6 +34,7 @@ class Submitter:
         self._signal = signal
         self._tracer = tracer
         self._promoter_wake = promoter_wake
+        self._submitted = metrics.Children(metrics.JOBS_SUBMITTED)
 
     async def submit(self, specs: Sequence[JobSpec], *, origin: str, metadata: Mapping[str, str] | None = None,
                      submitted_by: str | None = None) -> list[tuple[Job, bool]]:
@@ -61,15 +62,23 @@ class Submitter:
             raise
         finally:
             span.end()
+        # Counted and woken per (queue, kind) and per queue of the call, not per job: a batch is mostly one of each.
         scheduled = False
+        created_n: dict[tuple[str, str], int] = {}
+        queued: set[str] = set()
         for job, created in results:
             if created:
-                metrics.JOBS_SUBMITTED.labels(job.queue, job.kind).inc()
+                group = (job.queue, job.kind)
+                created_n[group] = created_n.get(group, 0) + 1
                 if job.state is JobState.QUEUED:
-                    self._signal.wake(job.queue)
+                    queued.add(job.queue)
                 elif job.state is JobState.SCHEDULED:
                     scheduled = True
                 # RUNNING: handed off to a waiting worker at insert (coordinator/grants.py).
+        for (queue, kind), n in created_n.items():
+            self._submitted(queue, kind).inc(n)
+        for queue in queued:
+            self._signal.wake(queue)
         if scheduled:
             self._promoter_wake()
         return results

@@ -7,14 +7,12 @@ a cancelled job, a stale token, or an unknown job.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from coordinator import metrics
-from coordinator.actors.batching import BatchingActor, Request
+from coordinator.actors.batching import BatchingActor, Inbox
 from coordinator.config import RetryDefaults
 from coordinator.db.store import Completion, Failure, Store, Verdict
 from coordinator.model import LeaseKey, Outcome
@@ -23,8 +21,6 @@ from coordinator.throughput import Throughput
 logger = logging.getLogger(__name__)
 
 CloseItem = Completion | Failure
-# Metric children cached per raw (queue, kind); clients name those, so the cache starts over past this size.
-CHILD_CACHE_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +40,7 @@ class Completer(BatchingActor[CloseItem, Verdict]):
     def __init__(
         self,
         *,
-        inbox: asyncio.Queue[Request[CloseItem, Verdict]],
+        inbox: Inbox[CloseItem, Verdict],
         store: Store,
         retry: RetryDefaults,
         max_items: int,
@@ -58,9 +54,9 @@ class Completer(BatchingActor[CloseItem, Verdict]):
         self._retry = retry
         self._on_retry_scheduled = on_retry_scheduled
         self._on_closed = on_closed
-        # Only used by this actor: labelled metric children per (queue, kind), looked up once rather
-        # than per completed job (prometheus_client's labels() takes a lock and builds a tuple each call).
-        self._succeeded: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # Only used by this actor: labelled metric children looked up once, not per completed job.
+        self._completed = metrics.Children(metrics.JOBS_COMPLETED)
+        self._duration = metrics.Children(metrics.JOB_DURATION)
 
     def unavailable(self, message: str) -> Verdict:
         return Verdict(Outcome.UNAVAILABLE, message)
@@ -77,32 +73,21 @@ class Completer(BatchingActor[CloseItem, Verdict]):
             rows = await self._store.complete_jobs(completions)
             accepted: set[LeaseKey] = set()
             # Counted per (queue, kind) of the batch, not per job: one counter and throughput update each.
-            counts: dict[tuple[str, str], list[Any]] = {}  # (queue, kind) -> [succeeded counter, jobs]
+            counts: dict[tuple[str, str], int] = {}  # (queue, kind) -> jobs
             for r in rows:
                 key = LeaseKey(r["id"], r["lease_token"])
                 accepted.add(key)
                 group = (r["queue"], r["kind"])
-                children = self._succeeded.get(group)
-                if children is None:
-                    if len(self._succeeded) >= CHILD_CACHE_MAX:
-                        self._succeeded.clear()
-                    children = (metrics.JOBS_COMPLETED.labels(group[0], group[1], "succeeded"),
-                                metrics.JOB_DURATION.labels(group[0], group[1]))
-                    self._succeeded[group] = children
-                counted = counts.get(group)
-                if counted is None:
-                    counts[group] = [children[0], 1]
-                else:
-                    counted[1] += 1
+                counts[group] = counts.get(group, 0) + 1
                 run_s = (r["finished_at"] - r["started_at"]).total_seconds() if r["started_at"] is not None else None
                 if run_s is not None:
-                    children[1].observe(run_s)
+                    self._duration(*group).observe(run_s)
                 if self._throughput:
                     self._throughput.ended(r["queue"], succeeded=True, failed=False, run_s=run_s)
                 if self._on_closed:
                     self._on_closed(key, "succeeded", None)
-            for (queue, _kind), (counter, n) in counts.items():
-                counter.inc(n)
+            for (queue, kind), n in counts.items():
+                self._completed(queue, kind, "succeeded").inc(n)
                 if self._throughput:
                     self._throughput.add(queue, n)
             await self._explain(0, {c.key: c.worker_id for c in completions}, accepted, "succeeded", verdicts)
@@ -114,10 +99,10 @@ class Completer(BatchingActor[CloseItem, Verdict]):
             errors = {f.key: f.error for f in failures}
             for r in rows:
                 state = r["state"]
-                metrics.JOBS_COMPLETED.labels(r["queue"], r["kind"], "failed" if state == "retrying" else state).inc()
+                self._completed(r["queue"], r["kind"], "failed" if state == "retrying" else str(state)).inc()
                 run_s = (r["closed_at"] - r["started_at"]).total_seconds() if r["started_at"] is not None else None
                 if run_s is not None:  # failed attempts ran too: keep the duration histogram unbiased
-                    metrics.JOB_DURATION.labels(r["queue"], r["kind"]).observe(run_s)
+                    self._duration(r["queue"], r["kind"]).observe(run_s)
                 if self._throughput:
                     if state != "retrying":
                         self._throughput.add(r["queue"])

@@ -90,6 +90,7 @@ class Dispatcher:
         self._exhausted: set[tuple[str, _GroupKey]] = set()
         self._rotation: dict[_GroupKey, int] = defaultdict(int)
         self._refill_timers: dict[str, asyncio.TimerHandle] = {}
+        self._job_wait = metrics.Children(metrics.JOB_WAIT)
 
     async def run(self) -> None:
         while True:
@@ -159,9 +160,11 @@ class Dispatcher:
             jobs = claim.jobs
             if claim.retry_in is not None:
                 self._wake_at_refill(queue, claim.retry_in.total_seconds())
-            for job, _ in jobs:  # both stamps come from Postgres now(): no clock skew in the wait
-                if job.started_at is not None:
-                    metrics.JOB_WAIT.labels(queue).observe(max((job.started_at - job.run_at).total_seconds(), 0.0))
+            if jobs:
+                waited = self._job_wait(queue)
+                for job, _ in jobs:  # both stamps come from Postgres now(): no clock skew in the wait
+                    if job.started_at is not None:
+                        waited.observe(max((job.started_at - job.run_at).total_seconds(), 0.0))
             if len(jobs) < len(slots):
                 self._exhausted.add((queue, gkey))
             else:
