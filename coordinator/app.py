@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from coordinator import backoff, embedded, memory, metrics, tracing
-from coordinator.actors.batching import Request
+from coordinator.actors.batching import Inbox
 from coordinator.actors.completer import Completer
 from coordinator.actors.dispatcher import Dispatcher, DispatcherConfig
 from coordinator.actors.health import HealthMonitor
@@ -119,8 +119,8 @@ class Coordinator:
         tracer = JobTracer()
         throughput = Throughput()
         promoter_wake = asyncio.Event()
-        completer_inbox: asyncio.Queue[Request[Any, Any]] = asyncio.Queue(INBOX_SIZE_DEFAULT)
-        keeper_inbox: asyncio.Queue[Request[Any, Any]] = asyncio.Queue(INBOX_SIZE_DEFAULT)
+        completer_inbox: Inbox[Any, Any] = asyncio.Queue(INBOX_SIZE_DEFAULT)
+        keeper_inbox: Inbox[Any, Any] = asyncio.Queue(INBOX_SIZE_DEFAULT)
         self._health = health = HealthServicer()
         self._probe = probe = ProbeSession(dsn)  # outlives health actor restarts; closed in stop()
 

@@ -1,7 +1,9 @@
 """Shared shape of the batching actors: a bounded inbox of requests, each answered through a future.
 
 Batches form by themselves: while one flush is in the database, new requests queue up, and the
-next flush takes all of them (up to max_items). An idle actor answers a lone request at once.
+next flush takes all of them (up to max_items items). An idle actor answers a lone request at once.
+A sender with several items at once (a worker's message of completions) hands them in as one Requests,
+answered through one future with a list, so that the per-item cost is a list entry, not a future.
 A batch whose statement refuses a value (StoreDataError) is written again one item at a time, so
 the item that carried the value is refused alone and its neighbours are written as usual.
 """
@@ -31,12 +33,23 @@ class Request(Generic[T, R]):
     reply: asyncio.Future[R]
 
 
+@dataclass(frozen=True, slots=True)
+class Requests(Generic[T, R]):
+    """Several items of one sender and the one future their answers go to, as a list in the items' order."""
+
+    items: list[T]
+    reply: asyncio.Future[list[R]]
+
+
+Inbox = asyncio.Queue[Request[T, R] | Requests[T, R]]
+
+
 class BatchingActor(ABC, Generic[T, R]):
     """Drains its inbox into batches and flushes each batch in one round trip."""
 
     name = "batching"
 
-    def __init__(self, *, inbox: asyncio.Queue[Request[T, R]], max_items: int) -> None:
+    def __init__(self, *, inbox: Inbox[T, R], max_items: int) -> None:
         if max_items < 1:
             raise ValueError("max_items must be >= 1")
         self._inbox = inbox
@@ -47,32 +60,58 @@ class BatchingActor(ABC, Generic[T, R]):
             await self.run_once()
 
     async def run_once(self) -> int:
-        batch = [await self._inbox.get()]
-        while len(batch) < self._max_items and not self._inbox.empty():
-            batch.append(self._inbox.get_nowait())
+        first = await self._inbox.get()
+        batch = [first]
+        n = len(first.items) if isinstance(first, Requests) else 1
+        while n < self._max_items and not self._inbox.empty():
+            nxt = self._inbox.get_nowait()
+            batch.append(nxt)
+            n += len(nxt.items) if isinstance(nxt, Requests) else 1
         live = [r for r in batch if not r.reply.done()]
         if not live:
             return 0
+        items: list[T] = []
+        for r in live:
+            if isinstance(r, Requests):
+                items.extend(r.items)
+            else:
+                items.append(r.item)
         try:
             try:
-                answers = await self.flush([r.item for r in live])
+                answers = await self.flush(items)
             except StoreDataError:
-                answers = await self._flush_alone([r.item for r in live])
+                answers = await self._flush_alone(items)
         except DatabaseUnavailableError as exc:
-            for r in live:
-                if not r.reply.done():
-                    r.reply.set_result(self.unavailable(str(exc)))
+            self._answer_all(live, self.unavailable(str(exc)))
             return 0
         except BaseException as exc:
             # A bug or a cancellation: answer everyone so no session waits forever, then let the supervisor see it.
-            for r in live:
-                if not r.reply.done():
-                    r.reply.set_result(self.unavailable(f"coordinator error: {type(exc).__name__}"))
+            self._answer_all(live, self.unavailable(f"coordinator error: {type(exc).__name__}"))
             raise
-        for r, answer in zip(live, answers, strict=True):
+        if len(answers) != len(items):  # a bug: answer everyone, then let the supervisor see it
+            self._answer_all(live, self.unavailable("coordinator error: answers do not match items"))
+            raise RuntimeError(f"{self.name}: flush gave {len(answers)} answers for {len(items)} items")
+        i = 0
+        for r in live:
+            if isinstance(r, Requests):
+                k = len(r.items)
+                if not r.reply.done():
+                    r.reply.set_result(answers[i:i + k])
+                i += k
+            else:
+                if not r.reply.done():
+                    r.reply.set_result(answers[i])
+                i += 1
+        return len(items)
+
+    @staticmethod
+    def _answer_all(live: list[Request[T, R] | Requests[T, R]], answer: R) -> None:
+        for r in live:
             if not r.reply.done():
-                r.reply.set_result(answer)
-        return len(live)
+                if isinstance(r, Requests):
+                    r.reply.set_result([answer] * len(r.items))
+                else:
+                    r.reply.set_result(answer)
 
     async def _flush_alone(self, items: list[T]) -> list[R]:
         """Each item in a flush of its own; an item whose values the store refuses gets refused()."""

@@ -7,12 +7,11 @@ statements per interval, never one write per lease per heartbeat.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
 from coordinator import metrics
-from coordinator.actors.batching import BatchingActor, Request
+from coordinator.actors.batching import BatchingActor, Inbox
 from coordinator.db.store import ProgressUpdate, Store, Verdict
 from coordinator.model import LeaseKey, Outcome
 
@@ -40,7 +39,7 @@ class LeaseKeeper(BatchingActor[KeeperItem, KeeperAnswer]):
     def __init__(
         self,
         *,
-        inbox: asyncio.Queue[Request[KeeperItem, KeeperAnswer]],
+        inbox: Inbox[KeeperItem, KeeperAnswer],
         store: Store,
         lease_ttl_ms: int,
         max_items: int,

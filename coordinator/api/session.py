@@ -52,7 +52,7 @@ from typing import Any
 import grpc
 
 from coordinator import metrics
-from coordinator.actors.batching import Request
+from coordinator.actors.batching import Inbox, Request, Requests
 from coordinator.actors.completer import CloseItem
 from coordinator.actors.lease_keeper import HeartbeatItem, KeeperAnswer, KeeperItem
 from coordinator.api import convert, validate
@@ -223,6 +223,19 @@ class _LeaseOrder:
             self._running = False
 
 
+class _Close:
+    """A completion or failure waiting to be handed to the completer with the rest of its message."""
+
+    __slots__ = ("answer", "busy", "item", "weight")
+
+    def __init__(self, item: CloseItem, answer: Callable[[Verdict], None], busy: Callable[[], None],
+                 weight: int) -> None:
+        self.item = item
+        self.answer = answer
+        self.busy = busy
+        self.weight = weight
+
+
 class WorkerSession:
     """See the module docstring."""
 
@@ -231,8 +244,8 @@ class WorkerSession:
         *,
         store: Store,
         registry: SessionRegistry,
-        completer_inbox: asyncio.Queue[Request[CloseItem, Verdict]],
-        keeper_inbox: asyncio.Queue[Request[KeeperItem, KeeperAnswer]],
+        completer_inbox: Inbox[CloseItem, Verdict],
+        keeper_inbox: Inbox[KeeperItem, KeeperAnswer],
         tracer: JobTracer,
         lease_ttl_ms: int,
         heartbeat_interval_ms: int,
@@ -297,6 +310,9 @@ class WorkerSession:
         # has half-closed its side: the stream ends only once every frame it sent is answered.
         self._unanswered = 0
         self._reader_eof = False
+        # Completions and failures started while the reader handles one message, handed to the completer
+        # together when it yields or the message ends (see _ask_close); None while the reader is not handling one.
+        self._closes: list[_Close] | None = None
 
     # -- what the dispatcher and operators see ---------------------------------------------
 
@@ -616,12 +632,23 @@ class WorkerSession:
                 raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
                                   f"ConnectRequest.frames: {len(msg.frames)} frames in one message; "
                                   f"the limit is {FRAMES_PER_MESSAGE_MAX}")
-            for i, frame in enumerate(msg.frames):
-                if self._load >= SESSION_INFLIGHT_MAX or self._behind is not None:
-                    await self._wait_for_room()
-                elif i and not i % READ_YIELD_EVERY:
-                    await asyncio.sleep(0)  # a long message must not keep the other sessions waiting
-                await self._handle(frame)
+            self._closes = []
+            try:
+                for i, frame in enumerate(msg.frames):
+                    if self._load >= SESSION_INFLIGHT_MAX or self._behind is not None:
+                        self._flush_closes()  # before waiting: their answers are what makes room
+                        await self._wait_for_room()
+                        self._closes = []
+                    elif i and not i % READ_YIELD_EVERY:
+                        self._flush_closes()
+                        await asyncio.sleep(0)  # a long message must not keep the other sessions waiting
+                        self._closes = []
+                    if self.state is SessionState.AWAITING_HELLO:
+                        await self._first(frame)
+                    else:
+                        self._handle(frame)
+            finally:
+                self._flush_closes()  # what came before a bad frame still counts
 
     async def _wait_for_room(self) -> None:
         """Stop reading while this session's share is used up: its answers are owed, or its outbox is not read."""
@@ -676,14 +703,15 @@ class WorkerSession:
 
     # -- frames ------------------------------------------------------------------------------
 
-    async def _handle(self, frame: Any) -> None:
+    async def _first(self, frame: Any) -> None:
         which = frame.WhichOneof("frame")
-        if self.state is SessionState.AWAITING_HELLO:
-            if which != "hello":
-                raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"the first frame must be hello, got {which or 'an empty frame'}")
-            await self._hello(frame.hello)
-            return
+        if which != "hello":
+            raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"the first frame must be hello, got {which or 'an empty frame'}")
+        await self._hello(frame.hello)
+
+    def _handle(self, frame: Any) -> None:
+        which = frame.WhichOneof("frame")
         match which:
             case "hello":
                 raise StreamAbort(grpc.StatusCode.FAILED_PRECONDITION, "hello sent twice on one stream")
@@ -932,9 +960,13 @@ class WorkerSession:
                 finally:
                     done()
 
-            if not self._ask(self._completer, item, answer):
-                self._reply_busy(seq)
-                done()
+            def busy() -> None:
+                try:
+                    self._reply_busy(seq)
+                finally:
+                    done()
+
+            self._ask_close(item, answer, busy)
 
         self._in_order((key.job_id,), start, seq)
 
@@ -994,8 +1026,6 @@ class WorkerSession:
             return False
         if isinstance(item, HeartbeatItem):
             weight = max(len(item.keys), 1)
-        elif isinstance(item, Completion):
-            weight = 1 + len(item.result) // INFLIGHT_UNIT_BYTES
         elif isinstance(item, ProgressUpdate):
             weight = 1 + len(item.details) // INFLIGHT_UNIT_BYTES
         else:
@@ -1011,6 +1041,55 @@ class WorkerSession:
 
         fut.add_done_callback(done)
         return True
+
+    def _ask_close(self, item: CloseItem, answer: Callable[[Verdict], None], busy: Callable[[], None]) -> None:
+        """Hand a completion or failure to the completer; answer(verdict), or busy() when its inbox is full.
+
+        While the reader handles a message, the closes it starts wait in _closes and go to the completer as one
+        Requests when the reader yields or the message ends: one future and one inbox slot per message, not per
+        frame. A close started later (it waited behind an earlier frame on its lease) goes at once.
+        """
+        weight = 1 + len(item.result) // INFLIGHT_UNIT_BYTES if isinstance(item, Completion) else 1
+        self._unanswered += 1
+        self._load += weight
+        pending = _Close(item, answer, busy, weight)
+        if self._closes is not None:
+            self._closes.append(pending)
+        else:
+            self._put_closes([pending])
+
+    def _flush_closes(self) -> None:
+        """Send the closes collected so far (see _ask_close) and stop collecting until the reader says so."""
+        closes, self._closes = self._closes, None
+        if closes:
+            self._put_closes(closes)
+
+    def _put_closes(self, closes: list[_Close]) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Verdict]] = loop.create_future()
+        try:
+            self._completer.put_nowait(Requests([c.item for c in closes], fut))
+        except asyncio.QueueFull:
+            for c in closes:
+                try:
+                    c.busy()
+                finally:
+                    self._answered(c.weight)
+            return
+
+        def done(f: asyncio.Future[list[Verdict]]) -> None:
+            verdicts = f.result()
+            for c, v in zip(closes, verdicts, strict=True):
+                try:
+                    c.answer(v)
+                except Exception:  # one reply's bug must not leave its neighbours unanswered
+                    logger.exception("answering a close failed", extra={"session_id": self.session_id})
+                finally:
+                    self._answered(c.weight)
+
+        fut.add_done_callback(done)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], done: Callable[[], None] | None = None,
                nbytes: int = 0) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from coordinator.actors.batching import Request
+from coordinator.actors.batching import Request, Requests
 from coordinator.actors.completer import Completer
 from coordinator.actors.lease_keeper import HeartbeatItem, LeaseKeeper
 from coordinator.config import RetryDefaults
@@ -65,3 +65,44 @@ async def test_one_out_of_range_heartbeat_fails_alone(dsn: str) -> None:
         assert [v.outcome for v in reqs[1].reply.result()] == [Outcome.INVALID, Outcome.INVALID]
     finally:
         await store.pool.close()
+
+
+async def test_a_message_of_completions_is_answered_in_order_and_a_bad_one_fails_alone(dsn: str) -> None:
+    """A session hands a worker's message of completions in as one Requests: one future, answers in item order,
+    beside single Requests in the same flush; the out-of-range item is refused alone."""
+    store = Store(await create_pool(dsn, max_size=2))
+    try:
+        good = await _leases(store, 3)
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        completer = Completer(inbox=inbox, store=store, retry=RetryDefaults(), max_items=100,
+                              on_retry_scheduled=lambda: None)
+        loop = asyncio.get_running_loop()
+        keys = [good[0], LeaseKey(good[1].job_id, OUT_OF_RANGE), good[1]]
+        many = Requests([Completion(k, "w", b"r") for k in keys], loop.create_future())
+        single = Request(Completion(good[2], "w", b"r"), loop.create_future())
+        again = Requests([Completion(good[0], "w", b"r")], loop.create_future())
+        inbox.put_nowait(many)
+        inbox.put_nowait(single)
+        assert await completer.run_once() == 4
+        assert [v.outcome for v in many.reply.result()] == [Outcome.ACCEPTED, Outcome.INVALID, Outcome.ACCEPTED]
+        assert single.reply.result().outcome is Outcome.ACCEPTED
+        inbox.put_nowait(again)  # the same close once more: first write won, the repeat is told so
+        assert await completer.run_once() == 1
+        assert [v.outcome for v in again.reply.result()] == [Outcome.DUPLICATE]
+    finally:
+        await store.pool.close()
+
+
+async def test_a_message_of_completions_is_answered_unavailable_when_postgres_is_gone(dsn: str) -> None:
+    """Every item of a Requests gets an answer when the flush cannot reach Postgres, and the actor lives on."""
+    store = Store(await create_pool(dsn, max_size=2))
+    good = await _leases(store, 2)
+    await store.pool.close()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    completer = Completer(inbox=inbox, store=store, retry=RetryDefaults(), max_items=100,
+                          on_retry_scheduled=lambda: None)
+    loop = asyncio.get_running_loop()
+    many = Requests([Completion(k, "w", b"r") for k in good], loop.create_future())
+    inbox.put_nowait(many)
+    assert await completer.run_once() == 0
+    assert [v.outcome for v in many.reply.result()] == [Outcome.UNAVAILABLE, Outcome.UNAVAILABLE]
