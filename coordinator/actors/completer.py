@@ -21,6 +21,7 @@ from coordinator.throughput import Throughput
 logger = logging.getLogger(__name__)
 
 CloseItem = Completion | Failure
+_ACCEPTED = Verdict(Outcome.ACCEPTED)  # immutable: one answer object for every accepted close
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ class Completer(BatchingActor[CloseItem, Verdict]):
         misses: list[LeaseKey] = []
         for key in keys:
             if key in accepted and (tag, key) not in out:
-                out[(tag, key)] = Verdict(Outcome.ACCEPTED)
+                out[(tag, key)] = _ACCEPTED
             elif (tag, key) not in out:
                 misses.append(key)
         if not misses:

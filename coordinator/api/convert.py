@@ -52,15 +52,31 @@ def from_timestamp(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
 
-def job_to_pb(job: Job, *, full: bool = True) -> job_pb2.Job:
-    """The job on the wire; full=False is JOB_VIEW_BASIC: payload, result and progress.details left out."""
-    # Only fields that hold something are passed: an unset field reads the same on the wire (proto3
-    # defaults), and every keyword costs a conversion (this runs for every grant and Submit response).
+def timestamp_fields(dt: datetime) -> dict[str, int]:
+    """A Timestamp as constructor fields: the hot paths build whole frames from nested dicts (see job_fields)."""
+    seconds, micros = divmod((dt - _EPOCH) // _MICROSECOND, 1_000_000)
+    return {"seconds": seconds, "nanos": micros * 1000}
+
+
+def duration_fields(ms: int) -> dict[str, int]:
+    seconds, rest = divmod(ms, 1000)
+    return {"seconds": seconds, "nanos": rest * 1_000_000}
+
+
+def job_fields(job: Job, *, full: bool = True) -> dict[str, Any]:
+    """The job on the wire as constructor fields; full=False is JOB_VIEW_BASIC (payload, result and
+    progress.details left out).
+
+    Nested dicts, not messages: protobuf builds a frame from them in one pass, where a message built first is
+    copied again into its parent (a grant, a Submit response). Measured with timeit on this VM: a grant frame
+    30 -> 23 us, a SubmitBatch response of 10 jobs 160 -> 71 us. Only fields that hold something are given: an
+    unset field reads the same on the wire (proto3 defaults), and every keyword costs a conversion.
+    """
     fields: dict[str, Any] = {
         "id": str(job.id), "kind": job.kind, "queue": job.queue, "state": STATE_TO_PB[job.state],
         "attempts": job.attempts, "max_attempts": job.max_attempts,
-        "created_at": timestamp(job.created_at), "run_at": timestamp(job.run_at),
-        "updated_at": timestamp(job.updated_at),
+        "created_at": timestamp_fields(job.created_at), "run_at": timestamp_fields(job.run_at),
+        "updated_at": timestamp_fields(job.updated_at),
     }
     if full:
         fields["payload"] = job.payload
@@ -81,30 +97,38 @@ def job_to_pb(job: Job, *, full: bool = True) -> job_pb2.Job:
     if job.required_labels:
         fields["required_labels"] = job.required_labels
     if job.started_at is not None:
-        fields["started_at"] = timestamp(job.started_at)
+        fields["started_at"] = timestamp_fields(job.started_at)
     if job.finished_at is not None:
-        fields["finished_at"] = timestamp(job.finished_at)
+        fields["finished_at"] = timestamp_fields(job.finished_at)
     if job.progress_fraction is not None or job.progress_message:
-        fields["progress"] = job_pb2.JobProgress(
-            fraction=job.progress_fraction or 0.0, message=job.progress_message or "",
-            details=(job.progress_details or b"") if full else b"",
-        )
+        fields["progress"] = {
+            "fraction": job.progress_fraction or 0.0, "message": job.progress_message or "",
+            "details": (job.progress_details or b"") if full else b"",
+        }
     if (job.backoff_initial_ms is not None or job.backoff_max_ms is not None or job.backoff_multiplier is not None
             or job.backoff_jitter is not None):
-        fields["retry_policy"] = job_pb2.RetryPolicy(
-            initial_backoff=duration_ms(job.backoff_initial_ms),
-            max_backoff=duration_ms(job.backoff_max_ms),
-            multiplier=job.backoff_multiplier or 0.0,
-            jitter=job.backoff_jitter or 0.0,
-        )
+        policy: dict[str, Any] = {"multiplier": job.backoff_multiplier or 0.0, "jitter": job.backoff_jitter or 0.0}
+        if job.backoff_initial_ms is not None:
+            policy["initial_backoff"] = duration_fields(job.backoff_initial_ms)
+        if job.backoff_max_ms is not None:
+            policy["max_backoff"] = duration_fields(job.backoff_max_ms)
+        fields["retry_policy"] = policy
     if (job.execution_timeout_ms is not None or job.heartbeat_timeout_ms is not None
             or job.schedule_to_start_ms is not None):
-        fields["timeouts"] = job_pb2.JobTimeouts(
-            execution=duration_ms(job.execution_timeout_ms),
-            heartbeat=duration_ms(job.heartbeat_timeout_ms),
-            schedule_to_start=duration_ms(job.schedule_to_start_ms),
-        )
-    return job_pb2.Job(**fields)
+        timeouts: dict[str, Any] = {}
+        if job.execution_timeout_ms is not None:
+            timeouts["execution"] = duration_fields(job.execution_timeout_ms)
+        if job.heartbeat_timeout_ms is not None:
+            timeouts["heartbeat"] = duration_fields(job.heartbeat_timeout_ms)
+        if job.schedule_to_start_ms is not None:
+            timeouts["schedule_to_start"] = duration_fields(job.schedule_to_start_ms)
+        fields["timeouts"] = timeouts
+    return fields
+
+
+def job_to_pb(job: Job, *, full: bool = True) -> job_pb2.Job:
+    """The job on the wire; full=False is JOB_VIEW_BASIC (see job_fields)."""
+    return job_pb2.Job(**job_fields(job, full=full))
 
 
 def queue_settings_to_pb(s: QueueSettings) -> job_service_pb2.QueueSettings:

@@ -112,10 +112,15 @@ def _check_batch_response_fits(request: jpb.SubmitBatchRequest, *, full: bool) -
                     "budget of a reply: split the batch" + ("" if not full else " or ask for view BASIC"))
 
 
-def _submit_response(job: Job, created: bool, *, full: bool) -> jpb.SubmitResponse:
+def _submit_response(job: Job, created: bool, *, full: bool) -> dict[str, Any]:
+    """A SubmitResponse as constructor fields, so that SubmitBatch builds its reply in one pass (convert.job_fields)."""
     outcome, detail = convert.submit_outcome(job, created)
-    return jpb.SubmitResponse(job=convert.job_to_pb(job, full=full), created=created, outcome=outcome,
-                              outcome_detail=detail)
+    fields: dict[str, Any] = {"job": convert.job_fields(job, full=full), "outcome": outcome}
+    if created:
+        fields["created"] = True
+    if detail:
+        fields["outcome_detail"] = detail
+    return fields
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -186,7 +191,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if full:
             auth_keys.current().require(Scope.PAYLOADS, "Submit with view FULL")
         [(job, created)] = await self._submit("Submit", [request], context, lambda _: "")
-        return _submit_response(job, created, full=full)
+        return jpb.SubmitResponse(**_submit_response(job, created, full=full))
 
     @rpc
     async def SubmitBatch(

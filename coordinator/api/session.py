@@ -363,16 +363,20 @@ class WorkerSession:
             key = LeaseKey(job.id, job.lease_token)
             ctx = self._tracer.attempt_started(job, worker_id=self.worker_id)
             hb_ms = job.heartbeat_timeout_ms or self._ttl_ms
-            grant = wpb.LeaseGrant(
-                lease_id=key.lease_id,
-                fencing_token=job.lease_token,
-                job=convert.job_to_pb(job),
-                attempt=job.attempts,
-                lease_deadline=convert.timestamp(job.lease_expires_at),
-                heartbeat_timeout=convert.duration_ms(hb_ms),
-                execution_timeout=convert.duration_ms(job.execution_timeout_ms),
-                trace_context=ctx,
-            )
+            # The frame from nested dicts in one pass (see convert.job_fields).
+            grant: dict[str, Any] = {
+                "lease_id": key.lease_id,
+                "fencing_token": job.lease_token,
+                "job": convert.job_fields(job),
+                "attempt": job.attempts,
+                "heartbeat_timeout": convert.duration_fields(hb_ms),
+            }
+            if job.lease_expires_at is not None:
+                grant["lease_deadline"] = convert.timestamp_fields(job.lease_expires_at)
+            if job.execution_timeout_ms is not None:
+                grant["execution_timeout"] = convert.duration_fields(job.execution_timeout_ms)
+            if ctx:
+                grant["trace_context"] = ctx
             frames.append((key, wpb.CoordinatorFrame(lease=grant)))
             self._hold(key)
             if debug:
