@@ -975,12 +975,19 @@ class WorkerSession:
         self._in_order((key.job_id,), start, seq)
 
     def _reply_verdict(self, seq: int, key: LeaseKey, v: Verdict, *, closing: bool) -> None:
-        reply = wpb.Reply(seq=seq, status=_STATUS[v.outcome], message=v.message, result=v.result or b"")
+        # Constructor fields, only those that hold something: the frame is built in one pass (convert.job_fields).
+        reply: dict[str, Any] = {"seq": seq, "status": _STATUS[v.outcome]}
+        if v.message:
+            reply["message"] = v.message
+        if v.result:
+            reply["result"] = v.result
         if v.state is not None:
-            reply.job_state = convert.STATE_TO_PB[v.state]  # type: ignore[assignment]
+            reply["job_state"] = convert.STATE_TO_PB[v.state]
+        if v.outcome not in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+            self._log_refused(seq, reply["status"], v.message)
         # Reply before dropping the lease: dropping the last lease of a draining session closes the
         # stream, and the worker must still hear the verdict on its completion.
-        self._reply(seq, reply)
+        self._send(wpb.CoordinatorFrame(reply=reply))
         if (closing and v.outcome is not Outcome.UNAVAILABLE) or v.outcome in (Outcome.STALE_LEASE, Outcome.NOT_FOUND):
             self._drop_lease(key)
 
@@ -1163,9 +1170,12 @@ class WorkerSession:
 
     def _reply(self, seq: int, reply: Any) -> None:
         if reply.status not in (wpb.REPLY_STATUS_ACCEPTED, wpb.REPLY_STATUS_DUPLICATE):
-            logger.debug("frame refused", extra={"session_id": self.session_id, "seq": seq,
-                                                 "status": wpb.ReplyStatus.Name(reply.status), "reason": reply.message})
+            self._log_refused(seq, reply.status, reply.message)
         self._send(wpb.CoordinatorFrame(reply=reply))
+
+    def _log_refused(self, seq: int, status: int, reason: str) -> None:
+        logger.debug("frame refused", extra={"session_id": self.session_id, "seq": seq,
+                                             "status": wpb.ReplyStatus.Name(status), "reason": reason})
 
     def _reply_invalid(self, seq: int, message: str) -> None:
         metrics.FRAMES_REFUSED.labels("frame", "invalid").inc()
