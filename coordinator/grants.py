@@ -65,9 +65,12 @@ async def deliver(
         if session.deliver(batch):
             metrics.LEASES_GRANTED.labels(path).inc(len(batch))
             if throughput is not None:
+                waits: dict[str, list[float]] = {}  # per queue: one history look-up per queue of the batch
                 for job in batch:
                     if job.started_at is not None:
-                        throughput.started(job.queue, (job.started_at - job.run_at).total_seconds())
+                        waits.setdefault(job.queue, []).append((job.started_at - job.run_at).total_seconds())
+                for queue, queue_waits in waits.items():
+                    throughput.started_many(queue, queue_waits)
         else:
             undeliverable.extend(LeaseKey(j.id, j.lease_token) for j in batch)
     if not undeliverable:

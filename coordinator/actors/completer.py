@@ -75,22 +75,30 @@ class Completer(BatchingActor[CloseItem, Verdict]):
             accepted: set[LeaseKey] = set()
             # Counted per (queue, kind) of the batch, not per job: one counter and throughput update each.
             counts: dict[tuple[str, str], int] = {}  # (queue, kind) -> jobs
+            runs: dict[str, list[float]] = {}  # queue -> run times, for the history
             for r in rows:
                 key = LeaseKey(r["id"], r["lease_token"])
                 accepted.add(key)
                 group = (r["queue"], r["kind"])
                 counts[group] = counts.get(group, 0) + 1
-                run_s = (r["finished_at"] - r["started_at"]).total_seconds() if r["started_at"] is not None else None
-                if run_s is not None:
+                if r["started_at"] is not None:
+                    run_s = (r["finished_at"] - r["started_at"]).total_seconds()
                     self._duration(*group).observe(run_s)
-                if self._throughput:
-                    self._throughput.ended(r["queue"], succeeded=True, failed=False, run_s=run_s)
+                    queue_runs = runs.get(group[0])
+                    if queue_runs is None:
+                        runs[group[0]] = [run_s]
+                    else:
+                        queue_runs.append(run_s)
                 if self._on_closed:
                     self._on_closed(key, "succeeded", None)
+            per_queue: dict[str, int] = {}
             for (queue, kind), n in counts.items():
                 self._completed(queue, kind, "succeeded").inc(n)
-                if self._throughput:
+                per_queue[queue] = per_queue.get(queue, 0) + n
+            if self._throughput:
+                for queue, n in per_queue.items():
                     self._throughput.add(queue, n)
+                    self._throughput.succeeded_many(queue, n, runs.get(queue, ()))
             await self._explain(0, {c.key: c.worker_id for c in completions}, accepted, "succeeded", verdicts)
         if failures:
             metrics.DB_BATCH_SIZE.labels("fail").observe(len(failures))

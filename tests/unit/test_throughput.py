@@ -54,3 +54,18 @@ def test_queues_past_the_label_budget_share_one_untold_history() -> None:
         assert metrics.OTHER_LABEL not in t.queues()
     finally:
         metrics.limit_label_values(100)
+
+
+def test_batch_records_match_one_at_a_time() -> None:
+    """What the completer and grants.deliver record per batch reads the same as per job."""
+    one, many = Throughput(seed=3), Throughput(seed=3)
+    runs = [(i + 1) / 100 for i in range(100)]
+    waits = [i / 1000 for i in range(100)]
+    for run_s, wait_s in zip(runs, waits, strict=True):
+        one.ended("q", succeeded=True, failed=False, run_s=run_s, now=T0 + 1)
+        one.started("q", wait_s=wait_s, now=T0 + 2)
+    one.ended("q", succeeded=True, failed=False, run_s=None, now=T0 + 3)  # never started: counted, no run time
+    many.succeeded_many("q", 101, runs, now=T0 + 1)
+    many.started_many("q", waits, now=T0 + 2)
+    assert one.history("q", now=T0 + 10) == many.history("q", now=T0 + 10)
+    assert many.history("q", now=T0 + 10)[0].succeeded == 101
