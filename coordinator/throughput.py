@@ -149,7 +149,7 @@ class Throughput:
 
     def started(self, queue: str, wait_s: float, now: float | None = None) -> None:
         """A lease was granted after the job waited wait_s seconds since it was ready."""
-        self._minute(queue, now).waits.add(max(wait_s, 0.0), self._rng)
+        self.started_many(queue, (wait_s,), now)
 
     def started_many(self, queue: str, waits: Iterable[float], now: float | None = None) -> None:
         """started() for several grants of one queue: the minute is looked up once."""

@@ -84,11 +84,7 @@ class Completer(BatchingActor[CloseItem, Verdict]):
                 if r["started_at"] is not None:
                     run_s = (r["finished_at"] - r["started_at"]).total_seconds()
                     self._duration(*group).observe(run_s)
-                    queue_runs = runs.get(group[0])
-                    if queue_runs is None:
-                        runs[group[0]] = [run_s]
-                    else:
-                        queue_runs.append(run_s)
+                    runs.setdefault(group[0], []).append(run_s)
                 if self._on_closed:
                     self._on_closed(key, "succeeded", None)
             per_queue: dict[str, int] = {}

@@ -31,21 +31,15 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def timestamp(dt: datetime | None) -> Timestamp | None:
-    # Integer microseconds since the epoch: exact, and several times cheaper than Timestamp.FromDatetime,
-    # which showed in the profile (five timestamps per job in every grant and submit response).
     if dt is None:
         return None
-    seconds, micros = divmod((dt - _EPOCH) // _MICROSECOND, 1_000_000)
-    return Timestamp(seconds=seconds, nanos=micros * 1000)
+    return Timestamp(**timestamp_fields(dt))
 
 
 def duration_ms(ms: int | None) -> Duration | None:
     if ms is None:
         return None
-    # Whole seconds plus the rest in nanos, as Duration.FromTimedelta would give (ms is never negative
-    # here), without building a timedelta first.
-    seconds, rest = divmod(ms, 1000)
-    return Duration(seconds=seconds, nanos=rest * 1_000_000)
+    return Duration(**duration_fields(ms))
 
 
 def from_timestamp(ts: Timestamp) -> datetime:
@@ -54,11 +48,15 @@ def from_timestamp(ts: Timestamp) -> datetime:
 
 def timestamp_fields(dt: datetime) -> dict[str, int]:
     """A Timestamp as constructor fields: the hot paths build whole frames from nested dicts (see job_fields)."""
+    # Integer microseconds since the epoch: exact, and several times cheaper than Timestamp.FromDatetime,
+    # which showed in the profile (five timestamps per job in every grant and submit response).
     seconds, micros = divmod((dt - _EPOCH) // _MICROSECOND, 1_000_000)
     return {"seconds": seconds, "nanos": micros * 1000}
 
 
 def duration_fields(ms: int) -> dict[str, int]:
+    # Whole seconds plus the rest in nanos, as Duration.FromTimedelta would give (ms is never negative
+    # here), without building a timedelta first.
     seconds, rest = divmod(ms, 1000)
     return {"seconds": seconds, "nanos": rest * 1_000_000}
 

@@ -832,7 +832,7 @@ class WorkerSession:
                 finally:
                     done()
 
-            if not self._ask(self._keeper, HeartbeatItem(valid, self.worker_id), answer):
+            if not self._ask_keeper(HeartbeatItem(valid, self.worker_id), answer):
                 self._reply_busy(seq)
                 done()
 
@@ -878,7 +878,7 @@ class WorkerSession:
                 finally:
                     done()
 
-            if not self._ask(self._keeper, item, answer):
+            if not self._ask_keeper(item, answer):
                 self._reply_busy(seq)
                 done()
 
@@ -1025,22 +1025,22 @@ class WorkerSession:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _ask(self, inbox: asyncio.Queue[Any], item: Any, answer: Callable[[Any], None]) -> bool:
-        """Hand item to an actor; answer(result) queues the reply. False when the actor's inbox is full."""
+    def _ask_keeper(self, item: KeeperItem, answer: Callable[[Any], None]) -> bool:
+        """Hand item to the lease keeper; answer(result) queues the reply. False when its inbox is full.
+
+        (Completions and failures go to the completer through _ask_close.)"""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         try:
-            inbox.put_nowait(Request(item, fut))
+            self._keeper.put_nowait(Request(item, fut))
         except asyncio.QueueFull:
             return False
         if isinstance(item, HeartbeatItem):
             weight = max(len(item.keys), 1)
-        elif isinstance(item, ProgressUpdate):
-            weight = 1 + len(item.details) // INFLIGHT_UNIT_BYTES
         else:
-            weight = 1
+            weight = 1 + len(item.details) // INFLIGHT_UNIT_BYTES
         self._unanswered += 1
         self._load += weight
 
